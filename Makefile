@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh Debian 12 machine: `make run` and `make test`.
+# Both build .venv from the pinned requirements.txt; `make test` also installs the
+# Debian packages that the tests talk to as real peers.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEBS   := swaks fetchmail
+PYTEST_ARGS ?=
+ONCE ?=
+
+.PHONY: run test test-long bench debs venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Installs only what is missing, so a machine that has them is left alone.
+debs:
+	@missing=""; for p in $(DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/odmrgw demo $(if $(ONCE),--once,)
+
+test: $(STAMP) debs
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+# Suites too slow for every CI run (long soak, many more power cuts).
+test-long: $(STAMP) debs
+	ODMRGW_LONG=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(STAMP) debs
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

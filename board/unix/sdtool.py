@@ -1,0 +1,99 @@
+# Card-image access for the host tools (`odmrgw sd ...`), run on the micropython
+# executable so the image is read and written by the same VfsFat as on the box.
+# Usage: micropython sdtool.py (mkfs IMAGE BYTES | ls IMAGE [PATH] |
+#        cat IMAGE PATH | put IMAGE SRC DEST | get IMAGE SRC DEST | df IMAGE)
+import os
+import sys
+from board import Board, make_image
+
+_CHUNK = 4096
+
+
+def _card_path(path):
+    return Board.sd_root + "/" + path.lstrip("/") if path.strip("/") else Board.sd_root
+
+
+def _copy(src, dst):
+    buf = bytearray(_CHUNK)
+    mv = memoryview(buf)
+    while True:
+        n = src.readinto(buf)
+        if not n:
+            return
+        dst.write(mv[:n])
+
+
+def _is_dir(path):
+    return os.stat(path)[0] & 0x4000
+
+
+def cmd_ls(path="/"):
+    full = _card_path(path)
+    if not _is_dir(full):
+        print("%10d  %s" % (os.stat(full)[6], path))
+        return
+    for entry in sorted(os.ilistdir(full)):
+        name, kind = entry[0], entry[1]
+        if kind & 0x4000:
+            print("%10s  %s/" % ("-", name))
+        else:
+            print("%10d  %s" % (os.stat(full + "/" + name)[6], name))
+
+
+def cmd_cat(path):
+    with open(_card_path(path), "rb") as f:
+        _copy(f, sys.stdout.buffer)
+
+
+def _makedirs(path):
+    cur = ""
+    for part in path.split("/")[:-1]:
+        if not part:
+            continue
+        cur += "/" + part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
+
+
+def cmd_put(src, dest):
+    full = _card_path(dest)
+    _makedirs(full)
+    with open(src, "rb") as s, open(full, "wb") as d:
+        _copy(s, d)
+
+
+def cmd_get(src, dest):
+    with open(_card_path(src), "rb") as s, open(dest, "wb") as d:
+        _copy(s, d)
+
+
+def cmd_df():
+    st = os.statvfs(Board.sd_root)
+    print("size %d free %d" % (st[0] * st[2], st[0] * st[3]))
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise SystemExit("usage: sdtool.py COMMAND IMAGE [ARGS]")
+    cmd, image, args = argv[0], argv[1], argv[2:]
+    if cmd == "mkfs":
+        make_image(image, int(args[0]))
+        return
+    board = Board(image)
+    board.mount_sd()
+    try:
+        {"ls": cmd_ls, "cat": cmd_cat, "put": cmd_put, "get": cmd_get, "df": cmd_df}[cmd](*args)
+    finally:
+        board.umount_sd()
+
+
+try:
+    main(sys.argv[1:])
+except OSError as e:
+    sys.stderr.write("sd: %s\n" % e)
+    sys.exit(1)
+except KeyError:
+    sys.stderr.write("sd: unknown command\n")
+    sys.exit(2)

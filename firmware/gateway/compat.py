@@ -1,0 +1,57 @@
+# The one module that knows which runtime it is on. Firmware runs unchanged on
+# the ESP32 port and the unix port; the same modules also import on CPython so
+# that tests and host tools can use them. No other firmware module may branch
+# on the runtime: anything that differs gets a name here.
+try:
+    from micropython import const
+    from time import ticks_ms, ticks_diff, ticks_add
+    from sys import print_exception
+    import gc
+
+    MICROPYTHON = True
+
+    async def readinto(stream, buf):
+        return await stream.readinto(buf)
+
+    def mem_free():
+        return gc.mem_free()
+
+    def mem_alloc():
+        return gc.mem_alloc()
+
+except ImportError:  # CPython
+    import sys  # cpython-only
+    import time  # cpython-only
+    import traceback  # cpython-only
+
+    MICROPYTHON = False
+    _TICKS_PERIOD = 1 << 30
+
+    def const(x):
+        return x
+
+    def ticks_ms():
+        return int(time.monotonic() * 1000) % _TICKS_PERIOD
+
+    def ticks_add(t, delta):
+        return (t + delta) % _TICKS_PERIOD
+
+    def ticks_diff(a, b):
+        d = (a - b) % _TICKS_PERIOD
+        return d - _TICKS_PERIOD if d >= _TICKS_PERIOD // 2 else d
+
+    def print_exception(exc, file=None):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=file or sys.stdout)
+
+    async def readinto(stream, buf):
+        # CPython's StreamReader has no readinto; one bounded copy per read.
+        data = await stream.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def mem_free():
+        return None
+
+    def mem_alloc():
+        return None

@@ -1,0 +1,1 @@
+"""odmrgw: host tools for the ODMR mail gateway."""

@@ -1,0 +1,29 @@
+"""The `odmrgw` command line. Each subcommand lives in its own module with an
+`add_parser(subparsers)` function; they are imported only to build the parser,
+so a slow dependency of one command never slows another."""
+import argparse
+import importlib
+import sys
+
+# Module names under host_tools, in the order `odmrgw --help` lists them.
+COMMANDS = ["demo", "sd"]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="odmrgw", description="Host tools for the ODMR mail gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"host_tools.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Running board/unix code on the real micropython executable.
+
+The host tools never import firmware into CPython to touch a card image: they
+run it on MicroPython, the way the box itself would.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIRMWARE = REPO / "firmware"
+BOARD_UNIX = REPO / "board" / "unix"
+DEFAULT_HEAP = "64k"
+
+
+def micropython_exe():
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise SystemExit("odmrgw: the micropython executable is missing; run `make venv`")
+    return found
+
+
+def env(extra_paths=()):
+    """Environment for micropython: firmware and the unix board on its path."""
+    paths = [str(p) for p in extra_paths] + [str(BOARD_UNIX), str(FIRMWARE), ".frozen"]
+    e = dict(os.environ)
+    e["MICROPYPATH"] = os.pathsep.join(paths)
+    return e
+
+
+def command(script, *args, heap=DEFAULT_HEAP):
+    return [micropython_exe(), "-X", f"heapsize={heap}", str(script), *map(str, args)]
+
+
+def run(script, *args, heap=DEFAULT_HEAP, extra_paths=(), **kw):
+    return subprocess.run(command(script, *args, heap=heap), env=env(extra_paths), **kw)
+
+
+def popen(script, *args, heap=DEFAULT_HEAP, extra_paths=(), **kw):
+    return subprocess.Popen(command(script, *args, heap=heap), env=env(extra_paths), **kw)

@@ -1,0 +1,128 @@
+# Helpers for firmware tests that run on both CPython and MicroPython.
+# Nothing here may use a module that MicroPython lacks, except behind the
+# runtime check below.
+import os
+import sys
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+
+class Skip(Exception):
+    pass
+
+
+def skip(reason):
+    if MICROPYTHON:
+        raise Skip(reason)
+    import pytest
+
+    pytest.skip(reason)
+
+
+def needs_micropython(what="VfsFat"):
+    if not MICROPYTHON:
+        skip("needs MicroPython's " + what)
+
+
+class raises:
+    """`with raises(ValueError) as r:` - the assertion both runtimes can run."""
+
+    def __init__(self, exc):
+        self.exc = exc
+        self.value = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, value, tb):
+        if typ is None:
+            raise AssertionError("did not raise %r" % (self.exc,))
+        if not issubclass(typ, self.exc):
+            return False
+        self.value = value
+        return True
+
+
+_counter = [0]
+
+
+def tmpdir():
+    """A fresh directory under the one the test runner gave this test."""
+    _counter[0] += 1
+    path = "%s/t%d" % (os.getenv("FW_TMP"), _counter[0])
+    os.mkdir(path)
+    return path
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def rmtree(path):
+    for entry in os.ilistdir(path) if hasattr(os, "ilistdir") else _ilistdir(path):
+        full = path + "/" + entry[0]
+        if entry[1] & 0x4000:
+            rmtree(full)
+        else:
+            os.remove(full)
+    os.rmdir(path)
+
+
+def _ilistdir(path):
+    for name in os.listdir(path):
+        yield (name, 0x4000 if os.path.isdir(path + "/" + name) else 0x8000)
+
+
+class Card:
+    """Somewhere to keep mail. On MicroPython: a FAT image mounted through
+    VfsFat on the simulated board (optionally with a power cut). On CPython:
+    a plain directory, since CPython has no VfsFat."""
+
+    def __init__(self, size=4 << 20, cut_after=None, tear=0, image=None):
+        self.board = None
+        if MICROPYTHON:
+            from board import Board, make_image
+
+            self.image = image or tmpdir() + "/card.img"
+            if not image:
+                make_image(self.image, size)
+            self.board = Board(self.image, cut_after, tear)
+            self.root = self.board.mount_sd()
+        else:
+            self.image = None
+            self.root = image or tmpdir()
+
+    def remount(self, cut_after=None, tear=0):
+        """Power back on: drop everything FatFs held in RAM and mount again."""
+        self.unmount()
+        return Card(image=self.image or self.root, cut_after=cut_after, tear=tear)
+
+    def unmount(self):
+        if self.board:
+            self.board.umount_sd()
+
+
+def run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+async def start_server(handler, host="127.0.0.1", tries=50):
+    """asyncio.start_server on a free loopback port, as (server, port).
+    MicroPython's sockets have no getsockname, so pick ports at random and
+    retry when one is taken."""
+    import asyncio
+    import random
+
+    for _ in range(tries):
+        port = random.randrange(20000, 60000)
+        try:
+            return await asyncio.start_server(handler, host, port), port
+        except OSError:
+            pass
+    raise OSError("no free loopback port after %d tries" % tries)

