@@ -126,3 +126,43 @@ async def start_server(handler, host="127.0.0.1", tries=50):
         except OSError:
             pass
     raise OSError("no free loopback port after %d tries" % tries)
+
+
+class ScriptedStream:
+    """An asyncio-style stream that hands out pre-set chunks, one per read, so a
+    test controls exactly where TCP would have split the bytes. What is
+    written to it is collected in `.out`."""
+
+    def __init__(self, chunks=()):
+        self.chunks = list(chunks)
+        self.out = bytearray()
+        self.closed = False
+
+    async def readinto(self, buf):
+        if not self.chunks:
+            return 0
+        chunk = self.chunks[0]
+        n = min(len(chunk), len(buf))
+        buf[:n] = chunk[:n]
+        if n == len(chunk):
+            self.chunks.pop(0)
+        else:
+            self.chunks[0] = chunk[n:]
+        return n
+
+    async def read(self, n):
+        buf = bytearray(n)
+        got = await self.readinto(buf)
+        return bytes(buf[:got])
+
+    def write(self, data):
+        self.out += data
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    async def wait_closed(self):
+        pass

@@ -1,0 +1,103 @@
+# Line I/O for the text protocols (SMTP both ways, POP3) over asyncio streams.
+# Everything goes through one pre-allocated buffer per connection, so a peer
+# that sends huge lines or floods us costs no more memory than a polite one.
+from gateway.compat import readinto
+
+
+class LineTooLong(Exception):
+    """The peer sent a line longer than the reader's buffer. The whole line has
+    been consumed, so the session can answer and carry on."""
+
+
+class ProtocolError(Exception):
+    """A reply we cannot parse; carries a human sentence."""
+
+
+class LineReader:
+    """CRLF lines from a stream, in a fixed buffer.
+
+    Input already buffered is never dropped: a pipelining peer may send many
+    commands in one segment, and `pending()` tells the caller whether more are
+    waiting before it flushes its replies (RFC 2920).
+    """
+
+    def __init__(self, stream, size=1024):
+        self.stream = stream
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def pending(self):
+        return self.end > self.start
+
+    async def _fill(self):
+        if self.start:
+            # Slide the unread tail to the front; memoryview copy, no new object.
+            n = self.end - self.start
+            self.mv[:n] = self.mv[self.start : self.end]
+            self.start, self.end = 0, n
+        n = await readinto(self.stream, self.mv[self.end :])
+        self.end += n
+        return n
+
+    async def readline(self):
+        """The next line including its LF, as a memoryview into the buffer that
+        stays valid until the next read; empty at end of stream. A line that
+        does not fit raises LineTooLong once it has been read to its end."""
+        too_long = False
+        while True:
+            i = self.buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = self.mv[self.start : i + 1]
+                self.start = i + 1
+                if too_long:
+                    raise LineTooLong()
+                return line
+            if self.end - self.start == len(self.buf):
+                # Full buffer and no LF yet: discard it and keep looking.
+                too_long = True
+                self.start = self.end = 0
+            if not await self._fill():
+                if too_long:
+                    raise LineTooLong()
+                line = self.mv[self.start : self.end]
+                self.start = self.end
+                return line
+
+    async def readinto(self, mv):
+        """Raw bytes: first what is buffered, then straight from the stream."""
+        n = self.end - self.start
+        if n:
+            n = min(n, len(mv))
+            mv[:n] = self.mv[self.start : self.start + n]
+            self.start += n
+            return n
+        return await readinto(self.stream, mv)
+
+
+async def read_reply(reader):
+    """One SMTP reply, single or multi-line, as (code, [text lines]).
+    Raises ProtocolError on a malformed reply and EOFError on a closed line."""
+    lines = []
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise EOFError("connection closed while waiting for a reply")
+        text = bytes(line).rstrip(b"\r\n")
+        if len(text) < 3 or not text[:3].isdigit() or (len(text) > 3 and text[3:4] not in b" -"):
+            raise ProtocolError("malformed reply line: %r" % text[:80])
+        code = int(text[:3])
+        if lines and code != lines[0][0]:
+            raise ProtocolError("reply code changed inside a multi-line reply")
+        lines.append((code, text[4:].decode("utf-8", "replace")))
+        if text[3:4] != b"-":
+            return code, [t for _, t in lines]
+
+
+def format_reply(code, lines):
+    """The bytes of an SMTP reply; several lines become a multi-line reply."""
+    if isinstance(lines, str):
+        lines = (lines,)
+    last = len(lines) - 1
+    return b"".join(b"%d%s%s\r\n" % (code, b" " if i == last else b"-", t.encode()) for i, t in enumerate(lines))
