@@ -6,6 +6,7 @@ try:
     from micropython import const
     from time import ticks_ms, ticks_diff, ticks_add
     from sys import print_exception
+    from os import ilistdir
     import gc
 
     MICROPYTHON = True
@@ -16,10 +17,15 @@ try:
     def mem_free():
         return gc.mem_free()
 
+    def fsync(f):
+        # VfsFat's flush is FatFs f_sync: data, FAT and directory entry.
+        f.flush()
+
     def mem_alloc():
         return gc.mem_alloc()
 
 except ImportError:  # CPython
+    import os  # cpython-only
     import sys  # cpython-only
     import time  # cpython-only
     import traceback  # cpython-only
@@ -52,6 +58,15 @@ except ImportError:  # CPython
 
     def mem_free():
         return None
+
+    def ilistdir(path):
+        # MicroPython's os.ilistdir: (name, type, inode) without a list.
+        for e in os.scandir(path):
+            yield (e.name, 0x4000 if e.is_dir() else 0x8000, 0)
+
+    def fsync(f):
+        f.flush()
+        os.fsync(f.fileno())
 
     def mem_alloc():
         return None
