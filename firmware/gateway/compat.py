@@ -21,6 +21,10 @@ try:
         # VfsFat's flush is FatFs f_sync: data, FAT and directory entry.
         f.flush()
 
+    async def start_tls(reader, writer, ctx):
+        # Reader and writer are one Stream; the handshake runs in its reads.
+        writer.s = reader.s = ctx.wrap_socket(writer.s, server_side=True, do_handshake_on_connect=False)
+
     def mem_alloc():
         return gc.mem_alloc()
 
@@ -67,6 +71,9 @@ except ImportError:  # CPython
     def fsync(f):
         f.flush()
         os.fsync(f.fileno())
+
+    async def start_tls(reader, writer, ctx):
+        await writer.start_tls(ctx)
 
     def mem_alloc():
         return None

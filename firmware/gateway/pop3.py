@@ -1,0 +1,291 @@
+# The POP3 server (RFC 1939, CAPA from RFC 2449) for the office's mail
+# clients. One method per command; the mailbox store does the card work.
+# Messages are streamed from the card through one small buffer per session,
+# dot-stuffed on the way, so a 10 MB message costs what a 1 KB one does.
+import asyncio
+
+from gateway import log, sasl
+from gateway.compat import const
+from gateway.wire import LineReader, LineTooLong
+
+_LINE = const(256)  # RFC 2449: a command line is at most 255 octets
+_BODY = const(512)
+_DRAIN = const(2048)  # flush output at least this often while streaming
+
+
+class POP3Session:
+    TIMEOUT = 600  # RFC 1939 autologout: at least 10 minutes of silence
+    LOGIN_DELAY = 2  # seconds before answering a failed login
+    MAX_ERRORS = 10  # bad commands before we hang up
+    MAX_LOGIN_FAILURES = 3
+
+    def __init__(self, reader, writer, mailboxes, tls=None):
+        self.lines = LineReader(reader, _LINE)
+        self.writer = writer
+        self.mailboxes = mailboxes
+        self.policy = mailboxes.policy
+        self.tls = tls  # an ssl context when STLS may be offered
+        self.user = None  # set by USER, then confirmed by PASS
+        self.box = None  # the locked mailbox's user after login
+        self.msgs = None  # [(id, size)] snapshot taken at login
+        self.deleted = None
+        self.body = None
+        self.errors = 0
+        self.failures = 0
+        self.done = False
+
+    async def reply(self, text):
+        self.writer.write(text.encode() + b"\r\n")
+        await self.writer.drain()
+
+    async def run(self):
+        try:
+            await self.reply("+OK POP3 gateway ready")
+            while not self.done:
+                try:
+                    line = await asyncio.wait_for(self.lines.readline(), self.TIMEOUT)
+                except LineTooLong:
+                    await self.bad("-ERR line too long")
+                    continue
+                if not line:
+                    break
+                await self.command(bytes(line).rstrip(b"\r\n").decode("utf-8", "replace"))
+        except asyncio.TimeoutError:
+            try:
+                await self.reply("-ERR autologout: idle for too long")
+            except OSError:
+                pass
+        except OSError:
+            pass
+        finally:
+            # A session that ends without QUIT deletes nothing (RFC 1939 §6).
+            if self.box:
+                self.mailboxes.unlock(self.box)
+                self.box = None
+
+    async def bad(self, text):
+        self.errors += 1
+        await self.reply(text)
+        if self.errors >= self.MAX_ERRORS:
+            await self.reply("-ERR too many errors, closing")
+            self.done = True
+
+    async def command(self, line):
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if not verb.isalpha() or len(verb) > 4:
+            return await self.bad("-ERR unknown command")
+        allowed = ("CAPA", "QUIT", "USER", "PASS", "STLS") if self.box is None else (
+            "CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP")
+        if verb not in allowed:
+            return await self.bad("-ERR %s not valid in this state" % verb if hasattr(self, "pop_" + verb.lower()) else "-ERR unknown command")
+        await getattr(self, "pop_" + verb.lower())(arg.strip())
+
+    # --- AUTHORIZATION state --------------------------------------------------
+
+    async def pop_capa(self, arg):
+        caps = ["+OK capability list follows", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "EXPIRE NEVER",
+                "IMPLEMENTATION odmrgw", "USER"]
+        if self.tls and self.box is None:
+            caps.append("STLS")
+        caps.append(".")
+        await self.reply("\r\n".join(caps))
+
+    async def pop_user(self, arg):
+        if not arg:
+            return await self.bad("-ERR USER needs a name")
+        self.user = arg
+        await self.reply("+OK send PASS")
+
+    async def pop_pass(self, arg):
+        user, self.user = self.user, None
+        if user is None:
+            return await self.bad("-ERR USER first")
+        secret = self.policy.password(user)
+        if not secret or not sasl.equal(secret, arg):
+            self.failures += 1
+            log.warn("pop3: failed login for %r" % user)
+            # The delay makes guessing slow; other sessions run meanwhile.
+            await asyncio.sleep(self.LOGIN_DELAY)
+            await self.reply("-ERR [AUTH] wrong user name or password")
+            if self.failures >= self.MAX_LOGIN_FAILURES:
+                self.done = True
+            return
+        if not self.mailboxes.lock(user):
+            return await self.reply("-ERR [IN-USE] mailbox already in use by another session")
+        self.box = user
+        self.msgs = self.mailboxes.listing(user)
+        self.deleted = bytearray(len(self.msgs))
+        self.body = bytearray(_BODY)
+        await self.reply("+OK %s has %d messages" % (user, len(self.msgs)))
+
+    async def pop_stls(self, arg):
+        if not self.tls:
+            return await self.bad("-ERR STLS not available")
+        await self.reply("+OK begin TLS negotiation")
+        from gateway.compat import start_tls
+
+        try:
+            await start_tls(self.lines.stream, self.writer, self.tls)
+        except OSError as e:
+            log.warn("pop3: TLS handshake failed: %s" % e)
+            self.done = True
+            return
+        self.tls = None  # offered once; CAPA no longer lists it
+        self.lines.start = self.lines.end = 0  # RFC 2595: discard pre-TLS input
+
+    async def pop_quit(self, arg):
+        self.done = True
+        if self.box is None:
+            return await self.reply("+OK bye")
+        # UPDATE state: the deletions marked in this session happen now.
+        gone = [self.msgs[i][0] for i in range(len(self.msgs)) if self.deleted[i]]
+        try:
+            self.mailboxes.expunge(self.box, gone)
+        except OSError as e:
+            log.error("pop3: update for %s failed: %s" % (self.box, e))
+            return await self.reply("-ERR [SYS/TEMP] some deleted messages not removed")
+        await self.reply("+OK %d messages deleted, bye" % len(gone))
+
+    # --- TRANSACTION state ------------------------------------------------------
+
+    def _msg(self, arg):
+        """The index of message number arg if it exists and is not deleted."""
+        if not arg.isdigit():
+            return None
+        i = int(arg) - 1
+        if 0 <= i < len(self.msgs) and not self.deleted[i]:
+            return i
+        return None
+
+    async def pop_stat(self, arg):
+        n = total = 0
+        for i in range(len(self.msgs)):
+            if not self.deleted[i]:
+                n += 1
+                total += self.msgs[i][1]
+        await self.reply("+OK %d %d" % (n, total))
+
+    async def _listing(self, arg, field):
+        if arg:
+            i = self._msg(arg)
+            if i is None:
+                return await self.bad("-ERR no such message")
+            return await self.reply("+OK %d %s" % (i + 1, self.msgs[i][field]))
+        self.writer.write(b"+OK\r\n")
+        for i in range(len(self.msgs)):
+            if not self.deleted[i]:
+                self.writer.write(b"%d %s\r\n" % (i + 1, str(self.msgs[i][field]).encode()))
+                if i % 32 == 31:
+                    await self.writer.drain()
+        await self.reply(".")
+
+    async def pop_list(self, arg):
+        await self._listing(arg, 1)
+
+    async def pop_uidl(self, arg):
+        # The spool id: unique, never reused, the same in every session.
+        await self._listing(arg, 0)
+
+    async def pop_retr(self, arg):
+        await self._send(arg, -1)
+
+    async def pop_top(self, arg):
+        num, _, n = arg.partition(" ")
+        n = n.strip()
+        if not n.isdigit():
+            return await self.bad("-ERR usage: TOP msg lines")
+        await self._send(num, int(n))
+
+    async def _send(self, arg, body_lines):
+        """The message, dot-stuffed; with body_lines >= 0 only the header and
+        that many body lines (TOP)."""
+        i = self._msg(arg)
+        if i is None:
+            return await self.bad("-ERR no such message")
+        src = self.mailboxes.open_body(self.box, self.msgs[i][0], self.body)
+        if src is None:
+            return await self.reply("-ERR [SYS/TEMP] message vanished from the card")
+        w = self.writer
+        try:
+            w.write(b"+OK %d octets\r\n" % self.msgs[i][1])
+            in_head = True
+            unsent = 0
+            last = 10
+            while True:
+                piece = src.piece()
+                if not piece:
+                    break
+                if src.start:
+                    if not in_head:
+                        if body_lines == 0:
+                            break
+                        body_lines -= 1
+                    elif piece[0] == 13 or piece[0] == 10:
+                        in_head = False  # the blank line itself is sent
+                    if piece[0] == 46:  # "."
+                        w.write(b".")
+                w.write(piece)
+                last = piece[-1]
+                unsent += len(piece)
+                if unsent >= _DRAIN:
+                    await w.drain()
+                    unsent = 0
+            w.write(b".\r\n" if last == 10 else b"\r\n.\r\n")
+            await w.drain()
+        finally:
+            src.close()
+
+    async def pop_dele(self, arg):
+        i = self._msg(arg)
+        if i is None:
+            return await self.bad("-ERR no such message")
+        self.deleted[i] = 1
+        await self.reply("+OK message %d deleted" % (i + 1))
+
+    async def pop_rset(self, arg):
+        for i in range(len(self.deleted)):
+            self.deleted[i] = 0
+        await self.reply("+OK")
+
+    async def pop_noop(self, arg):
+        await self.reply("+OK")
+
+
+async def serve(cfg, mailboxes, host, port, max_sessions=8):
+    """The POP3 listener; beyond max_sessions a client gets -ERR and is
+    closed. STLS is offered when cfg["pop3"] names a cert and key."""
+    tls = _tls_context(cfg.get("pop3") or {})
+    active = [0]
+
+    async def client(reader, writer):
+        try:
+            if active[0] >= max_sessions:
+                writer.write(b"-ERR [SYS/TEMP] too many connections, try later\r\n")
+                await writer.drain()
+                return
+            active[0] += 1
+            try:
+                await POP3Session(reader, writer, mailboxes, tls).run()
+            finally:
+                active[0] -= 1
+        except Exception as e:  # one broken session must never stop the listener
+            log.error("pop3: session failed: %r" % e)
+        finally:
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except Exception:
+                pass
+
+    return await asyncio.start_server(client, host, port)
+
+
+def _tls_context(pcfg):
+    if not (pcfg.get("cert") and pcfg.get("key")):
+        return None
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pcfg["cert"], pcfg["key"])
+    return ctx
