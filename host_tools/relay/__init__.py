@@ -1,0 +1,43 @@
+"""`odmrgw relay`: the desktop relay, the provider side of ODMR (RFC 2645).
+The modules are imported only when the command runs."""
+import sys
+
+
+def add_parser(sub):
+    p = sub.add_parser("relay", help="run the desktop relay (the ODMR provider), or manage its queue")
+    p.add_argument("--config", help="relay.toml")
+    cmds = p.add_subparsers(dest="relay_cmd")
+    q = cmds.add_parser("queue", help="list, show, drop or inject queued messages")
+    q.add_argument("--config", dest="queue_config", help="relay.toml")
+    qc = q.add_subparsers(dest="queue_cmd", required=True)
+    qc.add_parser("list", help="every queued message, oldest first per box")
+    for name, what in (("show", "envelope and text of one message"), ("drop", "delete a message from every box")):
+        qc.add_parser(name, help=what).add_argument("id")
+    inj = qc.add_parser("inject", help="queue a message file (- for stdin) as if it had arrived by SMTP")
+    inj.add_argument("file")
+    inj.add_argument("--from", dest="sender", help="envelope sender (default: the From: header)")
+    inj.add_argument("--to", action="append", help="recipient (repeatable; default: To:/Cc: in held domains)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from host_tools.relay.config import ConfigError, load
+
+    path = getattr(args, "queue_config", None) or args.config
+    if not path:
+        raise SystemExit("odmrgw relay: --config FILE is required")
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        raise SystemExit(f"odmrgw relay: config {e}")
+    if args.relay_cmd == "queue":
+        from host_tools.relay import admin
+
+        return admin.run(cfg, args)
+    from host_tools.relay import service
+
+    try:
+        return service.main(cfg)
+    except OSError as e:
+        print(f"relay: cannot start: {e}", file=sys.stderr)
+        return 1

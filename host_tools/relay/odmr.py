@@ -1,0 +1,281 @@
+"""The ODMR listener (RFC 2645): a restricted SMTP profile that only knows
+EHLO, STARTTLS, AUTH, ATRN, NOOP, RSET and QUIT. After a successful ATRN the
+roles swap and the relay delivers the customer's mail over the same
+connection (Relay.turn)."""
+import asyncio
+import binascii
+import logging
+import re
+
+from host_tools.relay.config import valid_domain
+from host_tools.relay.wire import LineReader, LineTooLong, ProtocolError
+
+log = logging.getLogger("relay.odmr")
+
+_ATRN_ARG = re.compile(r"^[^\s,]+(\s*,\s*[^\s,]+)*$")
+
+
+def parse_atrn(arg):
+    """Domains named by ATRN's argument, lower-cased; None when the syntax is wrong."""
+    if not _ATRN_ARG.match(arg):
+        return None
+    domains = [d.strip().lower() for d in arg.split(",")]
+    if len(domains) > 100 or not all(valid_domain(d) for d in domains):
+        return None
+    return list(dict.fromkeys(domains))
+
+
+class OdmrSession:
+    MAX_LINE = 1000     # RFC 5321 text-line limit; a command must fit (and an AUTH response too)
+    MAX_ERRORS = 10     # bad commands before 421
+
+    def __init__(self, relay, reader, writer, tls_context=None, implicit_tls=False):
+        self.relay = relay
+        self.lines = LineReader(reader, self.MAX_LINE)
+        self.writer = writer
+        self.tls_context = tls_context
+        self.tls = implicit_tls
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.ip = peer[0]
+        self.timeout = relay.cfg.limits["timeout"]
+        self.errors = 0
+        self._reset_state()
+
+    def _reset_state(self):
+        self.helo = None
+        self.account = None
+
+    async def reply(self, code, *lines):
+        text = "".join(f"{code}{'-' if i < len(lines) - 1 else ' '}{line}\r\n" for i, line in enumerate(lines))
+        self.writer.write(text.encode())
+        await self.writer.drain()
+
+    async def run(self):
+        try:
+            if self.relay.throttle.blocked(self.ip):
+                await self.reply(421, f"4.7.0 {self.relay.cfg.hostname} too many failed logins from your address, try later")
+                return
+            await self.reply(220, f"{self.relay.cfg.hostname} ESMTP ODMR service ready (RFC 2645)")
+            while await self._one_command():
+                pass
+        except (EOFError, ConnectionError, ProtocolError, asyncio.TimeoutError) as e:
+            if isinstance(e, asyncio.TimeoutError):
+                await self._try_reply(421, "4.4.2 idle too long, closing")
+            elif isinstance(e, ProtocolError):
+                await self._try_reply(421, "5.5.2 no line end, closing")
+        finally:
+            self.writer.close()
+
+    async def _try_reply(self, code, text):
+        try:
+            await self.reply(code, text)
+        except ConnectionError:
+            pass
+
+    async def _readline(self):
+        line = await asyncio.wait_for(self.lines.readline(), self.timeout)
+        if not line.endswith(b"\n"):
+            raise EOFError()
+        return line.rstrip(b"\r\n")
+
+    async def _one_command(self):
+        """Serve one command; False when the session is over."""
+        try:
+            line = await self._readline()
+        except LineTooLong:
+            return await self._error(500, "5.5.2 line too long")
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            return await self._error(500, "5.5.2 non-ASCII command")
+        verb, _, arg = text.partition(" ")
+        method = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
+        if method is None:
+            return await self._error(502, f"5.5.1 {verb[:20] or 'empty line'}: command not implemented (ODMR profile)")
+        return await method(arg.strip()) is not False
+
+    async def _error(self, code, text):
+        self.errors += 1
+        if self.errors >= self.MAX_ERRORS:
+            await self.reply(421, "4.7.0 too many errors, closing")
+            return False
+        await self.reply(code, text)
+        return True
+
+    # -- verbs -------------------------------------------------------------------
+    async def smtp_EHLO(self, arg):
+        if not arg:
+            return await self._error(501, "5.5.4 syntax: EHLO hostname")
+        self._reset_state()
+        self.helo = arg
+        mechs = "CRAM-MD5 PLAIN LOGIN" if self.tls else "CRAM-MD5"
+        lines = [f"{self.relay.cfg.hostname} hello {arg}", f"AUTH {mechs}", "ATRN"]
+        if self.tls_context and not self.tls:
+            lines.append("STARTTLS")
+        lines.append("ENHANCEDSTATUSCODES")
+        await self.reply(250, *lines)
+
+    async def smtp_STARTTLS(self, arg):
+        if not self.tls_context or self.tls:
+            return await self._error(502, "5.5.1 STARTTLS not offered here")
+        if arg:
+            return await self._error(501, "5.5.4 syntax: STARTTLS")
+        await self.reply(220, "2.0.0 ready to start TLS")
+        self.lines.drop_buffer()
+        await self.writer.start_tls(self.tls_context)
+        self.tls = True
+        self._reset_state()
+
+    async def smtp_NOOP(self, arg):
+        await self.reply(250, "2.0.0 OK")
+
+    async def smtp_RSET(self, arg):
+        await self.reply(250, "2.0.0 OK")
+
+    async def smtp_QUIT(self, arg):
+        await self.reply(221, f"2.0.0 {self.relay.cfg.hostname} closing connection")
+        return False
+
+    async def smtp_AUTH(self, arg):
+        if not self.helo:
+            return await self._error(503, "5.5.1 EHLO first")
+        if self.account:
+            return await self._error(503, "5.5.1 already authenticated")
+        if self.relay.throttle.blocked(self.ip):
+            await self.reply(421, "4.7.0 too many failed logins from your address, try later")
+            return False
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        if mech == "CRAM-MD5":
+            if initial:
+                return await self._error(501, "5.5.4 CRAM-MD5 takes no initial response")
+            account = await self._cram_md5()
+        elif mech in ("PLAIN", "LOGIN"):
+            if not self.tls:
+                return await self._error(538, "5.7.11 encryption required for this mechanism, use CRAM-MD5 or STARTTLS")
+            account = await (self._plain(initial) if mech == "PLAIN" else self._login(initial))
+        elif not mech:
+            return await self._error(501, "5.5.4 syntax: AUTH mechanism")
+        else:
+            return await self._error(504, "5.5.4 unrecognized authentication mechanism")
+        if account is False:
+            return True     # the exchange was aborted and already answered
+        if account is None:
+            self.relay.throttle.failed(self.ip)
+            log.warning("odmr: failed login from %s", self.ip)
+            await asyncio.sleep(self.relay.throttle.delay)
+            return await self._error(535, "5.7.8 authentication credentials invalid")
+        self.account = account
+        log.info("odmr: %s authenticated as %s", self.ip, account.user)
+        await self.reply(235, "2.7.0 authentication successful")
+
+    async def _sasl_line(self, prompt):
+        """The client's base64 answer to a 334 prompt, decoded; False after
+        answering a cancel or bad base64 itself."""
+        await self.reply(334, prompt)
+        try:
+            line = await self._readline()
+        except LineTooLong:
+            await self._error(500, "5.5.2 line too long")
+            return False
+        if line == b"*":
+            await self._error(501, "5.7.0 authentication cancelled")
+            return False
+        try:
+            return binascii.a2b_base64(line, strict_mode=True) if line else b""
+        except binascii.Error:
+            await self._error(501, "5.5.2 cannot decode base64")
+            return False
+
+    @staticmethod
+    def _b64(text):
+        return binascii.b2a_base64(text.encode(), newline=False).decode()
+
+    async def _cram_md5(self):
+        challenge = self.relay.accounts.challenge(self.relay.cfg.hostname)
+        answer = await self._sasl_line(self._b64(challenge))
+        if answer is False:
+            return False
+        return self.relay.accounts.check_cram_md5(challenge, answer.decode("utf-8", "replace"))
+
+    async def _plain(self, initial):
+        if initial and initial != "=":
+            try:
+                blob = binascii.a2b_base64(initial.encode(), strict_mode=True)
+            except binascii.Error:
+                await self._error(501, "5.5.2 cannot decode base64")
+                return False
+        else:
+            blob = await self._sasl_line("")
+            if blob is False:
+                return False
+        parts = blob.decode("utf-8", "replace").split("\0")
+        if len(parts) != 3:
+            await self._error(501, "5.5.2 malformed PLAIN response")
+            return False
+        return self.relay.accounts.check_password(parts[1], parts[2])
+
+    async def _login(self, initial):
+        if initial:
+            try:
+                user = binascii.a2b_base64(initial.encode(), strict_mode=True)
+            except binascii.Error:
+                await self._error(501, "5.5.2 cannot decode base64")
+                return False
+        else:
+            user = await self._sasl_line(self._b64("Username:"))
+            if user is False:
+                return False
+        password = await self._sasl_line(self._b64("Password:"))
+        if password is False:
+            return False
+        return self.relay.accounts.check_password(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+
+    async def smtp_ATRN(self, arg):
+        if not self.helo:
+            # No mail transaction exists in this profile (MAIL is 502), so the
+            # only bad sequence is ATRN before EHLO.
+            return await self._error(503, "5.5.1 EHLO first")
+        if not self.account:
+            return await self._error(530, "5.7.0 authentication required")
+        if arg:
+            domains = parse_atrn(arg)
+            if domains is None:
+                return await self._error(501, "5.5.4 syntax: ATRN [domain *(,domain)]")
+        else:
+            domains = list(self.account.domains)
+        refused = [d for d in domains if d not in self.account.domains]
+        if refused:
+            return await self._error(450, f"4.7.1 ATRN request refused for {refused[0]}")
+        code, text = self.relay.claim(domains)
+        if code != 250:
+            await self.reply(code, text)
+            return True
+        try:
+            await self.reply(250, "OK now reversing the connection")
+            log.info("odmr: %s (%s) turned the line for %s", self.ip, self.account.user, ",".join(domains))
+            await self.relay.turn(domains, self.lines, self.writer, self.account.user)
+        finally:
+            self.relay.release(domains)
+        return False
+
+
+async def serve(relay, host, port, tls_context=None, implicit_tls=False):
+    sessions = set()
+
+    async def on_connect(reader, writer):
+        if len(sessions) >= relay.cfg.limits["max_sessions"]:
+            writer.write(b"421 4.3.2 too many connections, try later\r\n")
+            writer.close()
+            return
+        task = asyncio.current_task()
+        sessions.add(task)
+        try:
+            await OdmrSession(relay, reader, writer, tls_context, implicit_tls).run()
+        except Exception:
+            log.exception("odmr: session failed")
+        finally:
+            sessions.discard(task)
+
+    ssl = tls_context if implicit_tls else None
+    return await asyncio.start_server(on_connect, host, port, ssl=ssl, limit=65536)

@@ -1,0 +1,222 @@
+"""The running relay: listeners, the ATRN turn, the outbox flush and expiry."""
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from host_tools.relay import dsn, odmr, smtp_in
+from host_tools.relay.auth import Accounts, Throttle
+from host_tools.relay.client import Client, canonical
+from host_tools.relay.config import domain_of
+from host_tools.relay.store import OUTBOX, Store, domain_box
+from host_tools.relay.wire import ProtocolError
+
+log = logging.getLogger("relay")
+_BROKEN = (EOFError, OSError, ProtocolError, asyncio.TimeoutError)
+
+
+class Relay:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.store = Store(cfg.queue)
+        self.accounts = Accounts(cfg.accounts)
+        lim = cfg.limits
+        self.throttle = Throttle(lim["auth_fail_delay"], lim["auth_max_failures"], lim["auth_block"])
+        self.held = cfg.held_domains
+        self.busy = set()               # boxes a session is draining right now
+        self._outbox_kick = asyncio.Event()
+
+    # -- accepting mail ----------------------------------------------------------
+    async def accept(self, mail_from, rcpts, data, origin=""):
+        """Queue mail for held domains, one box per domain; durable on return."""
+        by_box = {}
+        for r in rcpts:
+            by_box.setdefault(domain_box(domain_of(r)), []).append(r)
+        id = await asyncio.to_thread(self.store.commit, mail_from, by_box, canonical(data), origin)
+        log.info("queued %s from <%s> for %d recipient(s) (%s)", id, mail_from, len(rcpts), origin)
+        return id
+
+    async def accept_outgoing(self, mail_from, rcpts, data, origin=""):
+        id = await asyncio.to_thread(self.store.commit, mail_from, {OUTBOX: rcpts}, canonical(data), origin)
+        log.info("outbox %s from <%s> for %d recipient(s) (%s)", id, mail_from, len(rcpts), origin)
+        self._outbox_kick.set()
+        return id
+
+    def bounce(self, env, failures, why, message):
+        """Send `env`'s sender a DSN for `failures` (address -> Reply-like
+        (status, text)). Where it goes: a held domain's queue when the sender
+        is one of ours, else the outbox (next_hop); never for a null sender."""
+        if not env.mail_from:
+            log.warning("dropping failure report for %s: the sender is null (a bounce is never bounced)", env.id)
+            return None
+        report = dsn.build(self.cfg.hostname, env, failures, message, why)
+        dom = domain_of(env.mail_from)
+        box = domain_box(dom) if dom in self.held else OUTBOX
+        id = self.store.commit("", {box: [env.mail_from]}, report, origin=f"dsn for {env.id}")
+        log.info("bounce %s for %s to <%s> via %s", id, env.id, env.mail_from, box)
+        if box == OUTBOX:
+            self._outbox_kick.set()
+        return id
+
+    # -- ODMR --------------------------------------------------------------------
+    def claim(self, domains):
+        """Reserve domains for one ATRN session: (250, ...) or the refusal."""
+        boxes = [domain_box(d) for d in domains]
+        busy = [d for d, b in zip(domains, boxes) if b in self.busy]
+        if busy:
+            return 451, f"4.3.0 {busy[0]} is being drained by another session, try later"
+        if not any(self.store.has_mail(b) for b in boxes):
+            return 453, "4.2.0 you have no mail"
+        self.busy.update(boxes)
+        return 250, ""
+
+    def release(self, domains):
+        self.busy.difference_update(domain_box(d) for d in domains)
+
+    async def turn(self, domains, lines, writer, user):
+        """After `250 OK now reversing`: be the SMTP client on the customer's line."""
+        client = Client(lines, writer, self.cfg.hostname, self.cfg.limits["turn_timeout"])
+        counts = [0, 0, 0]
+        try:
+            await client.greet()
+            for d in domains:
+                await self.deliver_box(client, domain_box(d), counts)
+            await client.quit()
+        except _BROKEN as e:
+            log.warning("odmr: %s: line lost after the turn (%s); undelivered mail stays queued", user, e or type(e).__name__)
+        log.info("odmr: %s: %d delivered, %d deferred, %d bounced", user, *counts)
+
+    async def deliver_box(self, client, box, counts):
+        """Send every message in `box` (including ones arriving meanwhile) once;
+        counts: [delivered, deferred, bounced] messages, updated in place."""
+        seen = set()
+        while True:
+            todo = [e for e in self.store.list(box) if e.id not in seen]
+            if not todo:
+                return
+            for env in todo:
+                seen.add(env.id)
+                try:
+                    data = self.store.read(env)
+                except FileNotFoundError:
+                    continue        # dropped by the admin meanwhile
+                result = await client.send(env.mail_from, env.rcpts, data)
+                if result.failed:
+                    failures = {r: (rep.status(), str(rep)) for r, rep in result.failed.items()}
+                    await asyncio.to_thread(self.bounce, env, failures, "the recipient's server refused it", data)
+                    counts[2] += 1
+                await asyncio.to_thread(self.store.update, env, result.pending)
+                if result.pending:
+                    counts[1] += 1
+                elif result.delivered:
+                    counts[0] += 1
+
+    # -- outbox ------------------------------------------------------------------
+    async def flush_outbox(self):
+        if not self.cfg.next_hop or OUTBOX in self.busy or not self.store.has_mail(OUTBOX):
+            return
+        self.busy.add(OUTBOX)
+        host, port = self.cfg.next_hop
+        client = None
+        counts = [0, 0, 0]
+        try:
+            client = await Client.connect(host, port, self.cfg.hostname, self.cfg.limits["timeout"])
+            await client.greet()
+            await self.deliver_box(client, OUTBOX, counts)
+            await client.quit()
+        except _BROKEN as e:
+            log.warning("outbox: next hop %s:%d failed (%s); retrying later", host, port, e or type(e).__name__)
+        finally:
+            self.busy.discard(OUTBOX)
+            if client:
+                await client.close()
+        if any(counts):
+            log.info("outbox: %d delivered, %d deferred, %d bounced", *counts)
+
+    async def _outbox_loop(self):
+        while True:
+            try:
+                await asyncio.wait_for(self._outbox_kick.wait(), self.cfg.retry_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._outbox_kick.clear()
+            await self.flush_outbox()
+
+    # -- expiry ------------------------------------------------------------------
+    def expire(self, now=None):
+        """Bounce and remove every message older than limits.expire_after."""
+        now = time.time() if now is None else now
+        limit = self.cfg.limits["expire_after"]
+        expired = 0
+        for box in self.store.boxes():
+            if box in self.busy:
+                continue
+            for env in self.store.list(box):
+                if now - env.received <= limit:
+                    continue
+                try:
+                    data = self.store.read(env)
+                except FileNotFoundError:
+                    continue
+                days = limit / 86400
+                why = f"it was still undelivered after {days:g} day(s) in the queue"
+                diag = f"451 4.4.7 message expired in the queue of {self.cfg.hostname}"
+                self.bounce(env, {r: ("4.4.7", diag) for r in env.rcpts}, why, data)
+                self.store.remove(box, env.id)
+                expired += 1
+        if expired:
+            log.info("expired %d message(s)", expired)
+        return expired
+
+    async def _expiry_loop(self):
+        while True:
+            await asyncio.to_thread(self.expire)
+            await asyncio.sleep(self.cfg.limits["expire_check"])
+
+    # -- running -----------------------------------------------------------------
+    async def start(self):
+        """Recover the queue and open every configured listener. Returns the servers."""
+        kept, removed = self.store.recover()
+        log.info("queue %s: %d message(s) kept, %d leftover file(s) removed", self.cfg.queue, kept, removed)
+        ctx = self.cfg.tls_context()
+        listen = self.cfg.listen
+        servers = []
+        for name in ("smtp", "submission", "odmr", "odmr_tls"):
+            if name not in listen:
+                continue
+            host, port = listen[name]
+            if name in ("smtp", "submission"):
+                server = await smtp_in.serve(self, name, host, port, ctx)
+            else:
+                server = await odmr.serve(self, host, port, ctx, implicit_tls=name == "odmr_tls")
+            servers.append(server)
+            bound = server.sockets[0].getsockname()
+            tls = " (implicit TLS)" if name == "odmr_tls" else " (STARTTLS)" if ctx else ""
+            print(f"relay: {name} listening on {bound[0]}:{bound[1]}{tls}", file=sys.stderr, flush=True)
+        if "submission" in listen and not ctx:
+            log.warning("submission without [tls]: passwords cross the network in the clear")
+        return servers
+
+    async def run(self):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        servers = await self.start()
+        tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._outbox_loop())]
+        self._outbox_kick.set()
+        await stop.wait()
+        log.info("stopping")
+        for s in servers:
+            s.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def main(cfg):
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relay: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)     # aiosmtpd: chatty, and logs AUTH lines at debug
+    asyncio.run(Relay(cfg).run())
+    return 0

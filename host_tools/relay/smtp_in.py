@@ -1,0 +1,146 @@
+"""The two aiosmtpd listeners: inbound SMTP for the held domains, and
+submission for the boxes' outgoing mail (AUTH required)."""
+import asyncio
+import email.utils
+
+from aiosmtpd.smtp import SMTP, AuthResult
+
+from host_tools.relay.config import domain_of
+
+
+def _sender(address):
+    return "" if address in ("<>", "") else address
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's server plus the shared failed-login throttle: a blocked IP
+    gets 421 on AUTH, and every 535 is sent late and counted."""
+
+    def __init__(self, handler, relay, **kw):
+        super().__init__(handler, **kw)
+        self.throttle = relay.throttle
+
+    async def smtp_AUTH(self, arg):
+        if self.session and self.throttle.blocked(self.session.peer[0]):
+            await self.push("421 4.7.0 too many failed logins from your address, try later")
+            self.transport.close()
+            return
+        await super().smtp_AUTH(arg)
+
+    async def push(self, status):
+        if str(status).startswith("535"):
+            self.throttle.failed(self.session.peer[0])
+            await asyncio.sleep(self.throttle.delay)
+        await super().push(status)
+
+
+class BaseHandler:
+    def __init__(self, relay):
+        self.relay = relay
+
+    def received(self, server, session, extra=""):
+        proto = "ESMTPS" if server._tls_protocol else "ESMTP"
+        if session.authenticated:
+            proto += "A"
+        helo = session.host_name or "unknown"
+        return (
+            f"Received: from {helo} ([{session.peer[0]}]){extra}\r\n"
+            f"\tby {self.relay.cfg.hostname} (odmrgw relay) with {proto};\r\n"
+            f"\t{email.utils.formatdate(localtime=False)}\r\n"
+        ).encode()
+
+    def too_many(self, envelope):
+        return len(envelope.rcpt_tos) >= self.relay.cfg.limits["max_recipients"]
+
+
+class InboundHandler(BaseHandler):
+    """Mail for the held domains only: never an open relay."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        envelope.mail_from = _sender(address)
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if domain_of(address) not in self.relay.held:
+            return f"550 5.7.1 relaying denied: {domain_of(address) or address} is not held here"
+        if self.too_many(envelope):
+            return "452 4.5.3 too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        data = self.received(server, session) + envelope.original_content
+        try:
+            id = await self.relay.accept(envelope.mail_from, envelope.rcpt_tos, data, f"smtp {session.peer[0]}")
+        except OSError as e:
+            return f"451 4.3.0 could not queue the message ({e.strerror}), try again later"
+        return f"250 2.0.0 OK queued as {id}"
+
+
+class SubmissionHandler(BaseHandler):
+    """The boxes' outgoing mail: AUTH required, MAIL FROM only from the account's
+    domains (or the null sender, for the box's own bounces)."""
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        account = self.relay.accounts.check_password(
+            auth_data.login.decode("utf-8", "replace"), auth_data.password.decode("utf-8", "replace")
+        )
+        return AuthResult(success=bool(account), auth_data=account)
+
+    async def auth_CRAM__MD5(self, server, args):
+        if len(args) > 1:
+            await server.push("501 5.5.4 CRAM-MD5 takes no initial response")
+            return AuthResult(success=False, handled=True)
+        challenge = self.relay.accounts.challenge(self.relay.cfg.hostname)
+        answer = await server.challenge_auth(challenge)
+        if not isinstance(answer, bytes):
+            return AuthResult(success=False, handled=True)
+        account = self.relay.accounts.check_cram_md5(challenge, answer.decode("utf-8", "replace"))
+        return AuthResult(success=bool(account), auth_data=account)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        account = session.auth_data
+        sender = _sender(address)
+        if sender and domain_of(sender) not in account.domains:
+            return f"553 5.7.1 <{sender}> is not an address of account {account.user}"
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if "@" not in address:
+            return "553 5.1.3 need a full address"
+        if self.too_many(envelope):
+            return "452 4.5.3 too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        user = session.auth_data.user
+        data = self.received(server, session, f"\r\n\t(authenticated as {user})") + envelope.original_content
+        try:
+            id = await self.relay.accept_outgoing(envelope.mail_from, envelope.rcpt_tos, data, f"submission {user}")
+        except OSError as e:
+            return f"451 4.3.0 could not queue the message ({e.strerror}), try again later"
+        return f"250 2.0.0 OK queued as {id}"
+
+
+async def serve(relay, name, host, port, tls_context):
+    lim = relay.cfg.limits
+    common = dict(
+        hostname=relay.cfg.hostname, ident="ESMTP odmrgw relay", data_size_limit=lim["max_size"],
+        tls_context=tls_context, timeout=lim["timeout"], decode_data=False,
+    )
+    if name == "smtp":
+        handler = InboundHandler(relay)
+        kw = dict(common, auth_exclude_mechanism=["LOGIN", "PLAIN"])
+    else:
+        handler = SubmissionHandler(relay)
+        kw = dict(common, auth_required=True, auth_require_tls=bool(tls_context), authenticator=handler.authenticate)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: RelaySMTP(handler, relay, **kw), host, port)

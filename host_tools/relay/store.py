@@ -1,0 +1,195 @@
+"""The relay's queue on disk.
+
+Layout under the queue directory:
+    tmp/                 work in progress; emptied at start-up
+    domains/<domain>/    mail held for a customer domain, drained by ATRN
+    outbox/              the boxes' outgoing mail and DSNs for outside senders
+Each message in a box is two files with the same id: <id>.eml (the message,
+CRLF lines) and <id>.env (JSON envelope: sender, recipients still pending,
+arrival time). The .env is written last, by tmp file + fsync + rename + dir
+fsync, so its presence is the commit point; a message for several domains is
+one body hard-linked into each domain box. Removal goes the other way: .env
+first, then .eml, so a crash leaves at most an orphan body, which recover()
+deletes."""
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+OUTBOX = "outbox"
+
+
+def domain_box(domain):
+    return f"domains/{domain}"
+
+
+@dataclass
+class Envelope:
+    id: str
+    mail_from: str
+    rcpts: list
+    received: float
+    size: int
+    origin: str = ""        # who handed it to us (peer, helo or user), for the Received trail and admin
+    box: str = field(default="", compare=False)
+
+    def to_json(self):
+        d = asdict(self)
+        del d["box"]
+        return json.dumps(d, sort_keys=True).encode()
+
+
+class Store:
+    def __init__(self, root):
+        self.root = Path(root)
+        self._seq = 0
+
+    # -- paths -------------------------------------------------------------------
+    def _dir(self, box):
+        return self.root / box
+
+    def body_path(self, box, id):
+        return self._dir(box) / f"{id}.eml"
+
+    def _env_path(self, box, id):
+        return self._dir(box) / f"{id}.env"
+
+    # -- start-up ----------------------------------------------------------------
+    def recover(self):
+        """Create the layout, purge tmp/, delete bodies whose envelope never got
+        committed (or was removed). Returns (kept, removed)."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.root / "domains").mkdir(exist_ok=True)
+        self._dir(OUTBOX).mkdir(exist_ok=True)
+        removed = 0
+        for f in (self.root / "tmp").iterdir():
+            f.unlink()
+            removed += 1
+        kept = 0
+        for box in self.boxes():
+            d = self._dir(box)
+            envs = {p.stem for p in d.glob("*.env")}
+            for p in d.glob("*.eml"):
+                if p.stem not in envs:
+                    p.unlink()
+                    removed += 1
+            for p in d.glob("*.env"):
+                if not p.with_suffix(".eml").exists():
+                    # An envelope without its body cannot be delivered; keep it aside for a human.
+                    p.rename(p.with_suffix(".broken"))
+                    removed += 1
+                else:
+                    kept += 1
+        return kept, removed
+
+    def boxes(self):
+        out = [OUTBOX] if self._dir(OUTBOX).is_dir() else []
+        doms = self.root / "domains"
+        if doms.is_dir():
+            out += sorted(domain_box(d.name) for d in doms.iterdir() if d.is_dir())
+        return out
+
+    # -- writing -----------------------------------------------------------------
+    def new_id(self):
+        # Sortable by arrival: microseconds since the epoch (fixed width hex), then
+        # a per-process counter and random bits so two processes never collide.
+        self._seq = (self._seq + 1) & 0xFFFF
+        return f"{time.time_ns() // 1000:014x}{self._seq:04x}{secrets.token_hex(3)}"
+
+    def commit(self, mail_from, rcpts_by_box, data, origin="", received=None):
+        """Durably queue `data` for each box's recipients; returns the id.
+        Only after this returns may the caller say 250."""
+        id = self.new_id()
+        tmp = self.root / "tmp"
+        body = tmp / f"{id}.eml"
+        _write_synced(body, data)
+        received = time.time() if received is None else received
+        dirs = set()
+        for box, rcpts in rcpts_by_box.items():
+            d = self._dir(box)
+            d.mkdir(parents=True, exist_ok=True)
+            os.link(body, d / f"{id}.eml")
+            env = Envelope(id, mail_from, list(rcpts), received, len(data), origin)
+            self._write_env(box, env, fsync_dir=False)
+            dirs.add(d)
+        for d in dirs:
+            _fsync_dir(d)
+        body.unlink()
+        return id
+
+    def _write_env(self, box, env, fsync_dir=True):
+        tmp = self.root / "tmp" / f"{env.id}.{secrets.token_hex(4)}.env"
+        _write_synced(tmp, env.to_json())
+        os.replace(tmp, self._env_path(box, env.id))
+        if fsync_dir:
+            _fsync_dir(self._dir(box))
+
+    def update(self, env, pending):
+        """Keep only `pending` recipients; the message vanishes when none is left."""
+        if pending:
+            env.rcpts = list(pending)
+            if self._env_path(env.box, env.id).exists():
+                self._write_env(env.box, env)
+        else:
+            self.remove(env.box, env.id)
+
+    def remove(self, box, id):
+        try:
+            self._env_path(box, id).unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self._dir(box))
+        self.body_path(box, id).unlink(missing_ok=True)
+        return True
+
+    # -- reading -----------------------------------------------------------------
+    def list(self, box):
+        """Envelopes in a box, oldest first."""
+        d = self._dir(box)
+        if not d.is_dir():
+            return []
+        out = []
+        for p in sorted(d.glob("*.env")):
+            env = self.envelope(box, p.stem)
+            if env:
+                out.append(env)
+        return out
+
+    def envelope(self, box, id):
+        try:
+            raw = json.loads(self._env_path(box, id).read_bytes())
+        except FileNotFoundError:
+            return None
+        return Envelope(box=box, **raw)
+
+    def read(self, env):
+        return self.body_path(env.box, env.id).read_bytes()
+
+    def find(self, id):
+        """Every (box, envelope) holding that id."""
+        return [(box, e) for box in self.boxes() if (e := self.envelope(box, id))]
+
+    def has_mail(self, box):
+        d = self._dir(box)
+        return d.is_dir() and any(d.glob("*.env"))
+
+
+def _write_synced(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
