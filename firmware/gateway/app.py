@@ -1,19 +1,201 @@
-# Wiring of the running gateway. The board object is the only way in to the
-# hardware: firmware never imports board code.
+# Wiring of the running gateway: board -> spool recovery -> mailboxes ->
+# POP3 and LAN SMTP listeners -> scheduler (poll cycles) -> console.
+# The board object is the only way in to the hardware: firmware never imports
+# board code. The parts are imported when start() needs them, so a box that
+# only shows its status never loads the SMTP engine.
+from gateway import config, log
+from gateway.compat import mem_alloc, mem_free
+
 VERSION = "0.1.0"
 
 
-def status(board):
-    """The figures a person at the console asks for, as (label, value) pairs."""
-    import gc
+class App:
+    LOG_FILE = "log.txt"  # on the card, beside spool/ and mail/
+    WATCHDOG_PERIOD = 2  # seconds between feeds; the board's WDT allows more
+    QUEUE_LINES = 50  # the most `queue` lists
 
-    gc.collect()
-    free = board.card_free()
-    size = board.card_size()
-    return [
-        ("firmware", "odmrgw %s on board %s" % (VERSION, board.name)),
-        ("uptime", "%ds" % (board.now() - board.started)),
-        ("network", board.network_status()),
-        ("card", "%s: %d of %d KiB free" % (board.sd_root, free // 1024, size // 1024)),
-        ("heap", "%d bytes free, %d used" % (gc.mem_free(), gc.mem_alloc())),
-    ]
+    def __init__(self, board, cfg, cfg_path):
+        self.board = board
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.unsaved = False
+        self.spool = self.policy = self.mailboxes = self.scheduler = None
+        self.servers = []
+        self.ring = None
+        self.recovered = None
+
+    # --- start-up -------------------------------------------------------
+    def attach_log(self):
+        """Copies every log line into a size-capped file on the card."""
+        from gateway.logring import LogRing
+
+        self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE, self.board.now)
+        log.attach(self.ring.write)
+
+    def open_card(self):
+        """Spool recovery, then mailboxes; hands held local mail to them."""
+        from gateway.spool import Spool
+        from gateway.policy import Policy
+        from gateway.mailbox import Mailboxes
+
+        root = self.board.sd_root
+        self.spool = Spool(root + "/spool")
+        self.recovered = self.spool.recover()
+        log.info("spool: %d kept, %d incomplete removed" % tuple(self.recovered))
+        self.policy = Policy(self.cfg)
+        self.mailboxes = Mailboxes(root + "/mail", self.policy)
+        self.mailboxes.deliver_pending(self.spool)
+
+    def cycle(self):
+        from gateway.poll import PollCycle
+
+        return PollCycle(self.cfg, self.spool, self.policy, self.mailboxes, self.board)
+
+    async def start(self):
+        """Everything but the console: listeners and the scheduler."""
+        import asyncio
+        from gateway import pop3, lan
+        from gateway.scheduler import Scheduler
+
+        self.open_card()
+        host = self.cfg["listen"]
+        self.servers.append(await pop3.serve(self.cfg, self.mailboxes, host, self.cfg["pop3"]["port"]))
+        self.servers.append(
+            await lan.serve(self.cfg, self.spool, self.policy, host, self.cfg["smtp"]["port"], self._delivered, self._outbound)
+        )
+        log.info("listening on %s: smtp %d, pop3 %d" % (host, self.cfg["smtp"]["port"], self.cfg["pop3"]["port"]))
+        self.scheduler = Scheduler(self.cfg, self.cycle(), self.board)
+        asyncio.create_task(self.scheduler.run())
+
+    async def run(self, console=True):
+        """Runs the gateway until the console hands over to the REPL
+        (KeyboardInterrupt) or the board reboots. A part that fails to start
+        is logged and the rest (console, status) still runs, so the box stays
+        reachable for repair."""
+        import asyncio
+
+        asyncio.create_task(self._watchdog())
+        try:
+            await self.start()
+        except Exception as e:  # noqa: BLE001 - keep the console up whatever broke
+            log.error("gateway not started: %r" % (e,))
+        if console:
+            from gateway.console import Console
+
+            await Console(self).run()
+        while True:  # no console (EOF on stdin, or none wanted): serve on
+            await asyncio.sleep(3600)
+
+    async def _watchdog(self):
+        import asyncio
+
+        while True:
+            self.board.feed_watchdog()
+            await asyncio.sleep(self.WATCHDOG_PERIOD)
+
+    def _delivered(self, *args):
+        # mail from the LAN for our own users goes to their mailboxes at once
+        self.mailboxes.deliver_pending(self.spool)
+
+    def _outbound(self, *args):
+        if self.scheduler:
+            self.scheduler.poke()
+
+    def close(self):
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        if self.ring:
+            log.attach(None)
+            self.ring.close()
+
+    # --- what the console asks ------------------------------------------
+    def status(self):
+        """The figures a person at the console asks for, as (label, value) pairs."""
+        import gc
+
+        gc.collect()
+        board = self.board
+        now = board.now()
+        rows = [
+            ("firmware", "odmrgw %s on board %s" % (VERSION, board.name)),
+            ("uptime", _ago(now - board.started)),
+            ("network", board.network_status()),
+        ]
+        sched = self.scheduler
+        if sched:
+            last = sched.last_result
+            rows.append(("last poll", "%s ago: %s" % (_ago(now - sched.last_poll), last.summary) if sched.last_poll and last else "none yet"))
+            rows.append(("next poll", "running now" if sched.running else ("in " + _ago(sched.next_poll - now) if sched.next_poll else "not planned")))
+        else:
+            rows.append(("poll", "not running"))
+        if self.spool:
+            c = self.spool.counts()
+            rows.append(("queue", "%d for local delivery, %d outgoing" % (c.get("local", 0), c.get("out", 0))))
+        if self.mailboxes:
+            boxes = self.mailboxes.counts()
+            rows.append(("mailboxes", ", ".join("%s %d (%d KiB)" % (u, n, b // 1024) for u, (n, b) in sorted(boxes.items())) or "none"))
+        rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
+        if mem_free() is not None:
+            rows.append(("heap", "%d bytes free, %d used" % (mem_free(), mem_alloc())))
+        rows.append(("config", self.cfg_path + (" (unsaved changes)" if self.unsaved else "")))
+        return rows
+
+    def poll_now(self):
+        if not self.scheduler:
+            raise ValueError("the scheduler is not running")
+        self.scheduler.poll_now()
+
+    def queue_lines(self):
+        lines = []
+        if not self.spool:
+            return lines
+        for queue in ("out", "local"):
+            for id in self.spool.ids(queue):
+                if len(lines) >= self.QUEUE_LINES:
+                    return lines + ["..."]
+                env = self.spool.envelope(id)
+                rcpts = " ".join(a for a, q in env.rcpts if q == queue)
+                lines.append("%-5s %s %7d B from <%s> to %s" % (queue, id, env.size, env.mail_from, rcpts))
+        return lines
+
+    def log_tail(self, n):
+        return self.ring.tail(n) if self.ring else ["no log file (card not mounted)"]
+
+    # --- config and power -----------------------------------------------
+    def set_config(self, cfg):
+        """Takes a validated config. The dict is updated in place, so every
+        part holding it sees the change (a new poll interval, a new user)."""
+        self.cfg.clear()
+        self.cfg.update(cfg)
+        self.unsaved = True
+
+    def save_config(self):
+        config.save(self.cfg_path, self.cfg)
+        self.unsaved = False
+
+    def factory_reset(self):
+        import os
+
+        try:
+            os.remove(self.cfg_path)
+        except OSError:
+            pass
+        self.set_config(config.validate({}))
+        self.unsaved = False
+        log.warn("factory reset: config erased")
+
+    def reboot(self):
+        log.warn("reboot requested at the console")
+        self.close()
+        self.board.reboot()
+
+
+def _ago(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%ds" % seconds
+    if seconds < 7200:
+        return "%dm" % (seconds // 60)
+    return "%dh%02dm" % (seconds // 3600, seconds // 60 % 60)
+

@@ -11,6 +11,11 @@ import os
 _TLS_MODES = ("implicit", "starttls", "none")
 _SECRETS = ("secret", "password")
 MASK = "***"
+_NUMBERS = {
+    "int": (1, 1 << 40, "must be a positive integer"),
+    "bytes": (0, 1 << 40, "must be a number of bytes (0 or more)"),
+    "port": (1, 65535, "must be a port number (1-65535)"),
+}
 
 
 def _endpoint(port):
@@ -29,6 +34,7 @@ def _endpoint(port):
 def _schema():
     return {
         "hostname": ("str", "gateway"),
+        "listen": ("str", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
         "domains": ("domains", []),
         "relay": _endpoint(366),
         "smarthost": _endpoint(587),
@@ -47,6 +53,7 @@ def _schema():
             "*": {
                 "password": ("str", ""),
                 "addresses": ("addresses", []),
+                "quota": ("bytes", 0),  # mailbox limit in bytes; 0 = none
             },
         },
         "catch_all": {"*": ("user", "")},
@@ -86,10 +93,10 @@ def _check_leaf(kind, key, value):
     if kind == "str" or kind == "user":
         if not isinstance(value, str):
             raise ConfigError(key, "must be a string")
-    elif kind == "int" or kind == "port":
-        top = 65535 if kind == "port" else 1 << 40
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
-            raise ConfigError(key, "must be a port number (1-65535)" if kind == "port" else "must be a positive integer")
+    elif kind == "int" or kind == "port" or kind == "bytes":
+        low, top, what = _NUMBERS[kind]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
+            raise ConfigError(key, what)
     elif kind == "tls":
         if value not in _TLS_MODES:
             raise ConfigError(key, "must be one of implicit, starttls, none")

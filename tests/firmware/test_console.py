@@ -1,0 +1,169 @@
+# The serial console's commands against a real App (on a stand-in board with
+# a plain directory as its card), and the Ctrl-A/C/D hand-over to the REPL.
+import json
+import os
+
+from support import raises, run, tmpdir, ScriptedStream
+from gateway import config, log
+from gateway.app import App
+from gateway.console import Console
+from gateway.logring import LogRing
+
+# app, console, config, logring, support and this file are all compiled from
+# source here, and on a 64-bit heap: about 35 KB before the first test runs.
+# On the box they load as .mpy with 4-byte pointers.
+MICROPYTHON_HEAP = "96k"
+
+
+class DeskBoard:
+    """The Board interface with nothing behind it but a directory."""
+
+    name = "desk"
+
+    def __init__(self):
+        self.sd_root = tmpdir()
+        self.started = 1000
+        self.clock = 1100
+        self.reboots = 0
+
+    def now(self):
+        return self.clock
+
+    def network_status(self):
+        return "none (test)"
+
+    def feed_watchdog(self):
+        pass
+
+    def card_free(self):
+        return 3 << 20
+
+    def card_size(self):
+        return 4 << 20
+
+    def reboot(self):
+        self.reboots += 1
+
+
+def make_console():
+    path = tmpdir() + "/config.json"
+    config.save(path, {"domains": ["example.test"], "relay": {"host": "relay.test", "secret": "hush"}})
+    app = App(DeskBoard(), config.load(path), path)
+    return Console(app), app
+
+
+def test_help_lists_every_command():
+    con, _ = make_console()
+    text = "\n".join(con.execute("help"))
+    for cmd in ("status", "show", "set", "unset", "save", "poll", "queue", "log", "user add", "user del",
+                "user passwd", "reboot", "factory-reset"):
+        assert cmd in text, cmd
+    assert con.execute("frobnicate") == ["unknown command 'frobnicate'; try help"]
+
+
+def test_show_never_prints_a_secret():
+    con, _ = make_console()
+    out = "\n".join(con.execute("show") + con.execute("show relay") + con.execute("show relay.secret"))
+    assert "hush" not in out
+    assert 'relay.secret = "***"' in out
+    assert 'relay.host = "relay.test"' in out
+    assert con.execute("show relay.port") == ["relay.port = 366"]
+
+
+def test_set_checks_at_once_and_save_persists():
+    con, app = make_console()
+    assert con.execute("set smtp.max_size lots") == ["error: smtp.max_size: must be a positive integer"]
+    assert con.execute("set smtp.prot 25") == ["error: smtp.prot: unknown key"]
+    assert con.execute("set poll.interval 60")[0].startswith("ok")
+    assert app.cfg["poll"]["interval"] == 60
+    assert "unsaved" in dict(app.status())["config"]
+    assert config.load(app.cfg_path)["poll"]["interval"] == 900
+    con.execute("save")
+    assert config.load(app.cfg_path)["poll"]["interval"] == 60
+    con.execute("set hostname gw.example.test")
+    con.execute("unset poll.interval")
+    con.execute("save")
+    saved = config.load(app.cfg_path)
+    assert saved["hostname"] == "gw.example.test" and saved["poll"]["interval"] == 900
+
+
+def test_user_add_passwd_del():
+    con, app = make_console()
+    assert con.execute("user add alice pw1 alice@example.test info@example.test")[0].startswith("ok")
+    assert app.cfg["users"]["alice"] == {"password": "pw1", "addresses": ["alice@example.test", "info@example.test"], "quota": 0}
+    assert con.execute("user add alice x")[0].startswith("user alice exists")
+    con.execute("user passwd alice pw2")
+    assert app.cfg["users"]["alice"]["password"] == "pw2"
+    assert "pw2" not in json.dumps(con.execute("show users"))
+    assert con.execute("user add bob pw bob")[0] == "error: users.bob.addresses: 'bob' is not an address (user@domain)"
+    con.execute("user del alice")
+    assert app.cfg["users"] == {}
+    assert con.execute("user del alice") == ["no such user 'alice'"]
+    assert con.execute("user") == ["usage: see help"]
+
+
+def test_factory_reset_asks_first():
+    con, app = make_console()
+    assert "type yes" in con.execute("factory-reset")[0]
+    assert con.execute("no") == ["cancelled"]
+    assert app.cfg["relay"]["host"] == "relay.test"
+    con.execute("factory-reset")
+    assert con.execute("yes") == ["config erased"]
+    assert app.cfg["relay"]["host"] == ""
+    assert not os.path.exists(app.cfg_path) if hasattr(os, "path") else True
+
+
+def test_status_reboot_and_log():
+    con, app = make_console()
+    status = dict(app.status())
+    assert status["uptime"] == "100s"
+    assert status["network"] == "none (test)"
+    assert status["card"].endswith("3072 of 4096 KiB free")
+    assert con.execute("poll") == ["usage: see help"] or "not running" in con.execute("status")[4]
+    app.ring = LogRing(app.board.sd_root + "/log.txt", app.board.now)
+    log.attach(app.ring.write)
+    try:
+        for i in range(30):
+            log.info("line %d" % i)
+    finally:
+        log.attach(None)
+    tail = con.execute("log 3")
+    assert tail == ["1100 I line 27", "1100 I line 28", "1100 I line 29"], tail
+    assert len(con.execute("log")) == Console.LOG_LINES
+    con.execute("reboot")
+    assert app.board.reboots == 1
+
+
+def test_log_ring_stays_within_its_cap():
+    d = tmpdir()
+    ring = LogRing(d + "/log.txt", size=2048)
+    for i in range(500):
+        ring.write("message number %d" % i)
+    ring.close()
+    total = sum(os.stat(d + "/" + name)[6] for name in os.listdir(d))
+    assert total <= 2048 + 40, total
+    tail = ring.tail(5)
+    assert tail == ["message number %d" % i for i in range(495, 500)]
+    assert ring.tail(1000)[0].startswith("message number")
+
+
+def test_typed_line_runs_and_ctrl_c_hands_over_to_the_repl():
+    con, _ = make_console()
+    out = []
+    stream = ScriptedStream([b"show relay.p", b"x\x7fort\r\n", b"\r\x03\r\x01"])
+    with raises(KeyboardInterrupt):
+        run(con.run(stream, out.append))
+    text = "".join(out)
+    assert "relay.port = 366\r\n" in text
+    assert text.count("gw> ") == 3  # CRLF counts as one line end
+    # the bytes after Ctrl-C are left for MicroPython's REPL (mpremote's Ctrl-A)
+    assert stream.chunks == [b"\r\x01"]
+
+
+def test_ctrl_a_and_ctrl_d_also_hand_over_and_eof_just_ends():
+    for key in (b"\x01", b"\x04"):
+        con, _ = make_console()
+        with raises(KeyboardInterrupt):
+            run(con.run(ScriptedStream([b"help", key]), lambda s: None))
+    con, _ = make_console()
+    run(con.run(ScriptedStream([b"status\n"]), lambda s: None))
