@@ -33,6 +33,9 @@ def add_parser(sub):
         c.add_argument("dest")
     df = cmds.add_parser("df", help="card size and free space")
     df.add_argument("image")
+    ex = cmds.add_parser("export", help="every user's mailbox as a Maildir under DEST/<user>/")
+    ex.add_argument("image")
+    ex.add_argument("dest")
     p.set_defaults(func=run)
 
 

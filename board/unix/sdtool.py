@@ -1,7 +1,8 @@
 # Card-image access for the host tools (`odmrgw sd ...`), run on the micropython
 # executable so the image is read and written by the same VfsFat as on the box.
 # Usage: micropython sdtool.py (mkfs IMAGE BYTES | ls IMAGE [PATH] |
-#        cat IMAGE PATH | put IMAGE SRC DEST | get IMAGE SRC DEST | df IMAGE)
+#        cat IMAGE PATH | put IMAGE SRC DEST | get IMAGE SRC DEST | df IMAGE |
+#        export IMAGE DEST)
 import os
 import sys
 from board import Board, make_image
@@ -74,6 +75,48 @@ def cmd_df():
     print("size %d free %d" % (st[0] * st[2], st[0] * st[3]))
 
 
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+def cmd_export(dest):
+    """Every mailbox as a Maildir DEST/<user>/{cur,new,tmp}: each message is
+    written to tmp/ and renamed into new/ (the Maildir rule), with LF line
+    ends as Maildir readers expect."""
+    from gateway.mailbox import Mailboxes
+
+    boxes = Mailboxes(Board.sd_root + "/mail", None)
+    buf = bytearray(_CHUNK)
+    _mkdir(dest)
+    for user in boxes.users_on_card():
+        base = dest + "/" + user
+        for sub in ("", "/cur", "/new", "/tmp"):
+            _mkdir(base + sub)
+        n = 0
+        for id in boxes.ids(user):
+            src = boxes.open_body(user, id, buf)
+            if src is None:
+                continue
+            name = "%d.%s.odmrgw" % (boxes.info(user, id)[2], id)
+            with open(base + "/tmp/" + name, "wb") as out:
+                while True:
+                    piece = src.piece()
+                    if not piece:
+                        break
+                    if piece[-2:] == b"\r\n":
+                        out.write(piece[:-2])
+                        out.write(b"\n")
+                    else:
+                        out.write(piece)
+            src.close()
+            os.rename(base + "/tmp/" + name, base + "/new/" + name)
+            n += 1
+        print("%s: %d messages" % (user, n))
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit("usage: sdtool.py COMMAND IMAGE [ARGS]")
@@ -84,7 +127,7 @@ def main(argv):
     board = Board(image)
     board.mount_sd()
     try:
-        {"ls": cmd_ls, "cat": cmd_cat, "put": cmd_put, "get": cmd_get, "df": cmd_df}[cmd](*args)
+        {"ls": cmd_ls, "cat": cmd_cat, "put": cmd_put, "get": cmd_get, "df": cmd_df, "export": cmd_export}[cmd](*args)
     finally:
         board.umount_sd()
 

@@ -90,7 +90,8 @@ class BodyLines:
 
 class Mailboxes:
     """Every user's mailbox. Registers itself with the policy so quota checks
-    at RCPT see what is stored."""
+    at RCPT see what is stored. With policy None the store is only read (the
+    `sd export` tool): no registration, no recovery."""
 
     # A provider re-send after a lost 250 comes back with a new spool id but
     # the same Message-ID and body; it is dropped when seen within this time.
@@ -102,11 +103,13 @@ class Mailboxes:
     def __init__(self, root, policy):
         self.root = root
         self.policy = policy
-        policy.mailboxes = self
         self.buf = bytearray(_CHUNK)
         self.mv = memoryview(self.buf)
         self._usage = {}
         self._locked = set()
+        if policy is None:
+            return
+        policy.mailboxes = self
         _mkdir(root)
         for user in policy.users:
             _mkdir(self._dir(user))
@@ -328,8 +331,8 @@ class Mailboxes:
     def unlock(self, user):
         self._locked.discard(user)
 
-    def listing(self, user):
-        """[(id, size)] of whole messages, oldest first, at most MAX_LISTED."""
+    def ids(self, user):
+        """Ids of the message files in a mailbox, oldest first."""
         ids = []
         try:
             for entry in ilistdir(self._dir(user)):
@@ -339,8 +342,12 @@ class Mailboxes:
         except OSError:
             return []
         ids.sort()
+        return ids
+
+    def listing(self, user):
+        """[(id, size)] of whole messages, oldest first, at most MAX_LISTED."""
         out = []
-        for id in ids:
+        for id in self.ids(user):
             info = self.info(user, id)
             if info:
                 out.append((id, info[1]))
@@ -397,12 +404,7 @@ class Mailboxes:
                 self._apply_journal(user, path)
             else:
                 _remove(path)
-        ids = []
-        for entry in ilistdir(self._dir(user)):
-            name = entry[0]
-            if name[-4:] == ".msg":
-                ids.append(name[:-4])
-        for id in ids:
+        for id in self.ids(user):
             if not self.info(user, id):
                 log.warn("mailbox: removing partial %s of %s" % (id, user))
                 _remove(self._path(user, id))
@@ -429,3 +431,10 @@ class Mailboxes:
 
     def counts(self):
         return {user: self.usage(user) for user in self.policy.users}
+
+    def users_on_card(self):
+        """Every mailbox directory, configured user or not."""
+        try:
+            return sorted(e[0] for e in ilistdir(self.root) if e[1] & 0x4000)
+        except OSError:
+            return []

@@ -1,0 +1,16 @@
+# The LAN SMTP listener: office PCs submit mail here. It is the receiver's own
+# SMTP engine; the LanHandler (gateway.policy) decides who may connect and
+# where mail may go, so the relay rules live in one place.
+from gateway.policy import LanHandler
+
+
+async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=None, max_sessions=8):
+    """on_delivered(spool) runs after mail for our own users was accepted
+    (Mailboxes.deliver_pending); on_outbound() after outside mail was (the
+    scheduler's poke). A peer outside cfg["smtp"]["allow"] gets 554."""
+    from gateway.smtp.server import serve as smtp_serve
+
+    def handler():
+        return LanHandler(cfg, spool, policy, None, on_delivered, on_outbound)
+
+    return await smtp_serve(handler, host, port, max_sessions)
