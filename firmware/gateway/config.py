@@ -48,6 +48,15 @@ def _schema():
         },
         "pop3": {
             "port": ("port", 110),
+            "cert": ("str", ""),  # PEM files on the flash; both set = STLS offered
+            "key": ("str", ""),
+        },
+        "wifi": {  # ESP32 boards without Ethernet
+            "ssid": ("str", ""),
+            "password": ("str", ""),
+        },
+        "ntp": {
+            "host": ("str", "pool.ntp.org"),
         },
         "users": {
             "*": {

@@ -1,0 +1,84 @@
+# The ESP32 board's safe-mode decision and crash counter, off the hardware:
+# plain functions over the bytes of RTC memory, driven with a stand-in RTC.
+import sys
+
+import support
+
+
+def esp32_board():
+    """board/esp32/board.py, imported beside (not instead of) board/unix's."""
+    here = support.__file__.rsplit("/", 1)[0]
+    path = here + "/../../board/esp32"
+    saved = sys.modules.pop("board", None)
+    sys.path.insert(0, path)
+    try:
+        import board
+
+        return board
+    finally:
+        sys.path.remove(path)
+        sys.modules.pop("board", None)
+        if saved is not None:
+            sys.modules["board"] = saved
+
+
+class FakeRTC:
+    """machine.RTC().memory(): up to 2 KB that survive soft and watchdog resets."""
+
+    def __init__(self, mem=b""):
+        self.mem = mem
+
+    def memory(self, data=None):
+        if data is None:
+            return self.mem
+        assert len(data) <= 2048
+        self.mem = bytes(data)
+
+
+def test_power_on_memory_counts_as_no_crash():
+    b = esp32_board()
+    for mem in (b"", b"\x00" * 16, b"junk!", b"odm"):
+        assert b.crash_count(mem) == 0
+        assert not b.safe_mode(False, mem)
+
+
+def test_boot_button_always_means_safe_mode():
+    b = esp32_board()
+    assert b.safe_mode(True, b"")
+    assert b.safe_mode(1, b.crash_memory(0))
+
+
+def test_three_crash_reboots_in_a_row_start_safe_mode():
+    b = esp32_board()
+    rtc = FakeRTC()
+    for boot in range(b.SAFE_AFTER):
+        assert not b.safe_mode(False, rtc.memory()), boot
+        b.arm(rtc)  # main.py starts the app, which then crashes or hits the watchdog
+    assert b.crash_count(rtc.memory()) == 3
+    assert b.safe_mode(False, rtc.memory())
+
+
+def test_a_stable_run_or_a_wanted_reboot_clears_the_counter():
+    b = esp32_board()
+    rtc = FakeRTC()
+    b.arm(rtc)
+    b.arm(rtc)
+    b.settle(rtc)  # ran STABLE_AFTER seconds, or `reboot` at the console
+    b.arm(rtc)
+    assert b.crash_count(rtc.memory()) == 1
+    assert not b.safe_mode(False, rtc.memory())
+
+
+def test_counter_saturates_instead_of_wrapping():
+    b = esp32_board()
+    rtc = FakeRTC(b.crash_memory(254))
+    for _ in range(5):
+        b.arm(rtc)
+    assert b.crash_count(rtc.memory()) == 255
+    assert b.safe_mode(False, rtc.memory())
+
+
+def test_epoch_offset_is_2000_to_1970():
+    b = esp32_board()
+    # 2000-01-01T00:00:00Z in unix seconds
+    assert b.EPOCH_OFFSET == 946684800
