@@ -1,0 +1,287 @@
+"""Real peers around the relay for tests, the benchmark and the firmware's
+end-to-end tests: the relay as a subprocess, an aiosmtpd sink, fetchmail's
+ODMR client, and a scripted ODMR customer that hands the turned line to
+aiosmtpd. Loopback only; every listener binds port 0."""
+import asyncio
+import hmac
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from base64 import b64decode, b64encode
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP
+
+REPO = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"^relay: (\w+) listening on ([\d.]+):(\d+)")
+
+
+def write_config(path, queue, accounts=(("office", "s3cret", ["example.test"]),), listen=None,
+                 tls=None, next_hop=None, limits=None, hostname="relay.test"):
+    """A relay.toml; listeners default to smtp + odmr on port 0."""
+    listen = listen or {"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0"}
+    out = [f'hostname = "{hostname}"', f'queue = "{queue}"', "[listen]"]
+    out += [f'{k} = "{v}"' for k, v in listen.items()]
+    if tls:
+        out += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
+    for user, secret, domains in accounts:
+        out += ["[[account]]", f'user = "{user}"', f'secret = "{secret}"',
+                "domains = [" + ", ".join(f'"{d}"' for d in domains) + "]"]
+    if next_hop:
+        out += ["[outbound]", f'next_hop = "{next_hop}"', "retry_interval = 1"]
+    if limits:
+        out += ["[limits]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in limits.items()]
+    Path(path).write_text("\n".join(out) + "\n")
+    return Path(path)
+
+
+class RelayProcess:
+    """`python -m host_tools relay --config FILE` as a child; .ports maps each
+    listener name to the port it bound (read from its stderr)."""
+
+    def __init__(self, config, log=None):
+        self.config = Path(config)
+        self.log = Path(log or self.config.with_suffix(".log"))
+        self.proc = None
+        self.ports = {}
+
+    def start(self, timeout=15):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "host_tools", "relay", "--config", str(self.config)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.ports = {}
+        expected = self._expected_listeners()
+        deadline = time.monotonic() + timeout
+        while set(self.ports) != expected:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"relay did not start: {self.log.read_text()[-2000:]}")
+            logf.write(line)
+            m = _LISTENING.match(line.decode())
+            if m:
+                self.ports[m.group(1)] = int(m.group(3))
+        # Keep draining stderr into the log so the child never blocks on a full pipe.
+        threading.Thread(target=self._pump, args=(self.proc.stderr, logf), daemon=True).start()
+        return self
+
+    def _pump(self, pipe, logf):
+        for line in pipe:
+            logf.write(line)
+            logf.flush()
+        logf.close()
+
+    def _expected_listeners(self):
+        import tomllib
+
+        return set(tomllib.loads(self.config.read_text()).get("listen", {}))
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def queue(self, *args):
+        """Run `odmrgw relay queue --config ... ARGS`; returns the CompletedProcess."""
+        return subprocess.run(
+            [sys.executable, "-m", "host_tools", "relay", "queue", "--config", str(self.config), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Sink:
+    """An aiosmtpd listener that keeps every message; `policy(address)` may
+    return an SMTP reply string to refuse a recipient."""
+
+    def __init__(self, policy=None, delay=0.0):
+        self.messages = []
+        self.policy = policy
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        refusal = self.policy(address) if self.policy else None
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+    def serve(self):
+        """Start on a free loopback port in a thread: returns a Listener (.port, .stop())."""
+        return Listener(lambda: SMTP(self, hostname="customer.test"))
+
+
+class Listener:
+    """An asyncio server on 127.0.0.1:0 running in its own thread."""
+
+    def __init__(self, factory):
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start():
+            self.server = await self.loop.create_server(factory, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self.thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("listener did not start")
+
+    def _run(self, start):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    def stop(self):
+        async def close():
+            self.server.close()
+            await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def fetchmail(odmr_port, smtp_port, user="office", password="s3cret", domains=("example.test",),
+              timeout=120, extra=""):
+    """Run fetchmail's ODMR client once; returns the CompletedProcess (its
+    verbose log and errors together in .stdout).
+    fetchmail wants a private rcfile (0600) and a HOME for its state files."""
+    home = tempfile.mkdtemp(prefix="fetchmail-")
+    try:
+        rc = Path(home) / "fetchmailrc"
+        rc.write_text(
+            f'poll 127.0.0.1 service {odmr_port} protocol ODMR user "{user}" password "{password}" '
+            f'fetchdomains {",".join(domains)} smtphost 127.0.0.1/{smtp_port} {extra}\n'
+        )
+        rc.chmod(0o600)
+        env = dict(os.environ, HOME=home, FETCHMAILHOME=home, LC_ALL="C")
+        return subprocess.run(
+            ["fetchmail", "-f", str(rc), "-N", "-d0", "--nosyslog", "-v"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout,
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class Customer:
+    """A scripted ODMR customer over a plain socket: send commands, read
+    replies, and after a 250 to ATRN hand the line to aiosmtpd (`turn`)."""
+
+    def __init__(self, port, tls_context=None, implicit_tls=False, timeout=20):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if implicit_tls:
+            self.sock = tls_context.wrap_socket(self.sock, server_hostname="relay.test")
+        self.tls_context = tls_context
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self):
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise EOFError("relay closed the connection")
+            lines.append(line.decode().rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return int(line[:3]), lines
+
+    def send(self, raw):
+        self.sock.sendall(raw if isinstance(raw, bytes) else raw.encode() + b"\r\n")
+
+    def cmd(self, line):
+        self.send(line)
+        return self.reply()
+
+    def starttls(self):
+        code, _ = self.cmd("STARTTLS")
+        assert code == 220
+        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname="relay.test")
+        self.file = self.sock.makefile("rb")
+
+    def cram_md5(self, user, secret):
+        code, lines = self.cmd("AUTH CRAM-MD5")
+        if code != 334:
+            return code, lines
+        digest = hmac.new(secret.encode(), b64decode(lines[0][4:]), "md5").hexdigest()
+        return self.cmd(b64encode(f"{user} {digest}".encode()).decode())
+
+    def login(self, user="office", secret="s3cret", domains=None):
+        """EHLO, AUTH CRAM-MD5, ATRN; returns the ATRN reply."""
+        assert self.cmd("EHLO customer.test")[0] == 250
+        assert self.cram_md5(user, secret)[0] == 235
+        return self.cmd("ATRN" + (" " + ",".join(domains) if domains else ""))
+
+    def turn(self, handler, timeout=60):
+        """Serve the reversed line with aiosmtpd until the relay hangs up."""
+        self.file.close()
+        sock, self.sock = self.sock, None
+
+        async def serve():
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+
+            class Session(SMTP):
+                def connection_lost(self, exc):
+                    super().connection_lost(exc)
+                    if not done.done():
+                        done.set_result(None)
+
+            sock.setblocking(False)
+            await loop.connect_accepted_socket(lambda: Session(handler, hostname="customer.test"), sock)
+            await asyncio.wait_for(done, timeout)
+
+        asyncio.run(serve())
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+
+def tls_files(directory, hostname="relay.test"):
+    """A trustme CA and a server cert for hostname and 127.0.0.1: returns
+    (cert_path, key_path, ca_path, client_context)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(hostname, "127.0.0.1")
+    d = Path(directory)
+    cert.private_key_and_cert_chain_pem.write_to_path(d / "relay.pem")
+    cert.private_key_pem.write_to_path(d / "relay-key.pem")
+    ca.cert_pem.write_to_path(d / "ca.pem")
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return d / "relay.pem", d / "relay-key.pem", d / "ca.pem", ctx

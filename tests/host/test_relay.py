@@ -1,0 +1,171 @@
+"""The desktop relay against real peers: fetchmail's ODMR client, smtplib,
+aiosmtpd. Every relay is a `python -m host_tools relay` child on free ports."""
+import email
+import smtplib
+import time
+
+import pytest
+
+from host_tools.relay.testing import RelayProcess, Sink, fetchmail, write_config
+
+
+@pytest.fixture
+def start_relay(tmp_path):
+    started = []
+
+    def start(**kw):
+        cfg = write_config(tmp_path / f"relay{len(started)}.toml", tmp_path / "queue", **kw)
+        relay = RelayProcess(cfg).start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture
+def sink():
+    sinks = []
+
+    def make(**kw):
+        s = Sink(**kw)
+        sinks.append(s.serve())
+        return s, sinks[-1].port
+
+    yield make
+    for s in sinks:
+        s.stop()
+
+
+def message(n, size=300, to="a@example.test"):
+    text = (f"message {n} " * (size // 10 + 1))[:size]
+    body = "\r\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    return f"From: x@outside.test\r\nTo: {to}\r\nSubject: test {n}\r\nMessage-ID: <m{n}@outside.test>\r\n\r\n{body}\r\n"
+
+
+def send(port, rcpts, data, mail_from="x@outside.test"):
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        return s.sendmail(mail_from, rcpts, data)
+
+
+def queued(relay):
+    out = relay.queue("list")
+    assert out.returncode == 0, out.stderr
+    return [line.split() for line in out.stdout.splitlines()]
+
+
+def subjects(sink):
+    return sorted(email.message_from_bytes(m[2])["Subject"] for m in sink.messages)
+
+
+def test_fetchmail_drains_every_message_exactly_once(start_relay, sink):
+    relay = start_relay()
+    s, port = sink()
+    with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=30) as c:
+        for n in range(30):
+            rcpts = ["a@example.test", "b@example.test"] if n % 3 == 0 else ["a@example.test"]
+            c.sendmail("x@outside.test", rcpts, message(n))
+    assert len(queued(relay)) == 30
+    run = fetchmail(relay.ports["odmr"], port)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "ATRN example.test" in run.stdout
+    assert subjects(s) == sorted(f"test {n}" for n in range(30))
+    two = [m for m in s.messages if len(m[1]) == 2]
+    assert len(two) == 10
+    assert queued(relay) == []
+    # Nothing left: a second poll hears 453 and delivers nothing.
+    again = fetchmail(relay.ports["odmr"], port)
+    assert "453" in again.stdout
+    assert len(s.messages) == 30
+
+
+def test_every_held_domain_is_a_box_and_atrn_drains_only_those_asked_for(start_relay, sink):
+    relay = start_relay(accounts=[("office", "s3cret", ["example.test", "branch.test"])])
+    s, port = sink()
+    send(relay.ports["smtp"], ["a@example.test", "b@branch.test"], message(1))
+    run = fetchmail(relay.ports["odmr"], port, domains=("branch.test",))
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert [m[1] for m in s.messages] == [["b@branch.test"]]
+    left = queued(relay)
+    assert len(left) == 1 and left[0][1] == "domains/example.test"
+
+
+def test_never_an_open_relay(start_relay):
+    relay = start_relay()
+    with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=30) as c:
+        c.ehlo("outside.test")
+        assert c.mail("x@outside.test")[0] == 250
+        code, text = c.rcpt("victim@elsewhere.test")
+        assert code == 550 and text.startswith(b"5.7.1")
+        assert c.rcpt("a@example.test")[0] == 250
+        assert c.rcpt("a@sub.example.test")[0] == 550
+        assert b"AUTH" not in c.ehlo_resp
+    assert queued(relay) == []
+
+
+def test_size_limit(start_relay):
+    relay = start_relay(limits={"max_size": 2000})
+    with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=30) as c:
+        c.ehlo("outside.test")
+        assert c.esmtp_features["size"] == "2000"
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            c.sendmail("x@outside.test", ["a@example.test"], message(1, size=5000), mail_options=["SIZE=5100"])
+        assert e.value.smtp_code == 552
+        # A client that does not announce the size is stopped after DATA.
+        c.rset()
+        c.mail("x@outside.test")
+        c.rcpt("a@example.test")
+        code, _ = c.data(message(2, size=5000).encode())
+        assert code == 552
+    assert queued(relay) == []
+
+
+def test_queue_admin_commands(start_relay, tmp_path):
+    relay = start_relay()
+    f = tmp_path / "msg.eml"
+    f.write_text("From: x@outside.test\nTo: a@example.test, someone@elsewhere.test\nSubject: injected\n\nhi\n")
+    out = relay.queue("inject", str(f))
+    assert out.returncode == 0, out.stderr
+    id = out.stdout.strip()
+    rows = queued(relay)
+    assert [(r[0], r[1]) for r in rows] == [(id, "domains/example.test")]
+    assert rows[0][-1] == "a@example.test"
+    shown = relay.queue("show", id)
+    assert shown.returncode == 0
+    assert "from: <x@outside.test>" in shown.stdout and "Subject: injected\n" in shown.stdout
+    assert relay.queue("inject", str(f), "--to", "b@elsewhere.test").returncode == 2
+    assert relay.queue("drop", id).returncode == 0
+    assert queued(relay) == []
+    assert relay.queue("drop", id).returncode == 1
+    assert relay.queue("show", id).returncode == 1
+
+
+def test_expired_mail_bounces_to_the_sender_with_a_dsn(start_relay, sink):
+    hop, hop_port = sink()
+    relay = start_relay(next_hop=f"127.0.0.1:{hop_port}", limits={"expire_after": 1, "expire_check": 0.2})
+    send(relay.ports["smtp"], ["a@example.test", "b@example.test"], message(7))
+    deadline = time.monotonic() + 20
+    while not hop.messages and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hop.messages, relay.log.read_text()
+    mail_from, rcpts, data = hop.messages[0]
+    assert mail_from == "" or mail_from == "<>"
+    assert rcpts == ["x@outside.test"]
+    dsn = email.message_from_bytes(data)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    parts = dsn.get_payload()
+    status = parts[1].as_string()
+    assert "Final-Recipient: rfc822; a@example.test" in status and "Final-Recipient: rfc822; b@example.test" in status
+    assert "Status: 4.4.7" in status and "Action: failed" in status
+    assert "Subject: test 7" in parts[2].as_string()
+    deadline = time.monotonic() + 10
+    while queued(relay) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert queued(relay) == []
+
+
+def test_sigterm_stops_the_relay_cleanly(start_relay):
+    relay = start_relay()
+    assert relay.stop() == 0
