@@ -1,0 +1,163 @@
+# Who may send where: the address map, catch-all, quotas, the LAN allow-list,
+# and the relay rules of both handlers.
+from gateway.policy import InboundHandler, LanHandler, Policy, parse_cidr, split_address
+
+# Compiling the SMTP server, policy and this module from source takes more
+# than 64 KB of transient heap; the box loads precompiled .mpy files.
+MICROPYTHON_HEAP = "128k"
+
+CFG = {
+    "domains": ["example.test", "other.test"],
+    "users": {
+        "alice": {"password": "alicepw", "addresses": ["alice@example.test", "Sales@Example.test"], "quota": 10000},
+        "bob": {"password": "bobpw", "addresses": ["bob@example.test"]},
+    },
+    "catch_all": {"example.test": "bob"},
+    "smtp": {"allow": ["192.168.0.0/16", "127.0.0.0/8", "10.1.2.3"]},
+}
+
+
+class Session:
+    def __init__(self, peer=("127.0.0.1", 40000), user=None):
+        self.peer = peer
+        self.user = user
+
+
+class Usage:
+    """Stands in for Mailboxes' one method the quota check reads."""
+
+    def __init__(self, used):
+        self.n = used
+
+    def used(self, user):
+        return self.n
+
+
+def test_addresses_map_to_users_case_insensitively():
+    p = Policy(CFG)
+    assert p.user_for("alice@example.test") == "alice"
+    assert p.user_for("<ALICE@EXAMPLE.TEST>") == "alice"
+    assert p.user_for("sales@example.test") == "alice"
+    assert p.user_for("bob@example.test") == "bob"
+
+
+def test_catch_all_takes_unknown_local_parts_of_its_domain_only():
+    p = Policy(CFG)
+    assert p.user_for("nobody@example.test") == "bob"
+    assert p.user_for("nobody@other.test") is None
+    assert p.check_local_rcpt("nobody@other.test") == (550, "5.1.1 No such user here")
+    assert p.is_local_domain("other.test") and p.is_local_domain("EXAMPLE.TEST.")
+    assert not p.is_local_domain("outside.test")
+
+
+def test_routing_tricks_never_match_even_with_a_catch_all():
+    p = Policy(CFG)
+    for trick in ("x%outside.test@example.test", "outside.test!x@example.test", '"x@outside.test"@example.test',
+                  "x@outside.test@example.test", "@example.test"):
+        assert p.user_for(trick) is None, trick
+        assert p.check_local_rcpt(trick)[0] == 550
+
+
+def test_source_route_is_judged_by_its_final_address():
+    assert split_address("<@relay.test,@b.test:bob@Example.test>") == ("bob", "example.test")
+    assert split_address("no-domain") == ("", "")
+    p = Policy(CFG)
+    assert p.user_for("<@example.test:x@outside.test>") is None
+
+
+def test_quota_full_is_temporary_too_big_is_permanent():
+    p = Policy(CFG)
+    assert p.check_local_rcpt("alice@example.test", 20000) == (552, "5.2.2 Message larger than the mailbox quota")
+    p.mailboxes = Usage(9000)
+    assert p.check_local_rcpt("alice@example.test", 500) is None
+    assert p.check_local_rcpt("alice@example.test", 2000)[0] == 452
+    p.mailboxes = Usage(10000)
+    assert p.check_local_rcpt("alice@example.test") == (452, "4.2.2 Mailbox full, try again later")
+    # No quota set: never full.
+    assert p.check_local_rcpt("bob@example.test", 1 << 30) is None
+
+
+def test_cidr_by_hand():
+    assert parse_cidr("192.168.0.0/16") == (0xC0A80000, 0xFFFF0000)
+    assert parse_cidr("10.1.2.3") == (0x0A010203, 0xFFFFFFFF)
+    assert parse_cidr("0.0.0.0/0") == (0, 0)
+    p = Policy(CFG)
+    assert p.allowed_peer(("192.168.44.5", 1234))
+    assert p.allowed_peer("127.0.0.1")
+    assert p.allowed_peer("::ffff:10.1.2.3")
+    assert not p.allowed_peer("10.1.2.4")
+    assert not p.allowed_peer("192.169.0.1")
+    assert not p.allowed_peer("::1")
+    assert not p.allowed_peer("garbage")
+    assert not p.allowed_peer(None)
+
+
+def test_inbound_accepts_our_users_only():
+    p = Policy(CFG)
+    h = InboundHandler(CFG, None, p)
+    s = Session()
+    h.mail(s, "someone@provider.test", {})
+    assert h.rcpt(s, "alice@example.test") == "local"
+    assert h.rcpt(s, "x@outside.test")[0] == 550
+    assert h.rcpt(s, "x@outside.test")[1].startswith("5.7.1")
+    assert h.rcpt(s, "nobody@other.test") == (550, "5.1.1 No such user here")
+
+
+def test_inbound_declared_size_reaches_the_quota_check():
+    p = Policy(CFG)
+    h = InboundHandler(CFG, None, p)
+    s = Session()
+    h.mail(s, "someone@provider.test", {"SIZE": "50000"})
+    assert h.rcpt(s, "alice@example.test")[0] == 552
+    h.mail(s, "someone@provider.test", ["SIZE=100", "BODY=8BITMIME"])
+    assert h.rcpt(s, "alice@example.test") == "local"
+
+
+def test_lan_refuses_networks_outside_the_allow_list():
+    p = Policy(CFG)
+    assert LanHandler(CFG, None, p).connect(Session(("192.168.1.9", 5))) is None
+    code, text = LanHandler(CFG, None, p).connect(Session(("8.8.8.8", 5)))
+    assert code == 554 and text.startswith("5.7.1")
+    assert LanHandler(CFG, None, p, peer_ip="8.8.4.4").connect(Session())[0] == 554
+
+
+def test_lan_relays_outside_only_when_authenticated():
+    p = Policy(CFG)
+    h = LanHandler(CFG, None, p)
+    assert "AUTH PLAIN LOGIN CRAM-MD5" in h.ehlo_keywords(Session())
+    assert h.auth_password(Session(), "alice") == "alicepw"
+    assert h.auth_password(Session(), "mallory") is None
+    anon = Session()
+    h.mail(anon, "alice@example.test", {})
+    assert h.rcpt(anon, "bob@example.test") == "local"
+    for rcpt in ("x@outside.test", "<@example.test:x@outside.test>", "x@outside.test."):
+        code, text = h.rcpt(anon, rcpt)
+        assert code == 550 and text.startswith("5.7.1"), rcpt
+    for rcpt in ("x%outside.test@example.test", '"x@outside.test"@example.test', "outside.test!x@example.test"):
+        assert h.rcpt(anon, rcpt)[0] == 550, rcpt
+    authed = Session(user="alice")
+    h.mail(authed, "alice@example.test", {})
+    assert h.rcpt(authed, "x@outside.test") == "out"
+    assert h.rcpt(authed, "bob@example.test") == "local"
+
+
+def test_lan_hands_off_after_the_250():
+    calls = []
+    p = Policy(CFG)
+
+    class Spool:
+        pass
+
+    spool = Spool()
+    h = LanHandler(CFG, spool, p, None, lambda s: calls.append(("local", s)), lambda: calls.append(("out",)))
+    s = Session(user="bob")
+    h.mail(s, "bob@example.test", {})
+    h.rcpt(s, "alice@example.test")
+    h.rcpt(s, "x@outside.test")
+    h.delivered(s, "id1")
+    assert calls == [("local", spool), ("out",)]
+    # A later message for outside only does not touch the mailboxes.
+    h.mail(s, "bob@example.test", {})
+    h.rcpt(s, "y@outside.test")
+    h.delivered(s, "id2")
+    assert calls[2:] == [("out",)]
