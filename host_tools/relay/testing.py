@@ -267,6 +267,7 @@ class Customer:
 
     def close(self):
         if self.sock:
+            self.file.close()
             self.sock.close()
             self.sock = None
 
