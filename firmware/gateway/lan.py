@@ -1,7 +1,7 @@
 # The LAN SMTP listener: office PCs submit mail here. It is the receiver's own
 # SMTP engine; the LanHandler (gateway.policy) decides who may connect and
 # where mail may go, so the relay rules live in one place.
-from gateway.policy import LanHandler
+from gateway.policy import LanHandler, peer_ip
 
 
 async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=None, max_sessions=8):
@@ -10,7 +10,7 @@ async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=N
     scheduler's poke). A peer outside cfg["smtp"]["allow"] gets 554."""
     from gateway.smtp.server import serve as smtp_serve
 
-    def handler():
-        return LanHandler(cfg, spool, policy, None, on_delivered, on_outbound)
+    def handler(peer):
+        return LanHandler(cfg, spool, policy, peer_ip(peer), on_delivered, on_outbound)
 
-    return await smtp_serve(handler, host, port, max_sessions)
+    return await smtp_serve(handler, host, port, max_sessions, with_peer=True)
