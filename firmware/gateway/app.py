@@ -52,22 +52,26 @@ class App:
         return PollCycle(self.cfg, self.spool, self.policy, self.mailboxes, self.board)
 
     async def start(self):
-        """Everything but the console: listeners and the scheduler."""
+        """Everything but the console: card, listeners, scheduler."""
         import asyncio
-        from gateway import pop3, lan
-        from gateway.scheduler import Scheduler
 
         self.open_card()
         host = self.cfg["listen"]
+        from gateway import pop3
+
         self.servers.append(await pop3.serve(self.cfg, self.mailboxes, host, self.cfg["pop3"]["port"]))
+        from gateway import lan
+
         self.servers.append(
             await lan.serve(self.cfg, self.spool, self.policy, host, self.cfg["smtp"]["port"], self._delivered, self._outbound)
         )
         log.info("listening on %s: smtp %d, pop3 %d" % (host, self.cfg["smtp"]["port"], self.cfg["pop3"]["port"]))
+        from gateway.scheduler import Scheduler
+
         self.scheduler = Scheduler(self.cfg, self.cycle(), self.board)
         asyncio.create_task(self.scheduler.run())
 
-    async def run(self, console=True):
+    async def run(self, console=True, echo=True):
         """Runs the gateway until the console hands over to the REPL
         (KeyboardInterrupt) or the board reboots. A part that fails to start
         is logged and the rest (console, status) still runs, so the box stays
@@ -82,7 +86,7 @@ class App:
         if console:
             from gateway.console import Console
 
-            await Console(self).run()
+            await Console(self).run(echo=echo)
         while True:  # no console (EOF on stdin, or none wanted): serve on
             await asyncio.sleep(3600)
 

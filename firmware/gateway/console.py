@@ -131,9 +131,10 @@ class Console:
         self.app.factory_reset()
         return ["config erased"]
 
-    async def run(self, stream=None, write=None):
+    async def run(self, stream=None, write=None, echo=True):
         """Reads the console byte by byte until EOF. Echoes what is typed, so
-        a raw UART feels like a terminal."""
+        a raw UART feels like a terminal (echo=False where a terminal in
+        line mode already does)."""
         import asyncio
 
         stream = stream or asyncio.StreamReader(sys.stdin.buffer)
@@ -151,7 +152,8 @@ class Console:
                 if c == 10 and not buf and self._last_cr:
                     continue  # the LF of a CRLF
                 self._last_cr = c == 13
-                write("\r\n")
+                if echo:
+                    write("\r\n")
                 try:
                     for out in self.execute(buf.decode()):
                         write(out + "\r\n")
@@ -162,10 +164,12 @@ class Console:
             elif c == 8 or c == 127:
                 if buf:
                     buf = buf[:-1]
-                    write("\b \b")
+                    if echo:
+                        write("\b \b")
             elif 32 <= c < 127 and len(buf) < self.MAX_LINE:
                 buf.append(c)
-                write(chr(c))
+                if echo:
+                    write(chr(c))
 
     _last_cr = False
 
