@@ -1,0 +1,205 @@
+# The LAN listener end to end in one event loop: the receiver's SMTP engine
+# with the LanHandler, the real spool and mailboxes. swaks, smtplib and the
+# whole open-relay matrix against the micropython process are in tests/e2e.
+import asyncio
+
+import support
+from gateway import lan, sasl
+from gateway.mailbox import Mailboxes
+from gateway.policy import Policy
+from gateway.spool import Spool
+
+# Compiling the SMTP engine, spool, mailbox and this module from source needs
+# more than 128 KB of transient heap; the box loads precompiled .mpy files,
+# and the e2e tests run the listeners that way under 64k.
+MICROPYTHON_HEAP = "192k"
+
+CFG = {
+    "users": {
+        "alice": {"password": "alice-pw", "addresses": ["alice@example.test"]},
+        "bob": {"password": "bob-pw", "addresses": ["bob@example.test"]},
+    },
+    "catch_all": {},
+    "smtp": {"allow": ["127.0.0.0/8"], "max_size": 100000},
+}
+
+
+class Client:
+    def __init__(self, r, w):
+        self.r, self.w = r, w
+
+    async def reply(self):
+        lines = []
+        while True:
+            line = (await self.r.readline()).decode().rstrip("\r\n")
+            if not line:
+                return 0, lines
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return int(line[:3]), lines
+
+    async def cmd(self, text):
+        self.w.write(text.encode() + b"\r\n")
+        await self.w.drain()
+        return await self.reply()
+
+    async def close(self):
+        self.w.close()
+        await self.w.wait_closed()
+
+
+class Gateway:
+    """Spool, mailboxes and the LAN listener on a random loopback port."""
+
+    def __init__(self, cfg=CFG):
+        root = support.tmpdir()
+        self.cfg = cfg
+        self.policy = Policy(cfg)
+        self.spool = Spool(root + "/spool")
+        self.spool.recover()
+        self.boxes = Mailboxes(root + "/mail", self.policy)
+        self.pokes = 0
+
+    def poke(self):
+        self.pokes += 1
+
+    async def start(self):
+        import random
+
+        for _ in range(50):
+            self.port = random.randrange(20000, 60000)
+            try:
+                self.srv = await lan.serve(self.cfg, self.spool, self.policy, "127.0.0.1", self.port,
+                                           self.boxes.deliver_pending, self.poke)
+                return
+            except OSError:
+                pass
+        raise OSError("no free port")
+
+    async def client(self, ehlo=True):
+        r, w = await asyncio.open_connection("127.0.0.1", self.port)
+        c = Client(r, w)
+        c.greeting = await c.reply()
+        if ehlo and c.greeting[0] == 220:
+            c.ehlo = await c.cmd("EHLO pc.example.test")
+        return c
+
+
+async def send(c, mail_from, rcpts, body=b"Subject: hi\r\n\r\nhello\r\n"):
+    """Codes of MAIL, each RCPT, and DATA's final reply (or None)."""
+    codes = [(await c.cmd("MAIL FROM:<%s>" % mail_from))[0]]
+    for r in rcpts:
+        codes.append((await c.cmd("RCPT TO:<%s>" % r))[0])
+    if 250 in codes[1:]:
+        if (await c.cmd("DATA"))[0] == 354:
+            c.w.write(body + b".\r\n")
+            codes.append((await c.reply())[0])
+    else:
+        await c.cmd("RSET")
+    return codes
+
+
+def test_local_mail_is_in_the_mailbox_right_after_the_250():
+    gw = Gateway()
+
+    async def main():
+        await gw.start()
+        try:
+            c = await gw.client()
+            assert "AUTH PLAIN LOGIN CRAM-MD5" in c.ehlo[1]
+            assert await send(c, "bob@example.test", ["alice@example.test", "nobody@example.test"]) == [250, 250, 550, 250]
+            await c.cmd("QUIT")
+            await c.close()
+        finally:
+            gw.srv.close()
+
+    support.run(main())
+    assert len(gw.boxes.listing("alice")) == 1
+    assert gw.spool.ids("local") == [] and gw.spool.ids("out") == []
+    assert gw.pokes == 0
+
+
+def test_outside_mail_needs_auth_by_each_mechanism():
+    gw = Gateway()
+
+    async def main():
+        await gw.start()
+        try:
+            c = await gw.client()
+            assert await send(c, "alice@example.test", ["friend@outside.test"]) == [250, 550]
+            assert (await c.cmd("AUTH PLAIN " + sasl.plain_response("alice", "wrong").decode()))[0] == 535
+            assert await send(c, "alice@example.test", ["friend@outside.test"]) == [250, 550]
+            assert (await c.cmd("AUTH PLAIN " + sasl.plain_response("alice", "alice-pw").decode()))[0] == 235
+            assert await send(c, "alice@example.test", ["friend@outside.test", "bob@example.test"]) == [250, 250, 250, 250]
+            await c.close()
+
+            c = await gw.client()
+            assert (await c.cmd("AUTH LOGIN"))[0] == 334
+            assert (await c.cmd(sasl.b64encode(b"bob").decode()))[0] == 334
+            assert (await c.cmd(sasl.b64encode(b"bob-pw").decode()))[0] == 235
+            assert await send(c, "bob@example.test", ["x@outside.test"]) == [250, 250, 250]
+            await c.close()
+
+            c = await gw.client()
+            code, lines = await c.cmd("AUTH CRAM-MD5")
+            assert code == 334
+            assert (await c.cmd(sasl.cram_md5_response("bob", "bob-pw", lines[0].encode()).decode()))[0] == 235
+            assert await send(c, "bob@example.test", ["y@outside.test"]) == [250, 250, 250]
+            await c.close()
+
+            c = await gw.client()
+            code, lines = await c.cmd("AUTH CRAM-MD5")
+            assert (await c.cmd(sasl.cram_md5_response("bob", "guess", lines[0].encode()).decode()))[0] == 535
+            assert await send(c, "bob@example.test", ["z@outside.test"]) == [250, 550]
+            await c.close()
+        finally:
+            gw.srv.close()
+
+    support.run(main())
+    assert len(gw.spool.ids("out")) == 3
+    assert gw.pokes == 3
+    assert len(gw.boxes.listing("bob")) == 1  # the local copy went straight in
+
+
+def test_unauthenticated_routing_tricks_never_reach_the_out_queue():
+    cfg = dict(CFG)
+    cfg["catch_all"] = {"example.test": "bob"}
+    gw = Gateway(cfg)
+    tricks = ["friend@outside.test", "friend%outside.test@example.test", '"friend@outside.test"@example.test',
+              "outside.test!friend@example.test", "@example.test:friend@outside.test", "friend@outside.test.",
+              "friend@outside.test@example.test", "friend@[192.0.2.1]"]
+
+    async def main():
+        await gw.start()
+        try:
+            c = await gw.client()
+            for t in tricks:
+                codes = await send(c, "alice@example.test", [t])
+                assert codes[0] == 250 and codes[1] >= 500, (t, codes)
+            await c.cmd("QUIT")
+            await c.close()
+        finally:
+            gw.srv.close()
+
+    support.run(main())
+    assert gw.spool.ids("out") == [] and gw.spool.ids("local") == []
+    assert gw.pokes == 0
+
+
+def test_networks_outside_the_allow_list_are_turned_away():
+    cfg = dict(CFG)
+    cfg["smtp"] = {"allow": ["10.0.0.0/8", "192.168.0.0/16"]}
+    gw = Gateway(cfg)
+
+    async def main():
+        await gw.start()
+        try:
+            c = await gw.client()
+            code, lines = c.greeting
+            assert code == 554 and lines[0].startswith("5.7.1")
+            assert await c.r.read(100) == b""
+            await c.close()
+        finally:
+            gw.srv.close()
+
+    support.run(main())
