@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Module names under host_tools, in the order `odmrgw --help` lists them.
-COMMANDS = ["demo", "relay", "sd", "sim", "deploy"]
+COMMANDS = ["demo", "relay", "sd", "sim", "flash", "deploy", "config", "console"]
 
 
 def build_parser():
