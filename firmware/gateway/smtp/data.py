@@ -1,0 +1,114 @@
+# The DATA phase of an SMTP session, streamed: dot-unstuffing, the strict
+# <CRLF>.<CRLF> terminator, and the checks against SMTP smuggling
+# (CVE-2023-51764 family), all done on whole buffers with bytearray.find and
+# count, never byte by byte in Python.
+#
+# The reader's buffer only ever hands complete lines to the parser: the
+# partial line at its end is carried over to the next read. So every region
+# examined starts at a line start and ends with LF, and a line never straddles
+# two regions. A bare CR or bare LF anywhere makes the message invalid; it is
+# then read on to the real terminator and refused, never stored, and never
+# split: only the five bytes CR LF . CR LF end the data.
+from gateway.compat import const
+from gateway.wire import LineReader
+
+_CR = const(13)
+_LF = const(10)
+_DOT = const(46)
+
+# Outcomes of read_data().
+OK = const(0)
+TOO_BIG = const(1)  # more than max_size bytes
+BARE = const(2)  # a bare CR or LF
+LONG = const(3)  # a line over max_line bytes
+SINK = const(4)  # the sink raised (card full, card error): see .sink_error
+EOF = const(5)  # the peer went away before the terminator
+
+
+class DataReader(LineReader):
+    """The session's line reader, plus the DATA phase read from the same
+    buffer, so nothing the peer pipelined after the final dot is lost."""
+
+    max_line = 1000  # RFC 5321 4.5.3.1.6, including CRLF
+
+    def has_line(self):
+        return self.buf.find(b"\n", self.start, self.end) >= 0
+
+    async def read_data(self, sink, max_size):
+        """Feeds the un-stuffed message to sink(memoryview) up to the final
+        dot; returns (outcome, un-stuffed size). After the first problem the
+        sink is not called again, but the data is still read to its end.
+        sink=None reads and discards (outcome SINK)."""
+        self.sink = sink
+        self.sink_error = None
+        self.status = OK if sink else SINK
+        self.size = 0
+        self.max_size = max_size
+        buf = self.buf
+        bol = True  # the region starts right after a CRLF
+        while True:
+            s = self.start
+            end = self.end
+            e = buf.rfind(b"\n", s, end) + 1
+            if e > s:
+                if bol and buf.find(b".\r\n", s, s + 3) == s:
+                    self.start = s + 3
+                    return self.status, self.size
+                i = buf.find(b"\r\n.\r\n", s, e)
+                if i >= 0:
+                    self._region(s, i + 2, bol)
+                    self.start = i + 5
+                    return self.status, self.size
+                self._region(s, e, bol)
+                bol = e - s >= 2 and buf[e - 2] == _CR
+                s = e
+            if end - s >= self.max_line:
+                # A line this long can only be refused: drop what we have of
+                # it but its last byte, which may be the CR of a terminator.
+                if self.status == OK:
+                    self.status = LONG
+                s = end - 1
+                bol = False
+            self.start = s
+            if not await self._fill():
+                return EOF, self.size
+
+    def _region(self, s, e, bol):
+        """Whole lines buf[s:e] (ending in LF, or empty), the terminator
+        excluded: check, un-stuff, hand to the sink."""
+        if self.status != OK or e <= s:
+            return
+        buf = self.buf
+        lf = buf.count(b"\n", s, e)
+        if buf.count(b"\r\n", s, e) != lf or buf.count(b"\r", s, e) != lf or not bol:
+            self.status = BARE
+            return
+        p = s
+        limit = self.max_line
+        while e - p > limit:
+            p = buf.rfind(b"\n", p, p + limit) + 1
+            if not p:
+                self.status = LONG
+                return
+        seg = s + 1 if buf[s] == _DOT else s
+        p = s
+        while True:
+            i = buf.find(b"\n.", p, e)
+            if i < 0:
+                break
+            self._out(seg, i + 1)
+            seg = p = i + 2
+        self._out(seg, e)
+
+    def _out(self, a, b):
+        if b <= a or self.status != OK:
+            return
+        self.size += b - a
+        if self.size > self.max_size:
+            self.status = TOO_BIG
+            return
+        try:
+            self.sink(self.mv[a:b])
+        except Exception as e:  # noqa: BLE001 - any card error ends the writing, not the session
+            self.sink_error = e
+            self.status = SINK

@@ -1,0 +1,146 @@
+# The DATA phase parser: un-stuffing, the strict terminator and the
+# smuggling checks, with the input split at every awkward place.
+import random
+
+import support
+from gateway.smtp import data
+
+# Compiling the firmware from source needs more than 64 KB; the 64k runs
+# of the streaming path are in tests/e2e/test_receiver_memory.py (.mpy).
+MICROPYTHON_HEAP = "128k"
+
+
+def _feed(chunks, max_size=1 << 30, size=256):
+    """(outcome, un-stuffed bytes, what the reader still holds after)."""
+    out = bytearray()
+
+    async def main():
+        r = data.DataReader(support.ScriptedStream(chunks), size)
+        r.max_line = 100
+
+        def sink(mv):
+            out.extend(mv)
+
+        status, n = await r.read_data(sink, max_size)
+        rest = bytearray()
+        buf = bytearray(64)
+        while True:
+            k = await r.readinto(memoryview(buf))
+            if not k:
+                break
+            rest += buf[:k]
+        return status, n, bytes(rest)
+
+    status, n, rest = support.run(main())
+    if status == data.OK:
+        assert n == len(out)
+    return status, bytes(out), rest
+
+
+def _splits(blob, most=40):
+    chunks = []
+    i = 0
+    while i < len(blob):
+        k = random.randrange(1, most)
+        chunks.append(blob[i : i + k])
+        i += k
+    return chunks
+
+
+def _reference(blob):
+    """Line by line, the obvious way: (acceptable outcomes, message)."""
+    end = blob.find(b"\r\n.\r\n")
+    if blob.startswith(b".\r\n"):
+        end = -2
+    if end == -1:
+        return (data.EOF,), None
+    body = blob[: end + 2] if end >= 0 else b""
+    lines = body.split(b"\r\n")[:-1] if body else []
+    bad = []
+    for line in lines:
+        if b"\r" in line or b"\n" in line:
+            bad.append(data.BARE)
+        if len(line) + 2 > 100:
+            bad.append(data.LONG)
+    if bad:
+        return tuple(bad), None
+    return (data.OK,), b"".join((l[1:] if l[:1] == b"." else l) + b"\r\n" for l in lines)
+
+
+def test_unstuffing_and_terminator_with_every_split():
+    msg = b"Subject: x\r\n\r\n..leading dot\r\n..\r\nend\r\n"
+    blob = b"..first\r\n" + msg + b".\r\nNOOP\r\n"
+    want = b".first\r\nSubject: x\r\n\r\n.leading dot\r\n.\r\nend\r\n"
+    for cut in range(1, len(blob)):
+        status, got, rest = _feed([blob[:cut], blob[cut:]])
+        assert status == data.OK and got == want, cut
+        assert rest == b"NOOP\r\n"
+
+
+def test_empty_message_and_terminator_alone():
+    assert _feed([b".\r\nQUIT\r\n"]) == (data.OK, b"", b"QUIT\r\n")
+    assert _feed([b".", b"\r", b"\n"]) == (data.OK, b"", b"")
+
+
+def test_smuggling_variants_never_end_the_data():
+    for trick in (b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r"):
+        blob = b"a\r\nb" + trick + b"MAIL FROM:<x@evil>\r\nc\r\n.\r\nNOOP\r\n"
+        for cut in range(1, len(blob), 3):
+            status, _, rest = _feed([blob[:cut], blob[cut:]])
+            assert status == data.BARE, (trick, cut)
+            assert rest == b"NOOP\r\n", (trick, cut)
+
+
+def test_overlong_line_is_refused_but_read_to_the_end():
+    blob = b"ok\r\n" + b"y" * 555 + b"\r\nmore\r\n.\r\nNOOP\r\n"
+    random.seed(1)
+    status, _, rest = _feed(_splits(blob))
+    assert status == data.LONG and rest == b"NOOP\r\n"
+    # 98 bytes + CRLF = 100: exactly the limit
+    status, got, _ = _feed([b"z" * 98 + b"\r\n.\r\n"])
+    assert status == data.OK and got == b"z" * 98 + b"\r\n"
+    status, _, _ = _feed([b"z" * 99 + b"\r\n.\r\n"])
+    assert status == data.LONG
+
+
+def test_size_limit_counts_unstuffed_bytes():
+    status, _, rest = _feed([b"x" * 50 + b"\r\n"] * 10 + [b".\r\nQUIT\r\n"], max_size=300)
+    assert status == data.TOO_BIG and rest == b"QUIT\r\n"
+    status, got, _ = _feed([b"." * 50 + b"\r\n.\r\n"], max_size=51)
+    assert status == data.OK and len(got) == 51
+
+
+def test_dropped_connection_is_eof():
+    assert _feed([b"abc\r\n.\r"])[0] == data.EOF
+    assert _feed([])[0] == data.EOF
+
+
+def test_sink_error_stops_writing_but_reading_goes_on():
+    async def main():
+        r = data.DataReader(support.ScriptedStream([b"a\r\n" * 100, b".\r\nNOOP\r\n"]), 64)
+
+        def sink(mv):
+            raise OSError(28)
+
+        status, _ = await r.read_data(sink, 1 << 20)
+        return status, r.sink_error, bytes(await r.readline())
+
+    status, err, nxt = support.run(main())
+    assert status == data.SINK and isinstance(err, OSError) and nxt == b"NOOP\r\n"
+
+
+def test_random_messages_match_the_reference():
+    random.seed(7)
+    pieces = [b"a", b"bc", b".", b"..", b"\r\n", b"\r", b"\n", b"x" * 60, b"\r\n.", b".\r\n", b" "]
+    for _ in range(300):
+        blob = b"".join(random.choice(pieces) for _ in range(random.randrange(0, 40)))
+        if random.randrange(2):
+            blob = blob.replace(b"\r", b"").replace(b"\n", b"\r\n")
+        blob += b"\r\n.\r\nQUIT\r\n"
+        want_status, want = _reference(blob)
+        status, got, rest = _feed(_splits(blob, 20))
+        assert status in want_status, blob
+        if status == data.OK:
+            assert got == want, blob
+        if status != data.EOF:
+            assert rest.endswith(b"QUIT\r\n"), blob

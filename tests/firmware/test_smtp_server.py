@@ -1,0 +1,345 @@
+# The SMTP session engine over scripted streams: verbs, pipelining, limits,
+# bad input, AUTH, and the hand-off to the spool.
+import support
+from gateway import sasl
+from gateway.smtp import server
+from gateway.spool import Spool, SpoolFull
+
+# Compiling server.py, data.py and spool.py from source needs well over
+# 64 KB; the 64k runs of the receive path are in tests/e2e (.mpy).
+MICROPYTHON_HEAP = "192k"
+
+
+class Accept(server.Handler):
+    """Any recipient into "local"; "out@..." into "out"; "no@..." refused."""
+
+    def __init__(self, spool=None, users=None):
+        self.spool = spool
+        self.users = users
+        self.delivered_ids = []
+
+    def ehlo_keywords(self, session):
+        return ["AUTH PLAIN LOGIN CRAM-MD5"] if self.users else []
+
+    def auth_password(self, session, user):
+        return self.users.get(user)
+
+    def rcpt(self, session, address):
+        if address.startswith("no@"):
+            return 550, "5.1.1 No such user"
+        return "out" if address.startswith("out@") else "local"
+
+    def delivered(self, session, id):
+        self.delivered_ids.append(id)
+
+
+def _session(chunks, handler=None, card=None, **limits):
+    """Runs one session; returns (replies as (code, text) list, handler, spool)."""
+    card = card or support.Card()
+    sp = Spool(card.root + "/spool")
+    h = handler or Accept(sp)
+    if h.spool is None:
+        h.spool = sp
+    stream = support.ScriptedStream(chunks)
+    s = server.SMTPSession(stream, stream, h, ("192.0.2.7", 4000))
+    for k in limits:
+        setattr(s, k, limits[k])
+    support.run(s.run())
+    replies = []  # one (code, text of the last line) per reply
+    h.lines = []
+    for line in bytes(stream.out).split(b"\r\n")[:-1]:
+        h.lines.append(line[4:].decode())
+        if line[3:4] != b"-":
+            replies.append((int(line[:3]), line[4:].decode()))
+    assert stream.closed
+    return replies, h, sp, card
+
+
+def _codes(replies):
+    return [c for c, _ in replies]
+
+
+def _body(sp, id):
+    out = bytearray()
+    buf = bytearray(512)
+    with sp.open(id) as b:
+        while True:
+            n = b.readinto(buf)
+            if not n:
+                return bytes(out)
+            out += buf[:n]
+
+
+def test_a_pipelined_transaction_lands_in_the_spool_with_a_received_header():
+    script = [
+        b"EHLO pc.example.test\r\nMAIL FROM:<a@x.test> SIZE=40 BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<out@far.test>\r\nDATA\r\n",
+        b"Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+    ]
+    replies, h, sp, card = _session(script)
+    codes = _codes(replies)
+    assert codes[:1] == [220] and codes[-5:] == [250, 250, 354, 250, 221]
+    ehlo = h.lines[1:6]
+    assert "PIPELINING" in ehlo and "8BITMIME" in ehlo and "ENHANCEDSTATUSCODES" in ehlo and "SIZE 10240000" in ehlo
+    assert not [t for t in ehlo if t.startswith("AUTH")]
+    id = h.delivered_ids[0]
+    assert sp.ids("local") == [id] and sp.ids("out") == [id]
+    body = _body(sp, id)
+    assert body.startswith(b"Received: from pc.example.test (192.0.2.7)\r\n\tby gateway with ESMTP; ")
+    assert body.endswith(b"\r\nSubject: hi\r\n\r\n.dot\r\n")
+    env = sp.envelope(id)
+    assert env.mail_from == "a@x.test" and env.rcpts == [("b@x.test", "local"), ("out@far.test", "out")]
+    card.unmount()
+
+
+def test_commands_out_of_order_nested_mail_and_bad_syntax():
+    script = [
+        b"MAIL FROM:<a@x.test>\r\n",  # before HELO
+        b"HELO pc\r\n",
+        b"RCPT TO:<b@x.test>\r\n",  # before MAIL
+        b"DATA\r\n",  # before MAIL
+        b"MAIL FROM:<a@x.test>\r\n",
+        b"MAIL FROM:<a@x.test>\r\n",  # nested
+        b"DATA\r\n",  # before RCPT
+        b"RCPT TO:b@x.test\r\n",  # no brackets: accepted
+        b"RCPT TO:<no@x.test>\r\n",
+        b"RCPT TO <b@x.test>\r\n",
+        b"MAIL FROM:<a@x.test> SIZE=10\r\n",
+        b"RSET\r\nMAIL FROM:<a b@x.test>\r\n",
+        b"XYZZY\r\nEXPN staff\r\nVRFY bob\r\nNOOP\r\nHELP\r\nEHLO\r\nQUIT\r\n",
+    ]
+    replies, *_, card = _session(script)
+    assert _codes(replies) == [220, 503, 250, 503, 503, 250, 503, 554, 250, 550, 501, 503, 250, 501, 500, 502, 252, 250, 214, 501, 221]
+    card.unmount()
+
+
+def test_size_too_big_at_mail_and_during_data():
+    h = Accept()
+    h.max_size = 100
+    script = [b"EHLO pc\r\nMAIL FROM:<a@x.test> SIZE=101\r\n", b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"]
+    script += [b"x" * 70 + b"\r\n"] * 3 + [b".\r\nQUIT\r\n"]
+    replies, h, sp, card = _session(script, h)
+    assert _codes(replies) == [220, 250, 552, 250, 250, 354, 552, 221]
+    assert sp.ids("local") == [] and sp.recover() == (0, 0)
+    card.unmount()
+
+
+def test_overlong_command_and_a_megabyte_without_crlf():
+    script = [b"EHLO pc\r\n", b"NOOP " + b"x" * 508 + b"\r\n", b"NOOP " + b"x" * 505 + b"\r\n"]
+    script += [b"A" * 4096] * 256 + [b"\r\nQUIT\r\n"]
+    replies, *_, card = _session(script)
+    assert _codes(replies) == [220, 250, 500, 250, 500, 221]
+    card.unmount()
+
+
+def test_overlong_data_line_bare_lf_and_smuggling_are_refused_and_not_stored():
+    head = b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+    for body, code in (
+        (b"y" * 5555 + b"\r\n", 550),
+        (b"a\nb\r\n", 550),
+        (b"a\r\n.\nMAIL FROM:<evil@x.test>\r\n", 550),
+        (b"a\n.\r\nRCPT TO:<evil@x.test>\r\n", 550),
+        (b"a\r.\rDATA\r\n", 550),
+    ):
+        replies, h, sp, card = _session([head, body, b".\r\nQUIT\r\n"])
+        assert _codes(replies)[-3:] == [354, code, 221], body
+        assert sp.ids("local") == [] and not h.delivered_ids
+        card.unmount()
+
+
+def test_error_cap_ends_the_session_with_421():
+    replies, *_, card = _session([b"BAD\r\n" * 30 + b"QUIT\r\n"], max_errors=5)
+    assert _codes(replies) == [220, 500, 500, 500, 500, 500, 421]
+    card.unmount()
+
+
+def test_recipient_limit_and_duplicates():
+    rcpts = b"".join(b"RCPT TO:<u%d@x.test>\r\n" % i for i in range(7))
+    replies, h, sp, card = _session(
+        [b"EHLO pc\r\nMAIL FROM:<>\r\n" + rcpts + b"RCPT TO:<u0@x.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"], max_recipients=5
+    )
+    assert _codes(replies) == [220, 250, 250] + [250] * 5 + [452, 452, 452, 354, 250, 221]
+    env = sp.envelope(h.delivered_ids[0])
+    assert env.mail_from == "" and len(env.rcpts) == 5
+    card.unmount()
+
+
+def test_dropped_connection_mid_data_leaves_nothing():
+    replies, h, sp, card = _session([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n", b"half a mess"])
+    assert _codes(replies) == [220, 250, 250, 250, 354]
+    assert sp.ids("local") == [] and sp.recover() == (0, 0)
+    card.unmount()
+
+
+def test_full_card_gives_452_at_mail_and_at_data():
+    class Full(Accept):
+        def begin(self, session, mail_from, rcpts):
+            raise SpoolFull()
+
+    card = support.Card()
+    sp = Spool(card.root + "/spool")
+    sp.min_free = sp.free_bytes() + 1
+    replies, *_ = _session([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nQUIT\r\n"], Accept(sp), card)
+    assert replies[-2][0] == 452 and replies[-2][1].startswith("4.3.1")
+    replies, *_ = _session([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nQUIT\r\n"], Full(), card)
+    assert _codes(replies) == [220, 250, 250, 250, 452, 221]
+    card.unmount()
+
+
+def test_idle_client_gets_421_after_the_command_timeout():
+    class Silent(support.ScriptedStream):
+        async def readinto(self, buf):
+            import asyncio
+
+            if not self.chunks:
+                await asyncio.sleep(10)
+            return await support.ScriptedStream.readinto(self, buf)
+
+    card = support.Card()
+    stream = Silent([b"EHLO pc\r\n"])
+    s = server.SMTPSession(stream, stream, Accept(Spool(card.root + "/spool")))
+    s.command_timeout = 0.2
+    support.run(s.run())
+    assert bytes(stream.out).endswith(b"421 4.4.2 gateway Timeout, closing connection\r\n") and stream.closed
+    card.unmount()
+
+
+def _auth_session(lines):
+    users = {"anna": "s3cret"}
+    h = Accept(users=users)
+    return _session([b"EHLO pc\r\n" + b"".join(l + b"\r\n" for l in lines) + b"QUIT\r\n"], h)
+
+
+def test_auth_plain_login_and_cram_md5():
+    plain = b"AUTH PLAIN " + sasl.plain_response("anna", "s3cret")
+    replies, *_, card = _auth_session([plain])
+    assert _codes(replies)[-2:] == [235, 221]
+    card.unmount()
+    replies, *_, card = _auth_session([b"AUTH LOGIN", sasl.b64encode(b"anna"), sasl.b64encode(b"wrong")])
+    assert _codes(replies)[-4:] == [334, 334, 535, 221]
+    card.unmount()
+    replies, *_, card = _auth_session([b"AUTH PLAIN", b"!!notbase64", b"AUTH PLAIN", b"*"])
+    assert _codes(replies)[-5:] == [334, 501, 334, 501, 221]
+    card.unmount()
+
+
+def test_auth_cram_md5_against_the_issued_challenge():
+    import asyncio
+
+    from gateway import wire
+
+    card = support.Card()
+    sp = Spool(card.root + "/spool")
+
+    async def main():
+        server_side = _Pipe()
+        client_side = _Pipe()
+        s = server.SMTPSession(client_side, server_side, Accept(sp, {"anna": "s3cret"}))
+        task = asyncio.create_task(s.run())
+        r = wire.LineReader(server_side)
+        assert (await wire.read_reply(r))[0] == 220
+        client_side.feed(b"EHLO pc\r\n")
+        code, lines = await wire.read_reply(r)
+        assert "AUTH PLAIN LOGIN CRAM-MD5" in lines
+        client_side.feed(b"AUTH CRAM-MD5\r\n")
+        code, lines = await wire.read_reply(r)
+        assert code == 334
+        client_side.feed(sasl.cram_md5_response("anna", "s3cret", lines[0].encode()) + b"\r\n")
+        code, _ = await wire.read_reply(r)
+        client_side.feed(b"QUIT\r\n")
+        await task
+        return code, s.user
+
+    assert support.run(main()) == (235, "anna")
+    card.unmount()
+
+
+class _Pipe:
+    """One direction of a conversation: write() on one side, readinto() on the other."""
+
+    def __init__(self):
+        import asyncio
+
+        self.data = bytearray()
+        self.event = asyncio.Event()
+        self.closed = False
+
+    def feed(self, b):
+        self.data += b
+        self.event.set()
+
+    write = feed
+
+    async def drain(self):
+        pass
+
+    async def readinto(self, buf):
+        while not self.data and not self.closed:
+            self.event.clear()
+            await self.event.wait()
+        n = min(len(buf), len(self.data))
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    async def read(self, n):
+        buf = bytearray(n)
+        k = await self.readinto(buf)
+        return bytes(buf[:k])
+
+    def close(self):
+        self.closed = True
+        self.event.set()
+
+    async def wait_closed(self):
+        pass
+
+
+def test_auth_is_refused_when_the_handler_does_not_offer_it():
+    replies, *_, card = _session([b"EHLO pc\r\nAUTH PLAIN " + sasl.plain_response("anna", "x") + b"\r\nQUIT\r\n"])
+    assert _codes(replies)[-2:] == [503, 221]
+    card.unmount()
+
+
+def test_connect_refusal_closes_at_once():
+    class No(Accept):
+        def connect(self, session):
+            return 554, "5.7.1 Not from your network"
+
+    replies, *_, card = _session([b"EHLO pc\r\n"], No())
+    assert replies == [(554, "5.7.1 Not from your network")]
+    card.unmount()
+
+
+def test_serve_caps_sessions_with_421():
+    import asyncio
+
+    from gateway import wire
+
+    card = support.Card()
+    sp = Spool(card.root + "/spool")
+
+    async def main():
+        for _ in range(20):
+            port = 20000 + __import__("random").getrandbits(14) * 2
+            try:
+                srv = await server.serve(lambda: Accept(sp), "127.0.0.1", port, max_sessions=1)
+                break
+            except OSError:
+                pass
+        try:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+            first = await wire.read_reply(wire.LineReader(r1))
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            second = await wire.read_reply(wire.LineReader(r2))
+            w1.write(b"QUIT\r\n")
+            await w1.drain()
+            w1.close()
+            w2.close()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+        return first[0], second
+
+    first, second = support.run(main())
+    assert first == 220 and second == (421, ["4.3.2 Too many connections, try later"])
+    card.unmount()

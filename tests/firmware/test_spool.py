@@ -1,0 +1,182 @@
+# The spool: record format, commit, progress, recovery, free-space guard.
+import os
+
+import support
+from gateway.spool import Spool, SpoolFull
+
+# Compiling spool.py and its imports from source peaks near 130 KB on the
+# 64-bit unix port; the box loads .mpy. The 64k runs that matter (message
+# streaming, power cuts) are in tests/e2e/test_receiver_*.py on .mpy.
+MICROPYTHON_HEAP = "192k"
+
+
+def _spool(card=None):
+    card = card or support.Card()
+    return card, Spool(card.root + "/spool")
+
+
+def _store(sp, body, rcpts=(("u@example.test", "local"),), sender="s@far.test"):
+    d = sp.begin(sender, list(rcpts))
+    for i in range(0, len(body), 1000):
+        d.write(memoryview(body)[i : i + 1000])
+    return d.commit()
+
+
+def _read(sp, id, bufsize=700):
+    out = bytearray()
+    buf = bytearray(bufsize)
+    with sp.open(id) as body:
+        while True:
+            n = body.readinto(buf)
+            if not n:
+                return bytes(out)
+            out += buf[:n]
+
+
+def test_commit_then_read_back_exactly_with_its_envelope():
+    card, sp = _spool()
+    assert sp.recover() == (0, 0)
+    body = bytes(range(256)) * 40 + b"\r\n.\r\n"
+    id = _store(sp, body, [("a@x.test", "local"), ("b@y.test", "out")])
+    env = sp.envelope(id)
+    assert env.id == id and env.mail_from == "s@far.test"
+    assert env.rcpts == [("a@x.test", "local"), ("b@y.test", "out")]
+    assert env.size == len(body) and env.received > 1500000000
+    assert _read(sp, id) == body
+    assert sp.ids("local") == [id] and sp.ids("out") == [id]
+    assert sp.counts() == {"local": 1, "out": 1}
+    card.unmount()
+
+
+def test_ids_are_sortable_unique_and_never_reused_after_delivery_and_reboot():
+    card, sp = _spool()
+    sp.recover()
+    ids = [_store(sp, b"m%d\r\n" % i) for i in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    for id in ids:
+        sp.done(id, "local")
+    assert sp.ids("local") == []
+    card = card.remount()
+    sp = Spool(card.root + "/spool")
+    sp.recover()
+    new = _store(sp, b"after\r\n")
+    assert new > ids[-1]
+    card.unmount()
+
+
+def test_done_is_per_recipient_and_survives_a_remount():
+    card, sp = _spool()
+    sp.recover()
+    rcpts = [("a@x.test", "local"), ("b@x.test", "local"), ("c@far.test", "out")]
+    id = _store(sp, b"hello\r\n", rcpts)
+    sp.done(id, "local", ["a@x.test"])
+    assert sp.envelope(id).rcpts == rcpts[1:]
+    card = card.remount()
+    sp = Spool(card.root + "/spool")
+    assert sp.recover() == (1, 0)
+    assert sp.envelope(id).rcpts == rcpts[1:]
+    sp.done(id, "local")
+    assert sp.ids("local") == [] and sp.ids("out") == [id]
+    sp.done(id, "out")
+    assert sp.ids("out") == [] and sp.counts() == {"local": 0, "out": 0}
+    card.unmount()
+
+
+def test_an_uncommitted_draft_is_invisible_and_recover_removes_it():
+    card, sp = _spool()
+    sp.recover()
+    kept = _store(sp, b"whole\r\n")
+    d = sp.begin("s@far.test", [("u@x.test", "local")])
+    d.write(b"half of a message")
+    assert sp.ids("local") == [kept]
+    # Power goes off here: the draft was never committed.
+    card = card.remount()
+    sp = Spool(card.root + "/spool")
+    assert sp.recover() == (1, 1)
+    assert sp.ids("local") == [kept]
+    card.unmount()
+
+
+def test_abort_leaves_nothing():
+    card, sp = _spool()
+    sp.recover()
+    d = sp.begin("s@far.test", [("u@x.test", "out")])
+    d.write(b"x" * 5000)
+    d.abort()
+    assert sp.ids("out") == []
+    assert sp.recover() == (0, 0)
+    card.unmount()
+
+
+def test_damaged_records_are_removed_at_recovery():
+    card, sp = _spool()
+    sp.recover()
+    good = _store(sp, b"good\r\n" * 100)
+    bad = _store(sp, b"flipped\r\n" * 100)
+    short = _store(sp, b"short\r\n" * 100)
+    path = sp._path(bad)
+    with open(path, "r+b") as f:
+        f.seek(200)
+        f.write(b"X")
+    path = sp._path(short)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-10])
+    assert sp.recover() == (1, 2)
+    assert sp.ids("local") == [good]
+    assert _read(sp, good) == b"good\r\n" * 100
+    card.unmount()
+
+
+def test_bucket_directories_hold_at_most_256_ids():
+    card, sp = _spool(support.Card(size=8 << 20))
+    sp.recover()
+    first = _store(sp, b"x\r\n")
+    for _ in range(298):
+        _store(sp, b"x\r\n")
+    last = _store(sp, b"x\r\n")
+    buckets = [n for n in os.listdir(sp.root) if n != "seq"]
+    assert len(buckets) == 2
+    for b in buckets:
+        assert len([n for n in os.listdir(sp.root + "/" + b)]) <= 256
+    ids = sp.ids("local")
+    assert len(ids) == 300 and ids[0] == first and ids[-1] == last and ids == sorted(ids)
+    card.unmount()
+
+
+def test_full_card_raises_spoolfull_at_begin_and_while_writing():
+    card, sp = _spool()
+    sp.recover()
+    sp.min_free = sp.free_bytes() + 1
+    with support.raises(SpoolFull):
+        sp.begin("s@x.test", [("u@x.test", "local")])
+    sp.min_free = sp.free_bytes() - 100000
+    sp.check_every = 4096
+    d = sp.begin("s@x.test", [("u@x.test", "local")])
+    with support.raises(SpoolFull):
+        for _ in range(100):
+            d.write(bytes(4096))
+    d.abort()
+    assert sp.ids("local") == [] and sp.recover() == (0, 0)
+    card.unmount()
+
+
+def test_size_hint_needs_one_and_a_half_times_the_room():
+    card, sp = _spool()
+    free = sp.free_bytes()
+    sp.min_free = 1000
+    assert sp.room(int(free / 1.5) - 10000)
+    assert not sp.room(int(free / 1.5) + 10000)
+    card.unmount()
+
+
+def test_progress_file_of_a_vanished_message_is_cleaned():
+    card, sp = _spool()
+    sp.recover()
+    id = _store(sp, b"x\r\n", [("a@x.test", "local"), ("b@x.test", "local")])
+    sp.done(id, "local", ["a@x.test"])
+    os.remove(sp._path(id))  # as if power failed inside done()
+    assert sp.recover() == (0, 0)
+    assert os.listdir(sp.root) == ["seq"]
+    card.unmount()
