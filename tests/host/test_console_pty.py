@@ -1,0 +1,59 @@
+"""The configuration console over a pty, as a person (or a script) at the
+box's USB port would use it: `odmrgw console --port PTY COMMAND`."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.host import simboard
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    board = simboard.start(tmp_path_factory.mktemp("console"), {"relay": {"host": "relay.test", "secret": "hush-hush"}})
+    yield board
+    board.close()
+
+
+def console(sim, *words):
+    proc = subprocess.run(
+        [sys.executable, "-m", "host_tools", "console", "--port", str(sim.link), *words],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_status_shows_the_board(sim):
+    out = console(sim, "status")
+    assert "odmrgw" in out and "board unix" in out
+    for label in ("uptime", "network", "card", "heap", "config"):
+        assert label in out, out
+
+
+def test_show_masks_secrets(sim):
+    out = console(sim, "show", "relay")
+    assert 'relay.host = "relay.test"' in out
+    assert 'relay.secret = "***"' in out
+    assert "hush-hush" not in out
+
+
+def test_set_with_a_bad_value_names_the_key(sim):
+    assert console(sim, "set", "smtp.max_size", "-5").strip() == "error: smtp.max_size: must be a positive integer"
+
+
+def test_set_user_and_save_reaches_the_flash(sim):
+    assert console(sim, "user", "add", "carol", "pw", "carol@example.test").startswith("ok")
+    assert console(sim, "set", "poll.interval", "120").startswith("ok")
+    assert "saved" in console(sim, "save")
+    saved = json.loads((sim.link.parent / "flash" / "config.json").read_text())
+    assert saved["poll"]["interval"] == 120
+    assert saved["users"]["carol"]["addresses"] == ["carol@example.test"]
+    assert "carol" in console(sim, "show", "users")
+
+
+def test_help_and_log(sim):
+    assert "factory-reset" in console(sim, "help")
+    assert "simulated board up" in console(sim, "log", "50")
