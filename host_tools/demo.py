@@ -1,27 +1,236 @@
-"""`odmrgw demo` (what `make run` runs): boot the simulated board on a fresh
-card image and show what it reports."""
+"""`odmrgw demo` (what `make run` runs): the whole product on one PC.
+
+It starts the desktop relay (the provider) and a simulated gateway on a fresh
+card image, both on loopback, hands the relay a few messages for the office
+domain, lets the gateway poll, and shows what was pulled, which mailbox each
+message went to, and how to read them with a POP3 client. Both keep running
+until Ctrl-C; with --once the demo ends after the first cycle. Every process
+it starts is stopped when it ends.
+"""
+import email
+import json
+import poplib
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from email.message import EmailMessage
 from pathlib import Path
 
-from host_tools import mpy
+from host_tools import mpy, sim
 from host_tools.sd import SDTOOL
 
 DEMO_DIR = mpy.REPO / "build" / "demo"
+DOMAIN = "example.test"
+ACCOUNT = ("office", "s3cret")
+USERS = {
+    "alice": ("alice-pw", ["alice@example.test", "info@example.test"]),
+    "bob": ("bob-pw", ["bob@example.test"]),
+}
+CATCH_ALL = "alice"  # anything else @example.test
+SAMPLES = [
+    ("carol@customer.example", "alice@example.test", "Order 1043", "Hello Alice,\n\nplease ship order 1043 by Friday.\n\nCarol\n"),
+    ("dave@supplier.example", "bob@example.test", "Invoice 77", "Bob,\n\nthe invoice for March is attached in spirit.\n\nDave\n"),
+    ("newsletter@club.example", "info@example.test", "Club news", "The club meets on Tuesday.\n"),
+    ("erin@partner.example", "sales@example.test", "Price list?", "Could you send your price list?\n\nErin\n"),
+    ("frank@friend.example", "bob@example.test", "Lunch", "Lunch on Thursday? " + "Long line. " * 40 + "\n"),
+]
+POLL_INTERVAL = 60
+ONCE_TIMEOUT = 120
 
 
 def add_parser(sub):
-    p = sub.add_parser("demo", help="boot the simulated gateway on a fresh card and show its status")
-    p.add_argument("--dir", default=str(DEMO_DIR), help="where the card image goes")
-    p.add_argument("--once", action="store_true", help="exit after one run")
+    p = sub.add_parser("demo", help="relay + simulated gateway on loopback: mail flows end to end")
+    p.add_argument("--dir", default=str(DEMO_DIR), help="working directory (wiped at start)")
+    p.add_argument("--once", action="store_true", help="exit after the first poll cycle")
     p.set_defaults(func=run)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+class Demo:
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        self.relay = None
+        self.gateway = None
+        self.gateway_log = self.dir / "gateway.log"
+        self.flash = self.dir / "flash"
+        self.image = self.dir / "card.img"
+        self.smtp_port = free_port()
+        self.pop3_port = free_port()
+
+    # --- set-up -----------------------------------------------------------
+    def prepare(self):
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.flash.mkdir(parents=True)
+        say(f"working in {self.dir}")
+        subprocess.run(mpy.command(SDTOOL, "mkfs", self.image, 64 << 20), env=mpy.env(), check=True, timeout=120)
+        say(f"  fresh 64 MiB card image: {self.image}")
+
+    def start_relay(self):
+        from host_tools.relay.testing import RelayProcess, write_config
+
+        cfg = write_config(
+            self.dir / "relay.toml", self.dir / "relay-queue", accounts=[(*ACCOUNT, [DOMAIN])],
+            listen={"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0", "submission": "127.0.0.1:0"},
+        )
+        self.relay = RelayProcess(cfg, self.dir / "relay.log").start()
+        p = self.relay.ports
+        say(f"  desktop relay (the provider): inbound SMTP {p['smtp']}, ODMR {p['odmr']}, submission {p['submission']}")
+        say(f"    its config: {cfg}; its log: {self.relay.log}")
+
+    def write_gateway_config(self):
+        p = self.relay.ports
+        endpoint = {"host": "127.0.0.1", "tls": "none", "user": ACCOUNT[0], "secret": ACCOUNT[1]}
+        cfg = {
+            "hostname": "gw.example.test",
+            "domains": [DOMAIN],
+            "listen": "127.0.0.1",
+            "relay": dict(endpoint, port=p["odmr"]),
+            "smarthost": dict(endpoint, port=p["submission"]),
+            "poll": {"interval": POLL_INTERVAL},
+            "smtp": {"port": self.smtp_port, "allow": ["127.0.0.0/8"]},
+            "pop3": {"port": self.pop3_port},
+            "users": {u: {"password": pw, "addresses": addrs} for u, (pw, addrs) in USERS.items()},
+            "catch_all": {DOMAIN: CATCH_ALL},
+        }
+        path = self.flash / "config.json"
+        path.write_text(json.dumps(cfg, indent=2))
+        say(f"  gateway config: {path} (relay.tls none: loopback only)")
+        return path
+
+    def feed(self):
+        say()
+        say(f"the outside world sends {len(SAMPLES)} messages for {DOMAIN} to the relay:")
+        with smtplib.SMTP("127.0.0.1", self.relay.ports["smtp"], timeout=30) as s:
+            for sender, rcpt, subject, body in SAMPLES:
+                msg = EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = sender, rcpt, subject
+                msg.set_content(body)
+                s.send_message(msg)
+                say(f"  {sender:26} -> {rcpt:20} {subject}")
+        say(f"the relay now holds {self.relay_count()} message(s) for {DOMAIN}")
+
+    def relay_count(self):
+        out = self.relay.queue("list").stdout
+        return sum(1 for line in out.splitlines() if line.strip() and not line.startswith((" ", "#")) and DOMAIN in line)
+
+    # --- the gateway --------------------------------------------------------
+    def poll_once(self):
+        say()
+        say("the gateway polls: outbound flush, ODMR (EHLO, AUTH CRAM-MD5, ATRN), local delivery ...")
+        cmd = sim.command(self.flash / "config.json", self.image, once=True)
+        proc = subprocess.run(cmd, env=mpy.env(), capture_output=True, text=True, timeout=ONCE_TIMEOUT)
+        with open(self.gateway_log, "a") as log:
+            log.write(proc.stdout + proc.stderr)
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        summary = lines[-1] if lines else "(no output)"
+        say(f"  gateway: {summary}")
+        if proc.returncode:
+            say(f"  the cycle failed (exit {proc.returncode}); the gateway's output is in {self.gateway_log}")
+        say(f"the relay now holds {self.relay_count()} message(s) for {DOMAIN}")
+        return proc.returncode
+
+    def show_mailboxes(self):
+        dest = self.dir / "mailboxes"
+        if dest.exists():
+            shutil.rmtree(dest)
+        # the heap of the simulated board: export compiles the mailbox code from source
+        proc = subprocess.run(mpy.command(SDTOOL, "export", self.image, dest, heap=sim.DEFAULT_HEAP), env=mpy.env(),
+                              timeout=120, capture_output=True, text=True)
+        say()
+        if proc.returncode:
+            say("no mailboxes to show: " + (proc.stderr.strip().splitlines() or ["odmrgw sd export failed"])[-1])
+            return
+        say("what sits in which mailbox on the card (odmrgw sd export):")
+        users = sorted(p.name for p in dest.iterdir()) if dest.exists() else []
+        for user in users or ["(none)"]:
+            files = sorted((dest / user / "new").glob("*")) if users else []
+            say(f"  {user}: {len(files)} message(s)")
+            for f in files:
+                msg = email.message_from_bytes(f.read_bytes())
+                say(f"    from {msg['From']:26} to {msg['To']:20} {msg['Subject']}")
+        say(f"  (as Maildirs under {dest})")
+
+    def serve(self):
+        self.gateway = sim.popen(self.flash / "config.json", self.image, stdin=subprocess.DEVNULL,
+                                 stdout=open(self.gateway_log, "a"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.pop3_port), 1).close()
+                return True
+            except OSError:
+                if self.gateway.poll() is not None:
+                    break
+                time.sleep(0.2)
+        say(f"the gateway did not start serving; see {self.gateway_log}")
+        return False
+
+    def show_pop3(self):
+        say()
+        say(f"the gateway serves them over POP3 on 127.0.0.1:{self.pop3_port}:")
+        for user, (pw, _) in USERS.items():
+            box = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
+            try:
+                box.user(user)
+                box.pass_(pw)
+                count, size = box.stat()
+                say(f"  {user}: {count} message(s), {size} bytes")
+            finally:
+                box.quit()
+        say()
+        say("read them with any POP3 client, for example:")
+        say(f"  python3 -c \"import poplib; p = poplib.POP3('127.0.0.1', {self.pop3_port}); p.user('alice'); "
+            f"p.pass_('{USERS['alice'][0]}'); print(b'\\n'.join(p.retr(1)[1]).decode())\"")
+        say(f"  fetchmail -p POP3 -P {self.pop3_port} -u alice --keep 127.0.0.1   (password {USERS['alice'][0]})")
+        say("  or a mail program: server 127.0.0.1, port %d, user alice or bob, no TLS" % self.pop3_port)
+        say()
+        say(f"send more mail to the relay (127.0.0.1:{self.relay.ports['smtp']}, e.g. "
+            f"swaks --server 127.0.0.1:{self.relay.ports['smtp']} --to bob@{DOMAIN}); "
+            f"the gateway polls every {POLL_INTERVAL}s.")
+        say(f"office PCs send through the gateway: SMTP 127.0.0.1:{self.smtp_port} (AUTH as alice to reach outside domains)")
+        say(f"logs: {self.gateway_log}, {self.relay.log}")
+        say("Ctrl-C stops both.")
+
+    def stop(self):
+        if self.gateway:
+            sim.stop(self.gateway)
+        if self.relay:
+            self.relay.stop()
+
+
 def run(args):
-    workdir = Path(args.dir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    image = workdir / "card.img"
-    image.unlink(missing_ok=True)
-    print(f"creating a fresh 64 MiB card image at {image}")
-    if mpy.run(SDTOOL, "mkfs", image, 64 << 20).returncode:
+    demo = Demo(args.dir)
+    try:
+        say("odmrgw demo: a provider (the desktop relay) and an office gateway (simulated ESP32) on loopback")
+        demo.prepare()
+        demo.start_relay()
+        demo.write_gateway_config()
+        demo.feed()
+        status = demo.poll_once()
+        demo.show_mailboxes()
+        if args.once:
+            return status
+        if not demo.serve():
+            return 1
+        demo.show_pop3()
+        while demo.gateway.poll() is None:
+            time.sleep(1)
+        say(f"the gateway stopped (exit {demo.gateway.returncode}); see {demo.gateway_log}")
         return 1
-    print("booting the simulated board (micropython, 64 KiB heap):")
-    return mpy.run(mpy.BOARD_UNIX / "main.py", "--sd", image).returncode
+    except KeyboardInterrupt:
+        say("\nstopping the gateway and the relay")
+        return 0
+    finally:
+        demo.stop()

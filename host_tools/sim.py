@@ -52,6 +52,24 @@ def popen(config, sd, heap=DEFAULT_HEAP, once=False, echo=True, **kw):
     return subprocess.Popen(command(config, sd, heap, once, echo), env=mpy.env(), **kw)
 
 
+def stop(proc, timeout=10):
+    """Stops a simulated board as Ctrl-C would (the card is unmounted
+    cleanly), then harder if it does not go."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(sig)
+        if proc.stdin and sig == signal.SIGINT:
+            proc.stdin.close()  # the REPL after Ctrl-C reads EOF and ends
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    return proc.wait()
+
+
 def run(args):
     if args.once:
         return subprocess.run(command(args.config, args.sd, args.heap, once=True), env=mpy.env()).returncode
@@ -126,17 +144,10 @@ class PtyConsole:
 
     def close(self, timeout=10):
         self._stop = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout)
         for t in self._threads:
             t.join(2)
-        for f in (self.proc.stdin, self.proc.stdout):
-            f.close()
+        self.proc.stdout.close()
         os.close(self.master)
         if self.link.is_symlink():
             self.link.unlink()
