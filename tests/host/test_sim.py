@@ -1,0 +1,95 @@
+"""`odmrgw sim`: the App wiring on the simulated board, seen from outside
+with real clients (smtplib on the LAN listener, poplib on POP3), and
+`--once` against the desktop relay."""
+import json
+import poplib
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from host_tools import mpy, sim
+from tests.conftest import REPO
+from tests.host import simboard
+
+ODMRGW = [sys.executable, "-m", "host_tools"]
+USERS = {"alice": {"password": "alice-pw", "addresses": ["alice@example.test"]}}
+
+
+def wait_port(port, proc, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, "the simulated board ended"
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+def test_lan_mail_is_delivered_and_served_over_pop3(tmp_path):
+    config, image = simboard.make_board_files(tmp_path, {"domains": ["example.test"], "users": USERS})
+    cfg = json.loads(config.read_text())
+    out = open(tmp_path / "board.log", "w")
+    proc = sim.popen(config, image, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_port(cfg["pop3"]["port"], proc)
+        wait_port(cfg["smtp"]["port"], proc)
+        with smtplib.SMTP("127.0.0.1", cfg["smtp"]["port"], timeout=30) as s:
+            s.sendmail("bob@elsewhere.example", ["alice@example.test"], b"Subject: hi\r\n\r\nhello alice\r\n")
+        box = poplib.POP3("127.0.0.1", cfg["pop3"]["port"], timeout=30)
+        try:
+            box.user("alice")
+            box.pass_("alice-pw")
+            count, _ = box.stat()
+            assert count == 1
+            lines = box.retr(1)[1]
+            assert b"hello alice" in lines and b"Subject: hi" in lines
+        finally:
+            box.quit()
+    finally:
+        assert sim.stop(proc) == 0
+        out.close()
+    log = (tmp_path / "board.log").read_text()
+    assert "gateway stopped" in log
+    # the log ring on the card has the start-up lines
+    card_log = subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "cat", image, "/log.txt"), env=mpy.env(),
+                              capture_output=True, text=True, timeout=60).stdout
+    assert "simulated board up" in card_log
+
+
+def test_once_with_a_bad_config_names_the_key(tmp_path):
+    config, image = simboard.make_board_files(tmp_path, {"smtp": {"port": 25, "max_size": 0}})
+    proc = subprocess.run([*ODMRGW, "sim", "--config", str(config), "--sd", str(image), "--once"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "smtp.max_size: must be a positive integer" in proc.stdout
+
+
+def test_once_pulls_what_the_relay_holds(tmp_path):
+    if not (mpy.FIRMWARE / "gateway" / "poll.py").exists():
+        pytest.skip("gateway.poll (the ODMR helper's poll cycle) has not landed yet")
+    from host_tools.relay.testing import RelayProcess, write_config
+
+    rcfg = write_config(tmp_path / "relay.toml", tmp_path / "queue", accounts=[("office", "s3cret", ["example.test"])])
+    with RelayProcess(rcfg) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=30) as s:
+            for n in range(3):
+                s.sendmail("x@outside.example", ["alice@example.test"], b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+        endpoint = {"host": "127.0.0.1", "port": relay.ports["odmr"], "tls": "none", "user": "office", "secret": "s3cret"}
+        config, image = simboard.make_board_files(
+            tmp_path, {"domains": ["example.test"], "users": USERS, "relay": endpoint})
+        proc = subprocess.run([*ODMRGW, "sim", "--config", str(config), "--sd", str(image), "--once"],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = proc.stdout.strip().splitlines()[-1]
+        assert "3" in summary, summary
+        assert "0 message(s)" in relay.queue("list").stdout
+    export = tmp_path / "export"
+    subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "export", image, export, heap=sim.DEFAULT_HEAP),
+                   env=mpy.env(), check=True, timeout=120)
+    assert len(list((export / "alice" / "new").iterdir())) == 3
