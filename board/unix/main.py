@@ -45,6 +45,10 @@ def main():
     app = App(board, cfg, cfg_name)
     app.attach_log()
     try:
+        os.stat(cfg_name)
+    except OSError:
+        log.warn("no %s in %s: running on the defaults" % (cfg_name, flash))
+    try:
         if "--once" in sys.argv:
             app.open_card()
             result = asyncio.run(app.cycle().run())

@@ -3,7 +3,7 @@
 # load() validates it and fills in defaults; every other module reads its
 # keys from the validated dict and may rely on their types.
 #
-# To add a key, add one line to SCHEMA: "name": (kind, default). "*" stands
+# To add a key, add one line to _schema(): "name": (kind, default). "*" stands
 # for any name (a user, a domain). Kinds are checked in _check_leaf().
 import json
 import os
