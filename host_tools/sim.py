@@ -79,8 +79,16 @@ def run(args):
             print(f"  mpremote connect {args.pty} resume exec \"print('hello')\"")
             print("Ctrl-C here stops it.")
             return sim.proc.wait()
-    # In a terminal: the terminal echoes and edits lines itself.
-    return subprocess.run(command(args.config, args.sd, args.heap, echo=not sys.stdin.isatty()), env=mpy.env()).returncode
+    # In a terminal: the terminal echoes and edits lines itself. Ctrl-C is
+    # the board's (it stops the gateway and opens its REPL), so this process
+    # lets it pass; a handler, unlike SIG_IGN, is not inherited by the child.
+    import signal
+
+    old = signal.signal(signal.SIGINT, lambda *a: None)
+    try:
+        return subprocess.call(command(args.config, args.sd, args.heap, echo=not sys.stdin.isatty()), env=mpy.env())
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class PtyConsole:
