@@ -89,11 +89,11 @@ class Console:
 
     def _change(self, key, value):
         self.app.set_config(config.with_key(self.app.cfg, key, value))
-        return ["ok (not saved yet: `save` keeps it across a reboot)"]
+        return ["ok; `save` keeps it, `reboot` puts it to work"]
 
     def do_save(self, args, line):
         self.app.save_config()
-        return ["saved to %s; listener and port changes apply after `reboot`" % self.app.cfg_path]
+        return ["saved to %s; `reboot` puts it to work" % self.app.cfg_path]
 
     def do_poll(self, args, line):
         self.app.poll_now()
