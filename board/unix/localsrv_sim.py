@@ -1,0 +1,64 @@
+# Local delivery on the simulated card, for tests with real mail clients:
+#   micropython localsrv_sim.py CONFIG.json IMAGE [LOGIN_DELAY]
+# Recovers the spool and the mailboxes, delivers held local mail, then serves
+# POP3 (cfg pop3.port) and the LAN SMTP listener (cfg smtp.port) on
+# 127.0.0.1. Prints "READY smtp=N pop3=M heap=F" once both listen,
+# "DELIVERED heap=F" after local mail from the LAN went into the mailboxes,
+# "POKE heap=F" when outside mail was queued (the scheduler's poke on the
+# box), and "LOW heap=F" whenever the free heap reaches a new low (checked
+# ten times a second); F is the free heap after a collection. LOGIN_DELAY (seconds) shortens
+# the POP3 delay after a failed login for tests.
+import sys
+
+import asyncio
+from board import Board
+from gateway import config, lan, log, pop3
+from gateway.mailbox import Mailboxes
+from gateway.policy import Policy
+from gateway.spool import Spool
+
+
+def main(cfg_path, image, delay=None):
+    import gc
+
+    cfg = config.load(cfg_path)
+    if delay is not None:
+        pop3.POP3Session.LOGIN_DELAY = float(delay)
+    board = Board(image)
+    root = board.mount_sd()
+    spool = Spool(root + "/spool", clock=board.now)
+    kept, removed = spool.recover()
+    policy = Policy(cfg)
+    boxes = Mailboxes(root + "/mail", policy)
+    log.info("recovered: %d kept, %d removed; %d delivered" % (kept, removed, boxes.deliver_pending(spool)))
+
+    def delivered(s):
+        boxes.deliver_pending(s)
+        gc.collect()
+        print("DELIVERED heap=%d" % gc.mem_free())
+
+    def poke():
+        gc.collect()
+        print("POKE heap=%d" % gc.mem_free())
+
+    async def run():
+        await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"])
+        await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke)
+        gc.collect()
+        print("READY smtp=%d pop3=%d heap=%d" % (cfg["smtp"]["port"], cfg["pop3"]["port"], gc.mem_free()))
+        low = gc.mem_free()
+        while True:  # the lowest free heap after a collection, as it drops
+            await asyncio.sleep(0.1)
+            gc.collect()
+            free = gc.mem_free()
+            if free < low - 1024:
+                low = free
+                print("LOW heap=%d" % free)
+
+    try:
+        asyncio.run(run())
+    finally:
+        board.umount_sd()
+
+
+main(*sys.argv[1:])
