@@ -39,7 +39,7 @@ class App:
         from gateway.mailbox import Mailboxes
 
         root = self.board.sd_root
-        self.spool = Spool(root + "/spool")
+        self.spool = Spool(root + "/spool", self.board.now)  # unix seconds on every board
         self.recovered = self.spool.recover()
         log.info("spool: %d kept, %d incomplete removed" % tuple(self.recovered))
         self.policy = Policy(self.cfg)
@@ -147,7 +147,7 @@ class App:
 
     def poll_now(self):
         if not self.scheduler:
-            raise ValueError("the scheduler is not running")
+            raise ValueError("the poll scheduler is not running (see `log`)")
         self.scheduler.poll_now()
 
     def queue_lines(self):
@@ -159,7 +159,7 @@ class App:
                 if len(lines) >= self.QUEUE_LINES:
                     return lines + ["..."]
                 env = self.spool.envelope(id)
-                rcpts = " ".join(a for a, q in env.rcpts if q == queue)
+                rcpts = " ".join(a for a, q in env.pending(queue))
                 lines.append("%-5s %s %7d B from <%s> to %s" % (queue, id, env.size, env.mail_from, rcpts))
         return lines
 

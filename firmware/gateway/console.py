@@ -57,9 +57,9 @@ class Console:
             return ["unknown command %r; try help" % words[0]]
         try:
             return fn(words[1:], line) or []
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             return ["error: %s" % e]
-        except (ValueError, IndexError):
+        except IndexError:
             return ["usage: see help"]
 
     def do_help(self, args, line):
@@ -118,7 +118,7 @@ class Console:
             return self._change("users." + name, None)
         if sub == "passwd":
             return self._change("users." + name + ".password", args[2])
-        raise ValueError(sub)
+        raise IndexError(sub)
 
     def do_reboot(self, args, line):
         self.app.reboot()
