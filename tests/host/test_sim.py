@@ -93,3 +93,24 @@ def test_once_pulls_what_the_relay_holds(tmp_path):
     subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "export", image, export, heap=sim.DEFAULT_HEAP),
                    env=mpy.env(), check=True, timeout=120)
     assert len(list((export / "alice" / "new").iterdir())) == 3
+
+
+def test_demo_once_shows_mail_flowing_end_to_end(tmp_path):
+    """`make run ONCE=1` as a new user runs it: every sample message ends up
+    in the mailbox its address maps to, and nothing is left running."""
+    if not (mpy.FIRMWARE / "gateway" / "poll.py").exists():
+        pytest.skip("gateway.poll (the ODMR helper's poll cycle) has not landed yet")
+    from host_tools import demo
+
+    proc = subprocess.run([*ODMRGW, "demo", "--once", "--dir", str(tmp_path / "demo")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    per_user = {}
+    for sender, rcpt, subject, _ in demo.SAMPLES:
+        owner = next((u for u, (_, addrs) in demo.USERS.items() if rcpt in addrs), demo.CATCH_ALL)
+        per_user[owner] = per_user.get(owner, 0) + 1
+        assert subject in out
+    for user, n in per_user.items():
+        assert f"  {user}: {n} message(s)" in out, out
+    assert "the relay now holds 0 message(s)" in out
