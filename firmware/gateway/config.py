@@ -34,7 +34,7 @@ def _endpoint(port):
 def _schema():
     return {
         "hostname": ("str", "gateway"),
-        "listen": ("str", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
+        "listen": ("ip", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
         "domains": ("domains", []),
         "relay": _endpoint(366),
         "smarthost": _endpoint(587),
@@ -117,6 +117,9 @@ def _check_leaf(kind, key, value):
             if (kind == "addresses") != (0 < at < len(v) - 1) or " " in v:
                 raise ConfigError(key, "%r is not %s" % (v, "an address (user@domain)" if kind == "addresses" else "a domain"))
         value = [v.lower() for v in value]
+    elif kind == "ip":
+        if not isinstance(value, str) or "/" in value or not _check_net(value):
+            raise ConfigError(key, "must be an IPv4 address like 0.0.0.0")
     elif kind == "nets":
         if not _is_str_list(value) or not all(_check_net(v) for v in value):
             raise ConfigError(key, "must be a list of networks like 192.168.0.0/16")

@@ -64,6 +64,8 @@ def test_errors_name_the_key():
         ({"users": {"bob": {"password": 5}}}, "users.bob.password: must be a string"),
         ({"catch_all": {"example.test": "carol"}}, "catch_all.example.test: no such user 'carol'"),
         ({"poll": 5}, "poll: must be an object {...}"),
+        ({"listen": "10.0.0.0/8"}, "listen: must be an IPv4 address like 0.0.0.0"),
+        ({"listen": "localhost"}, "listen: must be an IPv4 address like 0.0.0.0"),
         ([], "(config): must be an object {...}"),
     ]
     for cfg, message in cases:
