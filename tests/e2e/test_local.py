@@ -75,7 +75,8 @@ class LocalGateway:
         self.lines = []
         self.proc = mpy.popen(SIM, self.config, self.image, "0.2", heap=self.heap, extra_paths=[self.mpy_dir],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self.reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self.reader.start()
         self.wait_for("READY")
         return self
 
@@ -100,14 +101,14 @@ class LocalGateway:
 
     def crash(self):
         """kill -9: FatFs loses what it held in RAM, like a power cut."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.stop()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        if self.proc and self.proc.stdout:
+        if self.proc and not self.proc.stdout.closed:
+            self.reader.join(10)
             self.proc.stdout.close()
 
     def pop(self, user="alice"):
