@@ -48,4 +48,6 @@ def run(args):
         extra = [size]
     else:
         extra = [getattr(args, k) for k in ("path", "src", "dest") if hasattr(args, k)]
-    return mpy.run(SDTOOL, args.sd_cmd, args.image, *extra).returncode
+    # export compiles the firmware's mailbox module from source: more heap.
+    heap = "256k" if args.sd_cmd == "export" else mpy.DEFAULT_HEAP
+    return mpy.run(SDTOOL, args.sd_cmd, args.image, *extra, heap=heap).returncode

@@ -1,0 +1,66 @@
+"""`odmrgw sd export IMAGE DEST`: every mailbox on a card image as a Maildir,
+round trip from mail delivered by the firmware on micropython."""
+import email
+import subprocess
+import sys
+from pathlib import Path
+
+from host_tools import mpy
+
+ODMRGW = str(Path(sys.executable).parent / "odmrgw")
+
+FILL = """
+import sys
+from board import Board
+from gateway.mailbox import Mailboxes
+from gateway.policy import Policy
+from gateway.spool import Spool
+cfg = {"users": {"alice": {"password": "a", "addresses": ["alice@example.test"]},
+                 "bob": {"password": "b", "addresses": ["bob@example.test"]}}, "catch_all": {}}
+board = Board(sys.argv[1])
+root = board.mount_sd()
+spool = Spool(root + "/spool")
+spool.recover()
+boxes = Mailboxes(root + "/mail", Policy(cfg))
+for i in range(int(sys.argv[2])):
+    d = spool.begin("sender@outside.test", [("alice@example.test", "local")] + ([("bob@example.test", "local")] if i % 2 else []))
+    d.write(b"Subject: n%d\\r\\nMessage-ID: <e%d@x>\\r\\n\\r\\n.dot line\\r\\nbody %d\\r\\n" % (i, i, i))
+    d.commit()
+boxes.deliver_pending(spool)
+boxes.expunge("alice", [boxes.listing("alice")[0][0]])
+board.umount_sd()
+"""
+
+
+def test_export_writes_one_maildir_per_user(tmp_path):
+    img = tmp_path / "card.img"
+    subprocess.run([ODMRGW, "sd", "mkfs", img, "--size", "8M"], check=True)
+    script = tmp_path / "fill.py"
+    script.write_text(FILL)
+    # Compiling spool and mailbox from source needs more than the default heap.
+    mpy.run(script, img, 5, heap="256k", check=True, capture_output=True)
+    dest = tmp_path / "export"
+    r = subprocess.run([ODMRGW, "sd", "export", img, dest], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "alice: 4 messages" in r.stdout and "bob: 2 messages" in r.stdout
+    for user, count in (("alice", 4), ("bob", 2)):
+        assert sorted(p.name for p in (dest / user).iterdir()) == ["cur", "new", "tmp"]
+        assert not list((dest / user / "tmp").iterdir()) and not list((dest / user / "cur").iterdir())
+        files = sorted((dest / user / "new").iterdir())
+        assert len(files) == count
+        for f in files:
+            raw = f.read_bytes()
+            assert b"\r\n" not in raw  # Maildir: LF line ends
+            msg = email.message_from_bytes(raw)
+            assert msg["Return-Path"] == "<sender@outside.test>"
+            assert msg.get_payload().startswith(".dot line\nbody ")
+    subjects = sorted(email.message_from_bytes(f.read_bytes())["Subject"] for f in (dest / "alice" / "new").iterdir())
+    assert subjects == ["n1", "n2", "n3", "n4"]  # n0 was deleted over POP3 before the export
+
+
+def test_export_of_a_card_without_mail_is_empty_not_an_error(tmp_path):
+    img = tmp_path / "card.img"
+    subprocess.run([ODMRGW, "sd", "mkfs", img, "--size", "2M"], check=True)
+    r = subprocess.run([ODMRGW, "sd", "export", img, tmp_path / "out"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "out").iterdir()) == []
