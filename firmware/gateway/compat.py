@@ -12,7 +12,12 @@ try:
     MICROPYTHON = True
 
     async def readinto(stream, buf):
-        return await stream.readinto(buf)
+        # Over TLS a read can consume only handshake or other non-data
+        # records; the stream then returns None rather than a count.
+        while True:
+            n = await stream.readinto(buf)
+            if n is not None:
+                return n
 
     def mem_free():
         return gc.mem_free()

@@ -48,7 +48,7 @@ def _schema():
         },
         "pop3": {
             "port": ("port", 110),
-            "cert": ("str", ""),  # PEM files on the flash; both set = STLS offered
+            "cert": ("str", ""),  # DER files on the flash (MicroPython's ssl takes no PEM); both set = STLS offered
             "key": ("str", ""),
         },
         "wifi": {  # ESP32 boards without Ethernet

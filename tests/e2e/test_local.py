@@ -52,7 +52,7 @@ def firmware_mpy(tmp_path_factory):
 class LocalGateway:
     """localsrv_sim.py on a card image; its output is collected in .lines."""
 
-    def __init__(self, tmp_path, mpy_dir, allow=("127.0.0.0/8",), heap=None):
+    def __init__(self, tmp_path, mpy_dir, allow=("127.0.0.0/8",), heap=None, pop3=None):
         self.dir = tmp_path
         self.mpy_dir = mpy_dir
         self.heap = heap or HEAP
@@ -65,7 +65,7 @@ class LocalGateway:
             "users": {u: {"password": p, "addresses": [f"{u}@example.test"]} for u, p in USERS.items()},
             "catch_all": {},
             "smtp": {"port": self.smtp_port, "allow": list(allow)},
-            "pop3": {"port": self.pop3_port},
+            "pop3": {"port": self.pop3_port, **(pop3 or {})},
         }
         self.config = tmp_path / "gateway.json"
         self.config.write_text(json.dumps(cfg))
@@ -326,3 +326,45 @@ def test_8_pop3_and_8_smtp_sessions_at_once(gateway):
     size = int(HEAP[:-1]) * 1024
     record_figure("local listeners: heap in use at start (unix port, .mpy)", f"{size - ready} bytes")
     record_figure("local listeners: heap for 8 POP3 + 8 SMTP sessions", f"{ready - low} bytes at most")
+
+
+def test_stls_with_a_configured_certificate(tmp_path, firmware_mpy):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("gw.example.test")
+    # MicroPython's ssl loads DER only (odmrgw config push converts PEM).
+    (tmp_path / "pop3.crt").write_bytes(ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode()))
+    der_key = subprocess.run(["openssl", "pkey", "-outform", "DER"], input=cert.private_key_pem.bytes(),
+                             capture_output=True, check=True).stdout
+    (tmp_path / "pop3.key").write_bytes(der_key)
+    gw = LocalGateway(tmp_path, firmware_mpy, pop3={"cert": str(tmp_path / "pop3.crt"), "key": str(tmp_path / "pop3.key")})
+    try:
+        gw.start()
+        s = gw.smtp()
+        s.sendmail("bob@example.test", ["alice@example.test"], b"Subject: tls\r\n\r\nsecret stuff\r\n")
+        s.quit()
+        c = poplib.POP3("127.0.0.1", gw.pop3_port, timeout=20)
+        assert "STLS" in c.capa()
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.check_hostname = False  # the test connects to 127.0.0.1; the chain is still verified
+        c.stls(ctx)
+        assert "STLS" not in c.capa()
+        c.user("alice")
+        c.pass_(USERS["alice"])
+        assert c.retr(1)[1][-1] == b"secret stuff"
+        c.quit()
+        # A client that does not trust the certificate fails the handshake.
+        with socket.create_connection(("127.0.0.1", gw.pop3_port), timeout=20) as raw:
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"+OK")
+            raw.sendall(b"STLS\r\n")
+            assert f.readline().startswith(b"+OK")
+            with pytest.raises(ssl.SSLCertVerificationError):
+                ssl.create_default_context().wrap_socket(raw, server_hostname="gw.example.test")
+        assert gw.proc.poll() is None
+    finally:
+        gw.stop()
