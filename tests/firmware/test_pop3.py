@@ -10,8 +10,8 @@ from gateway.policy import Policy
 from gateway.spool import Spool
 
 # Compiling spool, mailbox, pop3 and this module from source needs more than
-# 128 KB of transient heap; the box loads precompiled .mpy files, and the e2e
-# tests run the POP3 listener that way under 64k.
+# 128 KB of transient heap; the box loads precompiled .mpy files
+# (tests/e2e/test_local.py measures the heap the listeners need).
 MICROPYTHON_HEAP = "192k"
 
 CFG = {
