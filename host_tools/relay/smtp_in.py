@@ -90,7 +90,7 @@ class SubmissionHandler(BaseHandler):
         account = self.relay.accounts.check_password(
             auth_data.login.decode("utf-8", "replace"), auth_data.password.decode("utf-8", "replace")
         )
-        return AuthResult(success=bool(account), auth_data=account)
+        return AuthResult(success=bool(account), handled=False, auth_data=account)
 
     async def auth_CRAM__MD5(self, server, args):
         if len(args) > 1:
@@ -101,7 +101,7 @@ class SubmissionHandler(BaseHandler):
         if not isinstance(answer, bytes):
             return AuthResult(success=False, handled=True)
         account = self.relay.accounts.check_cram_md5(challenge, answer.decode("utf-8", "replace"))
-        return AuthResult(success=bool(account), auth_data=account)
+        return AuthResult(success=bool(account), handled=False, auth_data=account)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         account = session.auth_data

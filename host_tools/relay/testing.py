@@ -65,6 +65,8 @@ class RelayProcess:
             line = self.proc.stderr.readline()
             if not line or time.monotonic() > deadline:
                 self.stop()
+                logf.write(line + self.proc.stderr.read())
+                logf.close()
                 raise RuntimeError(f"relay did not start: {self.log.read_text()[-2000:]}")
             logf.write(line)
             m = _LISTENING.match(line.decode())
@@ -272,13 +274,60 @@ class Customer:
             self.sock = None
 
 
+def tls_turn(port, tls_context, handler, implicit_tls=True, user="office", secret="s3cret", timeout=60):
+    """A customer over TLS (implicit, or STARTTLS on the plain port): AUTH PLAIN,
+    ATRN, then aiosmtpd takes over the TLS transport for the reversed line.
+    Returns the ATRN reply code."""
+
+    async def run():
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls_context if implicit_tls else None,
+            server_hostname="relay.test" if implicit_tls else None)
+
+        async def cmd(line=None):
+            if line:
+                writer.write(line.encode() + b"\r\n")
+            while True:
+                reply = await asyncio.wait_for(reader.readline(), timeout)
+                if reply[3:4] != b"-":
+                    return int(reply[:3])
+
+        assert await cmd() == 220
+        assert await cmd("EHLO customer.test") == 250
+        if not implicit_tls:
+            assert await cmd("STARTTLS") == 220
+            await writer.start_tls(tls_context, server_hostname="relay.test")
+            assert await cmd("EHLO customer.test") == 250
+        assert await cmd("AUTH PLAIN " + b64encode(f"\0{user}\0{secret}".encode()).decode()) == 235
+        code = await cmd("ATRN")
+        if code != 250:
+            writer.close()
+            return code
+        done = asyncio.get_running_loop().create_future()
+
+        class Session(SMTP):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                if not done.done():
+                    done.set_result(None)
+
+        transport = writer.transport
+        proto = Session(handler, hostname="customer.test")
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        await asyncio.wait_for(done, timeout)
+        return code
+
+    return asyncio.run(run())
+
+
 def tls_files(directory, hostname="relay.test"):
     """A trustme CA and a server cert for hostname and 127.0.0.1: returns
     (cert_path, key_path, ca_path, client_context)."""
     import trustme
 
     ca = trustme.CA()
-    cert = ca.issue_cert(hostname, "127.0.0.1")
+    cert = ca.issue_cert(hostname, "127.0.0.1", common_name=hostname)
     d = Path(directory)
     cert.private_key_and_cert_chain_pem.write_to_path(d / "relay.pem")
     cert.private_key_pem.write_to_path(d / "relay-key.pem")
