@@ -66,6 +66,7 @@ def _schema():
             },
         },
         "catch_all": {"*": ("user", "")},
+        "forward": {"*": ("str", "")},  # user or domain -> "host[:port]" of an internal SMTP host
     }
 
 

@@ -107,6 +107,7 @@ class Mailboxes:
         self.mv = memoryview(self.buf)
         self._usage = {}
         self._locked = set()
+        self._kept = set()  # (id, address) the forward host refused
         if policy is None:
             return
         policy.mailboxes = self
@@ -279,7 +280,8 @@ class Mailboxes:
         """Moves every message of the spool's "local" queue into mailboxes;
         returns how many spool messages were completed. Idempotent: safe to
         call again after a crash at any point. Recipients that map to no user
-        (the config changed since the 250) stay pending in the spool."""
+        (the config changed since the 250) stay pending in the spool, and so
+        do those with a forward target until gateway.forward has sent them."""
         count = 0
         for id in spool.ids("local"):
             env = spool.envelope(id)
@@ -288,6 +290,8 @@ class Mailboxes:
             for addr, queue in env.rcpts:
                 if queue != "local":
                     continue
+                if self.policy.forward_for(addr) and not self.kept_here(id, addr):
+                    continue  # gateway.forward's job
                 user = self.policy.user_for(addr)
                 if user is None or user not in self.policy.users:
                     log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
@@ -303,6 +307,13 @@ class Mailboxes:
             spool.done(id, "local", done)
             count += 1
         return count
+
+    def keep_here(self, id, address):
+        """The forward host refused this recipient: deliver to the mailbox."""
+        self._kept.add((id, address))
+
+    def kept_here(self, id, address):
+        return (id, address) in self._kept
 
     def _deliver_one(self, user, id, env, key, spool):
         _mkdir(self._dir(user))

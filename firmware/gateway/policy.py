@@ -79,7 +79,13 @@ class Policy:
                     self.addresses[local.lower() + "@" + dom] = user
                     self.domains.add(dom)
         self.allow = [parse_cidr(c) for c in (cfg.get("smtp") or {}).get("allow") or ()]
+        # cfg["forward"]: user name or domain -> "host[:port]" (gateway.forward)
+        self.forwards = {}
+        for key, target in (cfg.get("forward") or {}).items():
+            self.forwards[key] = self.forwards[key.lower()] = target
+        self.cfg = cfg
         self.mailboxes = None
+        self._forwarder = None
 
     def is_local_domain(self, domain):
         return domain.lower().rstrip(".") in self.domains
@@ -94,6 +100,24 @@ class Policy:
         if local and not any(c in _ROUTING for c in local):
             return self.catch_all.get(dom)
         return None
+
+    def forward_for(self, address):
+        """The internal host ("host[:port]") that takes this recipient's mail
+        instead of a mailbox, or None. Only known users (or the catch-all)
+        are forwarded, so a refusal there can fall back to the mailbox."""
+        if not self.forwards:
+            return None
+        user = self.user_for(address)
+        if user is None:
+            return None
+        return self.forwards.get(user) or self.forwards.get(split_address(address)[1])
+
+    def forwarder(self):
+        if self._forwarder is None:
+            from gateway.forward import Forwarder
+
+            self._forwarder = Forwarder(self.cfg, self)
+        return self._forwarder
 
     def password(self, user):
         entry = self.users.get(user)
@@ -187,8 +211,11 @@ class _SpoolingHandler(Handler):
     def delivered(self, session, id):
         # on_delivered(spool) is Mailboxes.deliver_pending: local mail lands in
         # the mailbox at once; on_outbound() pokes the scheduler.
-        if "local" in self.queues and self.on_delivered:
-            self.on_delivered(self.spool)
+        if "local" in self.queues:
+            if self.on_delivered:
+                self.on_delivered(self.spool)
+            if self.policy.forwards:
+                self.policy.forwarder().kick(self.spool)
         if "out" in self.queues and self.on_outbound:
             self.on_outbound()
         self.queues = set()

@@ -161,3 +161,15 @@ def test_lan_hands_off_after_the_250():
     h.rcpt(s, "y@outside.test")
     h.delivered(s, "id2")
     assert calls[2:] == [("out",)]
+
+
+def test_forward_targets_by_user_or_domain_for_known_recipients_only():
+    cfg = dict(CFG)
+    cfg["forward"] = {"alice": "10.0.0.5:2525", "Other.test": "10.0.0.6"}
+    cfg["users"] = dict(CFG["users"], carol={"password": "c", "addresses": ["carol@other.test"]})
+    p = Policy(cfg)
+    assert p.forward_for("sales@example.test") == "10.0.0.5:2525"  # alice's address
+    assert p.forward_for("carol@other.test") == "10.0.0.6"  # by domain
+    assert p.forward_for("bob@example.test") is None
+    assert p.forward_for("unknown@other.test") is None  # no user, no forward
+    assert Policy(CFG).forward_for("alice@example.test") is None
