@@ -38,13 +38,20 @@ class Forwarder:
         self.again = False
 
     def kick(self, spool):
-        """Start a flush in the background; one at a time, so no message is
-        sent twice by two overlapping flushes."""
+        """Start a flush in the background (Mailboxes.deliver_pending calls
+        this whenever it left recipients for forwarding, so every delivery
+        pass, the poll cycle's included, retries); one flush at a time, so
+        two overlapping flushes never send a message twice."""
         if self.busy:
             self.again = True
             return
+        run = self._run(spool)
+        try:
+            asyncio.create_task(run)
+        except RuntimeError:  # no event loop yet (boot): the next delivery kicks
+            run.close()
+            return
         self.busy = True
-        asyncio.create_task(self._run(spool))
 
     async def _run(self, spool):
         try:

@@ -283,6 +283,7 @@ class Mailboxes:
         (the config changed since the 250) stay pending in the spool, and so
         do those with a forward target until gateway.forward has sent them."""
         count = 0
+        forwards = False
         for id in spool.ids("local"):
             env = spool.envelope(id)
             done = []
@@ -291,7 +292,8 @@ class Mailboxes:
                 if queue != "local":
                     continue
                 if self.policy.forward_for(addr) and not self.kept_here(id, addr):
-                    continue  # gateway.forward's job
+                    forwards = True  # gateway.forward's job
+                    continue
                 user = self.policy.user_for(addr)
                 if user is None or user not in self.policy.users:
                     log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
@@ -306,6 +308,8 @@ class Mailboxes:
                 self._deliver_one(user, id, env, key, spool)
             spool.done(id, "local", done)
             count += 1
+        if forwards:
+            self.policy.forwarder().kick(spool)
         return count
 
     def keep_here(self, id, address):

@@ -210,12 +210,10 @@ class _SpoolingHandler(Handler):
 
     def delivered(self, session, id):
         # on_delivered(spool) is Mailboxes.deliver_pending: local mail lands in
-        # the mailbox at once; on_outbound() pokes the scheduler.
-        if "local" in self.queues:
-            if self.on_delivered:
-                self.on_delivered(self.spool)
-            if self.policy.forwards:
-                self.policy.forwarder().kick(self.spool)
+        # the mailbox at once (and forwarding starts); on_outbound() pokes the
+        # scheduler.
+        if "local" in self.queues and self.on_delivered:
+            self.on_delivered(self.spool)
         if "out" in self.queues and self.on_outbound:
             self.on_outbound()
         self.queues = set()
