@@ -31,6 +31,14 @@ class DataReader(LineReader):
 
     max_line = 1000  # RFC 5321 4.5.3.1.6, including CRLF
 
+    def __init__(self, stream, buf):
+        # A buffer from the caller: a server keeps them for reuse, so a long
+        # running box does not need a fresh contiguous block per connection.
+        self.stream = stream
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.start = self.end = 0
+
     def has_line(self):
         return self.buf.find(b"\n", self.start, self.end) >= 0
 

@@ -4,17 +4,19 @@
 # users or mailboxes: every decision is a Handler hook (aiosmtpd style), and
 # the message goes to whatever Draft the handler's begin() returns.
 import asyncio
-import random
 import time
 
-from gateway import log, sasl, wire
-from gateway.compat import ticks_ms
+from gateway import log, wire
 from gateway.smtp import data
 
-_UNIMPLEMENTED = ("EXPN", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS", "SEND", "SOML", "SAML")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
+# Replies to a message refused after its data was read, by data outcome.
+_REFUSED = (
+    None,
+    (552, "5.3.4 Message too big for system"),
+    (550, "5.6.0 Bare CR or LF in message (RFC 5321 2.3.8), not accepted"),
+    (550, "5.6.0 Line over 1000 bytes (RFC 5321 4.5.3.1.6), not accepted"),
+)
 
 
 class Handler:
@@ -57,10 +59,6 @@ class _Closed(Exception):
     """The session ends: peer gone, timeout, QUIT or the error cap."""
 
 
-class _Cancelled(Exception):
-    """The client sent "*" to abandon an AUTH exchange."""
-
-
 def peer_address(peer):
     """("ip", port) from what asyncio reports: a tuple on CPython and the
     ESP32, a raw sockaddr_in on the unix port."""
@@ -69,59 +67,28 @@ def peer_address(peer):
     return peer
 
 
-def _ip(peer):
-    return peer[0] if isinstance(peer, (tuple, list)) else str(peer or "unknown")
-
-
-def _address_ok(address):
-    """A path without spaces, controls, brackets or 8-bit bytes (no SMTPUTF8)."""
-    if len(address) > 256:
-        return False
-    for c in address:
-        if c <= " " or c > "~" or c in "<>":
-            return False
-    return True
-
-
-def _parse_path(arg, prefix):
-    """(address, {PARAM: value}) from "FROM:<a> K=V ...", or None."""
-    n = len(prefix)
-    if arg[:n].upper() != prefix:
+def _path(arg, prefix):
+    """(address, {PARAM: value}) from "FROM:<a> K=V ..." or None. The path
+    may not hold spaces, controls, brackets or 8-bit bytes (no SMTPUTF8)."""
+    if arg[: len(prefix)].upper() != prefix:
         return None
-    rest = arg[n:].lstrip(" ")
+    rest = arg[len(prefix) :].lstrip(" ")
     if rest[:1] == "<":
         end = rest.find(">")
-        if end < 0:
-            return None
         address, rest = rest[1:end], rest[end + 1 :]
-        if rest and rest[0] != " ":
+        if end < 0 or rest[:1] not in ("", " "):
             return None
     else:
         address, _, rest = rest.partition(" ")
         if not address:
             return None
-    if not _address_ok(address):
+    if len(address) > 256 or [c for c in address if c <= " " or c > "~" or c in "<>"]:
         return None
     params = {}
     for p in rest.split():
         k, eq, v = p.partition("=")
-        if not k or not _alnum(k):
-            return None
         params[k.upper()] = v if eq else None
     return address, params
-
-
-def _alnum(k):
-    for c in k:
-        if not (c.isalpha() or c.isdigit() or c == "-"):
-            return False
-    return True
-
-
-def _date(t):
-    """RFC 5322 date in UTC; the box's clock is UTC once NTP has set it."""
-    y, mo, d, h, mi, s, wd = time.gmtime(t)[:7]
-    return "%s, %d %s %d %02d:%02d:%02d +0000" % (_DAYS[wd], d, _MONTHS[mo - 1], y, h, mi, s)
 
 
 class SMTPSession:
@@ -132,14 +99,13 @@ class SMTPSession:
     data_timeout = 600  # s for the whole DATA phase
     buffer_size = 4096  # the one input buffer; more than a text line
 
-    def __init__(self, reader, writer, handler, peer=None):
-        self.reader = data.DataReader(reader, self.buffer_size)
+    def __init__(self, reader, writer, handler, peer=None, buf=None):
+        self.reader = data.DataReader(reader, buf or bytearray(self.buffer_size))
         self.writer = writer
         self.handler = handler
         self.peer = peer
-        self.helo = None
+        self.helo = self.user = None
         self.esmtp = False
-        self.user = None
         self.errors = 0
         self.mechanisms = ()
         self._out = []
@@ -149,9 +115,7 @@ class SMTPSession:
     def _reset(self):
         self.mail_from = None
         self.rcpts = []
-        self.size = 0
 
-    # --- output ----------------------------------------------------------------
     def reply(self, code, text):
         self._out.append(wire.format_reply(code, text))
 
@@ -170,10 +134,9 @@ class SMTPSession:
             self.writer.write(out)
             await self.writer.drain()
 
-    # --- input -----------------------------------------------------------------
-    async def _line(self):
-        """The next line without CRLF. Replies go out first unless another
-        complete command is already waiting (RFC 2920). None = too long."""
+    async def read_line(self):
+        """The next line without CRLF, None if too long. Replies go out first
+        unless another whole command is already waiting (RFC 2920)."""
         r = self.reader
         if not r.has_line():
             await self.flush()
@@ -186,11 +149,8 @@ class SMTPSession:
             return None
         if not line:
             raise _Closed()
-        if len(line) > self.command_limit:
-            return None
-        return bytes(line).rstrip(b"\r\n")
+        return bytes(line).rstrip(b"\r\n") if len(line) <= self.command_limit else None
 
-    # --- the session -------------------------------------------------------------
     async def run(self, greet=True):
         try:
             refusal = self.handler.connect(self)
@@ -200,19 +160,12 @@ class SMTPSession:
             if greet:
                 self.reply(220, "%s ESMTP ready" % self.handler.hostname)
             while self._open:
-                line = await self._line()
-                if line is None:
-                    self.error(500, "5.5.2 Line too long")
-                    continue
-                await self._command(line)
+                await self._command(await self.read_line())
         except (_Closed, OSError, EOFError):
             pass
         finally:
             try:
                 await self.flush()
-            except OSError:
-                pass
-            try:
                 self.writer.close()
                 await self.writer.wait_closed()
             except OSError:
@@ -220,36 +173,41 @@ class SMTPSession:
 
     async def _command(self, line):
         try:
-            text = line.decode()
-        except UnicodeError:
-            self.error(500, "5.5.2 Syntax error: 8-bit bytes in a command")
+            verb, _, arg = line.decode().partition(" ")
+        except (UnicodeError, AttributeError):
+            self.error(500, "5.5.2 Line too long or not ASCII")
             return
-        verb, _, arg = text.partition(" ")
         verb = verb.upper()
         method = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
         if method is None:
-            if verb in _UNIMPLEMENTED:
+            if verb in ("EXPN", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS"):
                 self.error(502, "5.5.1 Command not implemented")
             else:
                 self.error(500, "5.5.1 Command unrecognized")
             return
         try:
-            await method(arg.strip())
+            # Only DATA and AUTH wait for the peer; the other verbs are plain.
+            pending = method(arg.strip())
+            if pending:
+                await pending
         except (_Closed, OSError, EOFError):
             raise
         except Exception as e:  # noqa: BLE001 - a hook failed: answer, log, carry on
             log.error("smtp: %s failed: %r" % (verb, e))
             self.reply(451, "4.3.0 Local error in processing")
 
-    # --- verbs -------------------------------------------------------------------
-    async def smtp_EHLO(self, arg):
+    # --- the verbs ------------------------------------------------------------
+    def smtp_EHLO(self, arg, esmtp=True):
         if not arg:
             self.error(501, "5.5.4 Syntax: EHLO hostname")
             return
         self._reset()
         self.helo = arg
-        self.esmtp = True
+        self.esmtp = esmtp
         h = self.handler
+        if not esmtp:
+            self.reply(250, h.hostname)
+            return
         lines = ["%s Hello %s" % (h.hostname, arg), "PIPELINING", "SIZE %d" % h.max_size, "8BITMIME", "ENHANCEDSTATUSCODES"]
         self.mechanisms = ()
         for kw in h.ehlo_keywords(self):
@@ -258,244 +216,158 @@ class SMTPSession:
                 self.mechanisms = kw[5:].upper().split()
         self.reply(250, lines)
 
-    async def smtp_HELO(self, arg):
-        if not arg:
-            self.error(501, "5.5.4 Syntax: HELO hostname")
-            return
-        self._reset()
-        self.helo = arg
-        self.esmtp = False
-        self.reply(250, self.handler.hostname)
+    def smtp_HELO(self, arg):
+        self.smtp_EHLO(arg, False)
 
-    async def smtp_MAIL(self, arg):
-        if not self.helo:
-            self.error(503, "5.5.1 Error: send HELO/EHLO first")
+    def smtp_MAIL(self, arg):
+        if not self.helo or self.mail_from is not None:
+            self.error(503, "5.5.1 Error: send HELO/EHLO first" if not self.helo else "5.5.1 Error: nested MAIL command")
             return
-        if self.mail_from is not None:
-            self.error(503, "5.5.1 Error: nested MAIL command")
-            return
-        parsed = _parse_path(arg, "FROM:")
+        parsed = _path(arg, "FROM:")
         if parsed is None:
             self.error(501, "5.5.4 Syntax: MAIL FROM:<address> [parameters]")
             return
         address, params = parsed
         size = 0
         for k in params:
-            v = params[k]
-            if not self.esmtp:
-                self.error(555, "5.5.4 Parameters need EHLO")
-                return
-            if k == "SIZE" and v and v.isdigit():
+            v = params[k] or ""
+            if k == "SIZE" and v.isdigit() and self.esmtp:
                 size = int(v)
-            elif k == "BODY" and v and v.upper() in ("7BIT", "8BITMIME"):
-                pass
-            elif k == "AUTH" and v:
-                pass  # RFC 4954 5: we do not relay the submitter's identity
-            else:
+            elif not (k == "BODY" and v.upper() in ("7BIT", "8BITMIME") or k == "AUTH" and v) or not self.esmtp:
                 self.error(555, "5.5.4 Unsupported parameter %s" % k)
                 return
         h = self.handler
-        if size > h.max_size:
-            self.reply(552, "5.3.4 Message size exceeds fixed maximum message size")
-            return
-        refusal = h.room(self, size) or h.mail(self, address, params)
+        refusal = size > h.max_size and (552, "5.3.4 Message size exceeds fixed maximum message size")
+        refusal = refusal or h.room(self, size) or h.mail(self, address, params)
         if refusal:
             self.reply(*refusal)
             return
         self.mail_from = address
-        self.size = size
         self.reply(250, "2.1.0 OK")
 
-    async def smtp_RCPT(self, arg):
+    def smtp_RCPT(self, arg):
         if self.mail_from is None:
             self.error(503, "5.5.1 Error: need MAIL command")
             return
-        parsed = _parse_path(arg, "TO:")
-        if parsed is None:
-            self.error(501, "5.5.4 Syntax: RCPT TO:<address>")
+        parsed = _path(arg, "TO:")
+        if parsed is None or parsed[1]:
+            self.error(501, "5.5.4 Syntax: RCPT TO:<address>, no parameters")
             return
-        address, params = parsed
-        if params:
-            self.error(555, "5.5.4 Unsupported parameter")
-            return
+        address = parsed[0]
         if "@" not in address and address.lower() != "postmaster":
             self.reply(501, "5.1.3 Bad recipient address syntax")
-            return
-        if len(self.rcpts) >= self.max_recipients:
+        elif len(self.rcpts) >= self.max_recipients:
             self.reply(452, "4.5.3 Too many recipients")
-            return
-        queue = self.handler.rcpt(self, address)
-        if not isinstance(queue, str):
-            self.reply(*queue)
-            return
-        if (address, queue) not in self.rcpts:
-            self.rcpts.append((address, queue))
-        self.reply(250, "2.1.5 OK")
+        else:
+            queue = self.handler.rcpt(self, address)
+            if not isinstance(queue, str):
+                self.reply(*queue)
+                return
+            if (address, queue) not in self.rcpts:
+                self.rcpts.append((address, queue))
+            self.reply(250, "2.1.5 OK")
 
-    async def smtp_DATA(self, arg):
-        if arg:
-            self.error(501, "5.5.4 Syntax: DATA")
-            return
-        if self.mail_from is None:
-            self.error(503, "5.5.1 Error: need MAIL command")
-            return
-        if not self.rcpts:
-            self.error(554, "5.5.1 Error: no valid recipients")
-            return
+    def smtp_DATA(self, arg):
+        if arg or not self.rcpts:
+            if arg:
+                self.error(501, "5.5.4 Syntax: DATA")
+            elif self.mail_from is None:
+                self.error(503, "5.5.1 Error: need MAIL command")
+            else:
+                self.error(554, "5.5.1 Error: no valid recipients")
+            return None
+        return self._data()
+
+    async def _data(self):
         from gateway.spool import SpoolFull
 
         h = self.handler
         try:
             draft = h.begin(self, self.mail_from, self.rcpts)
         except SpoolFull:
-            self.reply(*_STORAGE)
             self._reset()
+            self.reply(*_STORAGE)
             return
+        self._reset()
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
         await self.flush()
+        r = self.reader
+        sink = draft.write
+        r.sink_error = None
+        y, mo, d, hh, mi, s, wd = time.gmtime(time.time())[:7]
         try:
-            status, e = await self._receive(draft)
+            # The Received: line (RFC 5321 4.4), dated in UTC: the box's clock
+            # is UTC once NTP has set it.
+            draft.write(b"Received: from %s (%s)\r\n\tby %s with %s; %s, %d %s %d %02d:%02d:%02d +0000\r\n" % (
+                self.helo.encode(), str(self.peer[0] if isinstance(self.peer, tuple) else self.peer).encode(),
+                h.hostname.encode(), b"ESMTPA" if self.user else b"ESMTP" if self.esmtp else b"SMTP",
+                b"MonTueWedThuFriSatSun"[3 * wd : 3 * wd + 3], d, b"JanFebMarAprMayJunJulAugSepOctNovDec"[3 * mo - 3 : 3 * mo],
+                y, hh, mi, s))
+        except Exception as e:  # noqa: BLE001 - reported once the data is read
+            r.sink_error = e
+            sink = None
+        try:
+            status, _ = await asyncio.wait_for(r.read_data(sink, h.max_size), self.data_timeout)
+            if status == data.OK:
+                id = draft.commit()
+        except asyncio.TimeoutError:
+            draft.abort()
+            self.reply(421, "4.4.2 %s Timeout during DATA, closing connection" % h.hostname)
+            raise _Closed()
+        except Exception as e:  # noqa: BLE001 - the commit failed: nothing was promised
+            r.sink_error = e
+            status = data.SINK
         except BaseException:
             draft.abort()
             raise
         if status == data.OK:
-            try:
-                id = draft.commit()
-            except Exception as err:  # noqa: BLE001 - nothing was promised yet
-                log.error("smtp: commit failed: %r" % (err,))
-                draft.abort()
-                status, e = data.SINK, err
-        else:
-            draft.abort()
-        self._reset()
-        if status == data.OK:
             self.reply(250, "2.0.0 OK queued as %s" % id)
             await self.flush()
             h.delivered(self, id)
-        elif status == data.EOF:
+            return
+        draft.abort()
+        if status == data.EOF:
             raise _Closed()
-        elif status == data.TOO_BIG:
-            self.reply(552, "5.3.4 Message too big for system")
-        elif status == data.BARE:
-            self.reply(550, "5.6.0 Bare CR or LF in message (RFC 5321 2.3.8), not accepted")
-        elif status == data.LONG:
-            self.reply(550, "5.6.0 Line longer than 1000 bytes (RFC 5321 4.5.3.1.6), not accepted")
-        elif isinstance(e, SpoolFull):
+        if status != data.SINK:
+            self.reply(*_REFUSED[status])
+        elif isinstance(r.sink_error, SpoolFull):
             self.reply(*_STORAGE)
         else:
-            log.error("smtp: writing the message failed: %r" % (e,))
+            log.error("smtp: writing the message failed: %r" % (r.sink_error,))
             self.reply(451, "4.3.0 Local error writing the message, try again later")
 
-    async def _receive(self, draft):
-        """(outcome, sink error) of reading the message into the draft."""
-        sink = draft.write
-        try:
-            draft.write(self._received().encode())
-        except Exception as e:  # noqa: BLE001 - reported after the data is read
-            self.reader.sink_error = e
-            sink = None
-        try:
-            status, _ = await asyncio.wait_for(self.reader.read_data(sink, self.handler.max_size), self.data_timeout)
-        except asyncio.TimeoutError:
-            self.reply(421, "4.4.2 %s Timeout during DATA, closing connection" % self.handler.hostname)
-            raise _Closed()
-        return status, self.reader.sink_error
-
-    def _received(self):
-        with_ = ("ESMTPA" if self.user else "ESMTP") if self.esmtp else "SMTP"
-        return "Received: from %s (%s)\r\n\tby %s with %s; %s\r\n" % (
-            self.helo, _ip(self.peer), self.handler.hostname, with_, _date(time.time()))
-
-    async def smtp_RSET(self, arg):
+    def smtp_RSET(self, arg):
         self._reset()
         self.reply(250, "2.0.0 OK")
 
-    async def smtp_NOOP(self, arg):
+    def smtp_NOOP(self, arg):
         self.reply(250, "2.0.0 OK")
 
-    async def smtp_QUIT(self, arg):
+    def smtp_QUIT(self, arg):
         self.reply(221, "2.0.0 Bye")
         self._open = False
 
-    async def smtp_VRFY(self, arg):
-        if not arg:
-            self.error(501, "5.5.4 Syntax: VRFY address")
-            return
+    def smtp_VRFY(self, arg):
         self.reply(252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
 
-    async def smtp_HELP(self, arg):
-        verbs = "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
-        self.reply(214, "2.0.0 Commands: " + verbs + (" AUTH" if self.mechanisms else ""))
+    def smtp_HELP(self, arg):
+        self.reply(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP" + (" AUTH" if self.mechanisms else ""))
 
-    async def smtp_AUTH(self, arg):
-        if not self.mechanisms:
-            self.error(503, "5.5.1 AUTH not available")
-            return
-        if self.user:
-            self.error(503, "5.5.1 Already authenticated")
-            return
-        if self.mail_from is not None:
-            self.error(503, "5.5.1 AUTH not allowed during a mail transaction")
-            return
-        mech, _, initial = arg.partition(" ")
-        mech = mech.upper()
-        if mech not in self.mechanisms or mech not in ("PLAIN", "LOGIN", "CRAM-MD5"):
-            self.error(504, "5.5.4 Unrecognized authentication type")
-            return
-        initial = initial.strip()
-        try:
-            user = await getattr(self, "_auth_" + mech.replace("-", "_"))(initial)
-        except sasl.SaslError:
-            self.error(501, "5.5.2 Cannot decode response")
-            return
-        except _Cancelled:
-            self.error(501, "5.0.0 Authentication cancelled")
-            return
-        if user is None:
-            self.error(535, "5.7.8 Authentication credentials invalid")
-            return
-        self.user = user
-        self.reply(235, "2.7.0 Authentication successful")
+    def smtp_AUTH(self, arg):
+        from gateway.smtp import auth
 
-    async def _challenge(self, text):
-        """334 and the client's base64 answer (as bytes)."""
-        self.reply(334, text)
-        line = await self._line()
-        if line is None:
-            raise sasl.SaslError("response too long")
-        if line == b"*":
-            raise _Cancelled()
-        return line
+        return auth.command(self, arg)
 
-    def _check(self, user, password):
-        secret = self.handler.auth_password(self, user)
-        return user if secret is not None and sasl.equal(secret, password) else None
 
-    async def _auth_PLAIN(self, initial):
-        resp = initial.encode() if initial else await self._challenge("")
-        if resp == b"=":
-            raise sasl.SaslError("empty")
-        user, password = sasl.plain_parse(resp)
-        return self._check(user, password)
+# Input buffers of finished sessions, kept for the next connection.
+_spare = []
 
-    async def _auth_LOGIN(self, initial):
-        user = sasl.b64decode(initial.encode() if initial else await self._challenge("VXNlcm5hbWU6"))
-        password = sasl.b64decode(await self._challenge("UGFzc3dvcmQ6"))
-        try:
-            return self._check(user.decode(), password.decode())
-        except UnicodeError:
-            raise sasl.SaslError("not UTF-8")
 
-    async def _auth_CRAM_MD5(self, initial):
-        if initial:
-            raise sasl.SaslError("CRAM-MD5 takes no initial response")
-        nonce = "%d.%d" % (random.getrandbits(30), ticks_ms())
-        challenge = sasl.cram_md5_challenge(self.handler.hostname, nonce)
-        user, digest = sasl.cram_md5_parse(await self._challenge(challenge.decode()))
-        secret = self.handler.auth_password(self, user)
-        if secret is None or not sasl.cram_md5_check(secret, challenge, digest):
-            return None
-        return user
+def reserve(count=1):
+    """Makes session buffers now. A box that calls this early, before the
+    heap is cut up into small pieces, can always take a connection."""
+    for _ in range(count):
+        _spare.append(bytearray(SMTPSession.buffer_size))
 
 
 async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
@@ -503,6 +375,7 @@ async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     (handler_factory(peer) with with_peer=True); beyond max_sessions at once
     a connection gets 421 and is closed."""
     active = [0]
+    spare = _spare
 
     async def client(reader, writer):
         peer = peer_address(writer.get_extra_info("peername"))
@@ -516,12 +389,13 @@ async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
                 pass
             return
         active[0] += 1
+        buf = spare.pop() if spare else bytearray(SMTPSession.buffer_size)
         try:
-            handler = handler_factory(peer) if with_peer else handler_factory()
-            await SMTPSession(reader, writer, handler, peer).run()
+            await SMTPSession(reader, writer, handler_factory(peer) if with_peer else handler_factory(), peer, buf).run()
         except Exception as e:  # noqa: BLE001 - one broken session must not stop the server
-            log.error("smtp: session from %s ended: %r" % (_ip(peer), e))
+            log.error("smtp: session from %s ended: %r" % (peer, e))
         finally:
             active[0] -= 1
+            spare.append(buf)
 
     return await asyncio.start_server(client, host, port)

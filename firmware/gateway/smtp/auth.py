@@ -1,0 +1,79 @@
+# SMTP AUTH on the receiving side (RFC 4954): PLAIN, LOGIN and CRAM-MD5,
+# checked against handler.auth_password. Imported only when a session sees
+# AUTH, so a receiver that never offers it (the provider's delivery after
+# ATRN) does not carry this code or the SASL module in its heap.
+from gateway import sasl
+from gateway.compat import ticks_ms
+
+
+class Cancelled(Exception):
+    """The client sent "*" to abandon the exchange."""
+
+
+async def command(session, arg):
+    """The AUTH verb: only when the handler advertised it in EHLO."""
+    if not session.mechanisms or session.user or session.mail_from is not None:
+        session.error(503, "5.5.1 AUTH not available now")
+        return
+    mech, _, initial = arg.partition(" ")
+    mech = mech.upper()
+    if mech not in session.mechanisms or mech not in ("PLAIN", "LOGIN", "CRAM-MD5"):
+        session.error(504, "5.5.4 Unrecognized authentication type")
+        return
+    try:
+        user = await authenticate(session, mech, initial.strip())
+    except sasl.SaslError:
+        session.error(501, "5.5.2 Cannot decode response")
+        return
+    except Cancelled:
+        session.error(501, "5.0.0 Authentication cancelled")
+        return
+    if user is None:
+        session.error(535, "5.7.8 Authentication credentials invalid")
+        return
+    session.user = user
+    session.reply(235, "2.7.0 Authentication successful")
+
+
+async def authenticate(session, mech, initial):
+    """The authenticated user name, or None for bad credentials. Raises
+    sasl.SaslError for undecodable input and Cancelled for "*"."""
+    if mech == "PLAIN":
+        resp = initial.encode() if initial else await _challenge(session, "")
+        user, password = sasl.plain_parse(resp)
+    elif mech == "LOGIN":
+        user = sasl.b64decode(initial.encode() if initial else await _challenge(session, "VXNlcm5hbWU6"))
+        password = sasl.b64decode(await _challenge(session, "UGFzc3dvcmQ6"))
+        try:
+            user, password = user.decode(), password.decode()
+        except UnicodeError:
+            raise sasl.SaslError("not UTF-8")
+    else:
+        return await _cram_md5(session, initial)
+    secret = session.handler.auth_password(session, user)
+    return user if secret is not None and sasl.equal(secret, password) else None
+
+
+async def _cram_md5(session, initial):
+    if initial:
+        raise sasl.SaslError("CRAM-MD5 takes no initial response")
+    import random
+
+    nonce = "%d.%d" % (random.getrandbits(30), ticks_ms())
+    challenge = sasl.cram_md5_challenge(session.handler.hostname, nonce)
+    user, digest = sasl.cram_md5_parse(await _challenge(session, challenge.decode()))
+    secret = session.handler.auth_password(session, user)
+    if secret is None or not sasl.cram_md5_check(secret, challenge, digest):
+        return None
+    return user
+
+
+async def _challenge(session, text):
+    """334 and the client's base64 answer, as bytes."""
+    session.reply(334, text)
+    line = await session.read_line()
+    if line is None:
+        raise sasl.SaslError("response too long")
+    if line == b"*":
+        raise Cancelled()
+    return line
