@@ -80,6 +80,15 @@ async def serve(boxes, max_sessions=8):
     raise OSError("no free port")
 
 
+async def served(boxes, session, max_sessions=8):
+    """session(port) against a POP3 listener on boxes, stopped afterwards."""
+    srv, port = await serve(boxes, max_sessions)
+    try:
+        await session(port)
+    finally:
+        srv.close()
+
+
 def box_with(*messages):
     root = support.tmpdir()
     policy = Policy(CFG)
@@ -105,73 +114,65 @@ def test_stat_list_uidl_top_retr_with_dot_stuffing():
     boxes, ids = box_with(DOTTY, big)
     sizes = [s for _, s in boxes.listing("alice")]
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            c, ok = await login(port)
-            assert ok == "+OK alice has 2 messages"
-            assert await c.cmd("STAT") == "+OK 2 %d" % sum(sizes)
-            assert await c.multi("LIST") == ("+OK", b"1 %d\r\n2 %d\r\n" % (sizes[0], sizes[1]))
-            assert await c.cmd("LIST 2") == "+OK 2 %d" % sizes[1]
-            assert await c.multi("UIDL") == ("+OK", b"1 %s\r\n2 %s\r\n" % (ids[0].encode(), ids[1].encode()))
-            assert await c.cmd("UIDL 1") == "+OK 1 " + ids[0]
-            status, body = await c.multi("RETR 1")
-            assert status.startswith("+OK")
-            assert body == b"Return-Path: <sender@outside.test>\r\n" + DOTTY
-            status, body = await c.multi("TOP 1 0")
-            assert body == b"Return-Path: <sender@outside.test>\r\nSubject: dots\r\nMessage-ID: <d@x>\r\n\r\n"
-            status, body = await c.multi("TOP 1 2")
-            assert body.endswith(b"\r\n\r\n.starts with a dot\r\n..two\r\n")
-            # 270 KB, more than the whole heap: only streaming can do this.
-            assert (await c.cmd("RETR 2")).startswith("+OK")
-            assert await c.line() == "Return-Path: <sender@outside.test>"
-            assert await c.line() == "Subject: big"
-            assert await c.line() == ""
-            for i in range(BIG_LINES):
-                assert await c.line() == "%06d %s" % (i, "z" * 60)
-            assert await c.line() == "."
-            assert (await c.cmd("RETR 3")).startswith("-ERR")
-            assert (await c.cmd("TOP 1 x")).startswith("-ERR")
-            assert await c.cmd("NOOP") == "+OK"
-            assert (await c.cmd("QUIT")).startswith("+OK")
-            await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        c, ok = await login(port)
+        assert ok == "+OK alice has 2 messages"
+        assert await c.cmd("STAT") == "+OK 2 %d" % sum(sizes)
+        assert await c.multi("LIST") == ("+OK", b"1 %d\r\n2 %d\r\n" % (sizes[0], sizes[1]))
+        assert await c.cmd("LIST 2") == "+OK 2 %d" % sizes[1]
+        assert await c.multi("UIDL") == ("+OK", b"1 %s\r\n2 %s\r\n" % (ids[0].encode(), ids[1].encode()))
+        assert await c.cmd("UIDL 1") == "+OK 1 " + ids[0]
+        status, body = await c.multi("RETR 1")
+        assert status.startswith("+OK")
+        assert body == b"Return-Path: <sender@outside.test>\r\n" + DOTTY
+        status, body = await c.multi("TOP 1 0")
+        assert body == b"Return-Path: <sender@outside.test>\r\nSubject: dots\r\nMessage-ID: <d@x>\r\n\r\n"
+        status, body = await c.multi("TOP 1 2")
+        assert body.endswith(b"\r\n\r\n.starts with a dot\r\n..two\r\n")
+        # 270 KB, more than the whole heap: only streaming can do this.
+        assert (await c.cmd("RETR 2")).startswith("+OK")
+        assert await c.line() == "Return-Path: <sender@outside.test>"
+        assert await c.line() == "Subject: big"
+        assert await c.line() == ""
+        for i in range(BIG_LINES):
+            assert await c.line() == "%06d %s" % (i, "z" * 60)
+        assert await c.line() == "."
+        assert (await c.cmd("RETR 3")).startswith("-ERR")
+        assert (await c.cmd("TOP 1 x")).startswith("-ERR")
+        assert await c.cmd("NOOP") == "+OK"
+        assert (await c.cmd("QUIT")).startswith("+OK")
+        await c.close()
 
-    support.run(main())
+    support.run(served(boxes, session))
 
 
 def test_dele_takes_effect_only_at_quit():
     boxes, ids = box_with(DOTTY, DOTTY.replace(b"<d@x>", b"<e@x>"), DOTTY.replace(b"<d@x>", b"<f@x>"))
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            c, _ = await login(port)
-            assert (await c.cmd("DELE 1")).startswith("+OK")
-            assert (await c.cmd("DELE 1")).startswith("-ERR")
-            assert (await c.cmd("RETR 1")).startswith("-ERR")
-            assert (await c.cmd("STAT")).startswith("+OK 2 ")
-            assert await c.cmd("RSET") == "+OK"
-            assert (await c.cmd("STAT")).startswith("+OK 3 ")
-            assert (await c.cmd("DELE 2")).startswith("+OK")
-            await c.close()  # hang up without QUIT: nothing is deleted
-            await asyncio.sleep(0.1)
-            c, ok = await login(port)
-            assert ok == "+OK alice has 3 messages"
-            assert (await c.cmd("DELE 2")).startswith("+OK")
-            assert (await c.cmd("DELE 3")).startswith("+OK")
-            assert await c.cmd("QUIT") == "+OK 2 messages deleted, bye"
-            await c.close()
-            c, ok = await login(port)
-            assert ok == "+OK alice has 1 messages"
-            assert await c.cmd("UIDL 1") == "+OK 1 " + ids[0]
-            await c.cmd("QUIT")
-            await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        c, _ = await login(port)
+        assert (await c.cmd("DELE 1")).startswith("+OK")
+        assert (await c.cmd("DELE 1")).startswith("-ERR")
+        assert (await c.cmd("RETR 1")).startswith("-ERR")
+        assert (await c.cmd("STAT")).startswith("+OK 2 ")
+        assert await c.cmd("RSET") == "+OK"
+        assert (await c.cmd("STAT")).startswith("+OK 3 ")
+        assert (await c.cmd("DELE 2")).startswith("+OK")
+        await c.close()  # hang up without QUIT: nothing is deleted
+        await asyncio.sleep(0.1)
+        c, ok = await login(port)
+        assert ok == "+OK alice has 3 messages"
+        assert (await c.cmd("DELE 2")).startswith("+OK")
+        assert (await c.cmd("DELE 3")).startswith("+OK")
+        assert await c.cmd("QUIT") == "+OK 2 messages deleted, bye"
+        await c.close()
+        c, ok = await login(port)
+        assert ok == "+OK alice has 1 messages"
+        assert await c.cmd("UIDL 1") == "+OK 1 " + ids[0]
+        await c.cmd("QUIT")
+        await c.close()
 
-    support.run(main())
+    support.run(served(boxes, session))
     assert [i for i, _ in boxes.listing("alice")] == ids[:1]
 
 
@@ -180,30 +181,26 @@ def test_failed_login_is_delayed_and_repeated_failures_hang_up():
     saved = pop3.POP3Session.LOGIN_DELAY
     pop3.POP3Session.LOGIN_DELAY = 0.3
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            c, _ = await connect(port)
-            await c.cmd("USER alice")
-            t0 = ticks_ms()
-            assert (await c.cmd("PASS wrong")).startswith("-ERR [AUTH]")
-            assert ticks_diff(ticks_ms(), t0) >= 280
-            await c.cmd("USER nobody")
-            assert (await c.cmd("PASS alice-pw")).startswith("-ERR [AUTH]")
-            assert (await c.cmd("PASS alice-pw")).startswith("-ERR")  # PASS without USER
-            await c.cmd("USER alice")
-            assert (await c.cmd("PASS nope")).startswith("-ERR [AUTH]")
-            assert await c.r.read(100) == b""  # third failure: closed
-            await c.close()
-            c, ok = await login(port)  # the right password still works afterwards
-            assert ok.startswith("+OK")
-            await c.cmd("QUIT")
-            await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        c, _ = await connect(port)
+        await c.cmd("USER alice")
+        t0 = ticks_ms()
+        assert (await c.cmd("PASS wrong")).startswith("-ERR [AUTH]")
+        assert ticks_diff(ticks_ms(), t0) >= 280
+        await c.cmd("USER nobody")
+        assert (await c.cmd("PASS alice-pw")).startswith("-ERR [AUTH]")
+        assert (await c.cmd("PASS alice-pw")).startswith("-ERR")  # PASS without USER
+        await c.cmd("USER alice")
+        assert (await c.cmd("PASS nope")).startswith("-ERR [AUTH]")
+        assert await c.r.read(100) == b""  # third failure: closed
+        await c.close()
+        c, ok = await login(port)  # the right password still works afterwards
+        assert ok.startswith("+OK")
+        await c.cmd("QUIT")
+        await c.close()
 
     try:
-        support.run(main())
+        support.run(served(boxes, session))
     finally:
         pop3.POP3Session.LOGIN_DELAY = saved
 
@@ -211,26 +208,22 @@ def test_failed_login_is_delayed_and_repeated_failures_hang_up():
 def test_one_session_per_mailbox():
     boxes, _ = box_with(DOTTY)
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            first, ok = await login(port)
-            assert ok.startswith("+OK")
-            second, busy = await login(port)
-            assert busy.startswith("-ERR [IN-USE]")
-            other, ok = await login(port, "bob", "bob-pw")
-            assert ok == "+OK bob has 0 messages"
-            await first.cmd("QUIT")
-            await first.close()
-            await second.cmd("USER alice")
-            assert (await second.cmd("PASS alice-pw")).startswith("+OK")
-            for c in (second, other):
-                await c.cmd("QUIT")
-                await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        first, ok = await login(port)
+        assert ok.startswith("+OK")
+        second, busy = await login(port)
+        assert busy.startswith("-ERR [IN-USE]")
+        other, ok = await login(port, "bob", "bob-pw")
+        assert ok == "+OK bob has 0 messages"
+        await first.cmd("QUIT")
+        await first.close()
+        await second.cmd("USER alice")
+        assert (await second.cmd("PASS alice-pw")).startswith("+OK")
+        for c in (second, other):
+            await c.cmd("QUIT")
+            await c.close()
 
-    support.run(main())
+    support.run(served(boxes, session))
 
 
 def test_autologout_after_the_idle_timeout():
@@ -239,22 +232,18 @@ def test_autologout_after_the_idle_timeout():
     assert saved >= 600  # RFC 1939: at least ten minutes
     pop3.POP3Session.TIMEOUT = 0.4
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            c, _ = await login(port)
-            assert (await c.cmd("DELE 1")).startswith("+OK")
-            assert (await c.line()).startswith("-ERR autologout")
-            assert await c.r.read(100) == b""
-            await c.close()
-            c, ok = await login(port)  # the lock was released, nothing deleted
-            assert ok == "+OK alice has 1 messages"
-            await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        c, _ = await login(port)
+        assert (await c.cmd("DELE 1")).startswith("+OK")
+        assert (await c.line()).startswith("-ERR autologout")
+        assert await c.r.read(100) == b""
+        await c.close()
+        c, ok = await login(port)  # the lock was released, nothing deleted
+        assert ok == "+OK alice has 1 messages"
+        await c.close()
 
     try:
-        support.run(main())
+        support.run(served(boxes, session))
     finally:
         pop3.POP3Session.TIMEOUT = saved
 
@@ -262,52 +251,44 @@ def test_autologout_after_the_idle_timeout():
 def test_extra_connections_get_an_error_not_a_crash():
     boxes, _ = box_with(DOTTY)
 
-    async def main():
-        srv, port = await serve(boxes, max_sessions=2)
-        try:
-            a, ga = await connect(port)
-            b, gb = await connect(port)
-            assert ga.startswith("+OK") and gb.startswith("+OK")
-            c, gc = await connect(port)
-            assert gc.startswith("-ERR [SYS/TEMP]")
-            await c.close()
-            await a.cmd("QUIT")
-            await a.close()
-            await asyncio.sleep(0.1)
-            d, gd = await connect(port)
-            assert gd.startswith("+OK")
-            for x in (b, d):
-                await x.cmd("QUIT")
-                await x.close()
-        finally:
-            srv.close()
+    async def session(port):
+        a, ga = await connect(port)
+        b, gb = await connect(port)
+        assert ga.startswith("+OK") and gb.startswith("+OK")
+        c, gc = await connect(port)
+        assert gc.startswith("-ERR [SYS/TEMP]")
+        await c.close()
+        await a.cmd("QUIT")
+        await a.close()
+        await asyncio.sleep(0.1)
+        d, gd = await connect(port)
+        assert gd.startswith("+OK")
+        for x in (b, d):
+            await x.cmd("QUIT")
+            await x.close()
 
-    support.run(main())
+    support.run(served(boxes, session, 2))
 
 
 def test_bad_commands_and_states():
     boxes, _ = box_with(DOTTY)
 
-    async def main():
-        srv, port = await serve(boxes)
-        try:
-            c, _ = await connect(port)
-            assert (await c.cmd("STAT")).startswith("-ERR")
-            assert (await c.cmd("FROB")).startswith("-ERR")
-            assert (await c.cmd("X" * 600)).startswith("-ERR line too long")
-            status, caps = await c.multi("CAPA")
-            assert status.startswith("+OK") and b"UIDL\r\n" in caps and b"TOP\r\n" in caps
-            assert b"STLS" not in caps  # no certificate configured
-            assert (await c.cmd("STLS")).startswith("-ERR")
-            await c.cmd("USER alice")
-            await c.cmd("PASS alice-pw")
-            assert (await c.cmd("USER bob")).startswith("-ERR")
-            for _ in range(5):  # five errors so far, the tenth hangs up
-                assert (await c.cmd("BOGUS")).startswith("-ERR")
-            assert await c.line() == "-ERR too many errors, closing"
-            assert await c.r.read(100) == b""
-            await c.close()
-        finally:
-            srv.close()
+    async def session(port):
+        c, _ = await connect(port)
+        assert (await c.cmd("STAT")).startswith("-ERR")
+        assert (await c.cmd("FROB")).startswith("-ERR")
+        assert (await c.cmd("X" * 600)).startswith("-ERR line too long")
+        status, caps = await c.multi("CAPA")
+        assert status.startswith("+OK") and b"UIDL\r\n" in caps and b"TOP\r\n" in caps
+        assert b"STLS" not in caps  # no certificate configured
+        assert (await c.cmd("STLS")).startswith("-ERR")
+        await c.cmd("USER alice")
+        await c.cmd("PASS alice-pw")
+        assert (await c.cmd("USER bob")).startswith("-ERR")
+        for _ in range(5):  # five errors so far, the tenth hangs up
+            assert (await c.cmd("BOGUS")).startswith("-ERR")
+        assert await c.line() == "-ERR too many errors, closing"
+        assert await c.r.read(100) == b""
+        await c.close()
 
-    support.run(main())
+    support.run(served(boxes, session))
