@@ -145,12 +145,14 @@ class Relay:
 
     # -- expiry ------------------------------------------------------------------
     def expire(self, now=None):
-        """Bounce and remove every message older than limits.expire_after."""
+        """Bounce and remove every message older than limits.expire_after.
+        Without a next hop the outbox is a drop directory that nobody here
+        delivers from, so it never expires."""
         now = time.time() if now is None else now
         limit = self.cfg.limits["expire_after"]
         expired = 0
         for box in self.store.boxes():
-            if box in self.busy:
+            if box in self.busy or (box == OUTBOX and not self.cfg.next_hop):
                 continue
             for env in self.store.list(box):
                 if now - env.received <= limit:

@@ -139,9 +139,18 @@ class Sink:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 OK"
 
-    def serve(self):
-        """Start on a free loopback port in a thread: returns a Listener (.port, .stop())."""
-        return Listener(lambda: SMTP(self, hostname="customer.test"))
+    def serve(self, quickack=False):
+        """Start on a free loopback port in a thread: returns a Listener (.port, .stop()).
+        quickack: acknowledge every segment at once, so a peer that writes line
+        by line under Nagle (fetchmail's ODMR pipe) is not held up by delayed ACKs."""
+        return Listener(lambda: (QuickAckSMTP if quickack else SMTP)(self, hostname="customer.test"))
+
+
+class QuickAckSMTP(SMTP):
+    def data_received(self, data):
+        # Linux clears TCP_QUICKACK after use, so it is set again for every read.
+        self.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        super().data_received(data)
 
 
 class Listener:
