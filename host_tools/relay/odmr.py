@@ -169,18 +169,22 @@ class OdmrSession:
         log.info("odmr: %s authenticated as %s", self.ip, account.user)
         await self.reply(235, "2.7.0 authentication successful")
 
-    async def _sasl_line(self, prompt):
-        """The client's base64 answer to a 334 prompt, decoded; False after
-        answering a cancel or bad base64 itself."""
-        await self.reply(334, prompt)
-        try:
-            line = await self._readline()
-        except LineTooLong:
-            await self._error(500, "5.5.2 line too long")
-            return False
-        if line == b"*":
-            await self._error(501, "5.7.0 authentication cancelled")
-            return False
+    async def _answer(self, initial, prompt):
+        """The client's SASL answer, decoded: from the AUTH line (an initial
+        response, "=" for an empty one) or else after a 334 prompt. False
+        after answering a cancel, an overlong line or bad base64 itself."""
+        if initial:
+            line = b"" if initial == "=" else initial.encode()
+        else:
+            await self.reply(334, prompt)
+            try:
+                line = await self._readline()
+            except LineTooLong:
+                await self._error(500, "5.5.2 line too long")
+                return False
+            if line == b"*":
+                await self._error(501, "5.7.0 authentication cancelled")
+                return False
         try:
             return binascii.a2b_base64(line, strict_mode=True) if line else b""
         except binascii.Error:
@@ -193,22 +197,15 @@ class OdmrSession:
 
     async def _cram_md5(self):
         challenge = self.relay.accounts.challenge(self.relay.cfg.hostname)
-        answer = await self._sasl_line(self._b64(challenge))
+        answer = await self._answer(None, self._b64(challenge))
         if answer is False:
             return False
         return self.relay.accounts.check_cram_md5(challenge, answer.decode("utf-8", "replace"))
 
     async def _plain(self, initial):
-        if initial and initial != "=":
-            try:
-                blob = binascii.a2b_base64(initial.encode(), strict_mode=True)
-            except binascii.Error:
-                await self._error(501, "5.5.2 cannot decode base64")
-                return False
-        else:
-            blob = await self._sasl_line("")
-            if blob is False:
-                return False
+        blob = await self._answer(initial, "")
+        if blob is False:
+            return False
         parts = blob.decode("utf-8", "replace").split("\0")
         if len(parts) != 3:
             await self._error(501, "5.5.2 malformed PLAIN response")
@@ -216,17 +213,8 @@ class OdmrSession:
         return self.relay.accounts.check_password(parts[1], parts[2])
 
     async def _login(self, initial):
-        if initial:
-            try:
-                user = binascii.a2b_base64(initial.encode(), strict_mode=True)
-            except binascii.Error:
-                await self._error(501, "5.5.2 cannot decode base64")
-                return False
-        else:
-            user = await self._sasl_line(self._b64("Username:"))
-            if user is False:
-                return False
-        password = await self._sasl_line(self._b64("Password:"))
+        user = await self._answer(initial, self._b64("Username:"))
+        password = False if user is False else await self._answer(None, self._b64("Password:"))
         if password is False:
             return False
         return self.relay.accounts.check_password(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))

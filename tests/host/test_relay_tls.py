@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from host_tools.relay.testing import Customer, RelayProcess, Sink, tls_files, tls_turn, write_config
+from host_tools.relay.testing import Customer, Sink, tls_files, tls_turn
+from tests.host.test_relay import sink, start_relay  # noqa: F401 (fixtures)
 
 ACCOUNTS = [("office", "s3cret", ["example.test"]), ("other", "pw2", ["other.test"])]
 
@@ -17,38 +18,9 @@ def certs(tmp_path_factory):
     return tls_files(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture
-def start_relay(tmp_path):
-    started = []
-
-    def start(**kw):
-        kw.setdefault("accounts", ACCOUNTS)
-        cfg = write_config(tmp_path / f"relay{len(started)}.toml", tmp_path / "queue", **kw)
-        started.append(RelayProcess(cfg).start())
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.stop()
-
-
-@pytest.fixture
-def sinks():
-    running = []
-
-    def make(**kw):
-        s = Sink(**kw)
-        running.append(s.serve())
-        return s, running[-1].port
-
-    yield make
-    for r in running:
-        r.stop()
-
-
 def tls_relay(start_relay, certs, **kw):
     listen = {"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0", "odmr_tls": "127.0.0.1:0", "submission": "127.0.0.1:0"}
-    return start_relay(listen=listen, tls=certs[:2], **kw)
+    return start_relay(listen=listen, tls=certs[:2], accounts=ACCOUNTS, **kw)
 
 
 def keywords(lines):
@@ -177,10 +149,10 @@ def test_submission_plain_and_throttle(start_relay, certs):
         assert code == 421                              # blocked, even with the right password now
 
 
-def test_submission_forwards_to_next_hop_and_bounces_refusals(start_relay, sinks):
-    hop, hop_port = sinks(policy=lambda a: "550 5.1.1 unknown" if a.startswith("nobody@") else None)
+def test_submission_forwards_to_next_hop_and_bounces_refusals(start_relay, sink):
+    hop, hop_port = sink(policy=lambda a: "550 5.1.1 unknown" if a.startswith("nobody@") else None)
     relay = start_relay(listen={"submission": "127.0.0.1:0", "odmr": "127.0.0.1:0"},
-                        next_hop=f"127.0.0.1:{hop_port}")
+                        next_hop=f"127.0.0.1:{hop_port}", accounts=ACCOUNTS)
     with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=30) as c:
         c.login("office", "s3cret")                     # no [tls]: allowed, with a warning in the log
         refused = c.sendmail("boss@example.test", ["friend@elsewhere.test", "nobody@elsewhere.test"],
