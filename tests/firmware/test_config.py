@@ -132,6 +132,8 @@ def test_dotted_keys_for_the_console():
     cfg = config.with_key(cfg, "users.bob", {"password": "pw", "addresses": ["bob@a.test"]})
     cfg = config.with_key(cfg, "catch_all.a.test", "bob")
     assert cfg["catch_all"]["a.test"] == "bob"
+    cfg = config.with_key(cfg, "forward.sales.a.test", config.parse("forward.sales.a.test", "10.0.0.5:25"))
+    assert cfg["forward"] == {"sales.a.test": "10.0.0.5:25"}
     cfg = config.with_key(cfg, "smtp.port", None)
     assert cfg["smtp"]["port"] == 25
     with raises(ConfigError) as r:
