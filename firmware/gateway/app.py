@@ -13,6 +13,7 @@ class App:
     LOG_FILE = "log.txt"  # on the card, beside spool/ and mail/
     WATCHDOG_PERIOD = 2  # seconds between feeds; the board's WDT allows more
     QUEUE_LINES = 50  # the most `queue` lists
+    SMTP_BUFFERS = 2  # made at start, before the heap fragments: the provider's delivery and one office PC
 
     def __init__(self, board, cfg, cfg_path):
         self.board = board
@@ -54,7 +55,9 @@ class App:
     async def start(self):
         """Everything but the console: card, listeners, scheduler."""
         import asyncio
+        from gateway.smtp import server
 
+        server.reserve(self.SMTP_BUFFERS)
         self.open_card()
         host = self.cfg["listen"]
         from gateway import pop3
