@@ -7,8 +7,9 @@
 #       message "QUEUED <id> heap=<live bytes> peak=<mem_peak>".
 #   micropython smtpd_sim.py check IMAGE
 #       mounts and recovers the card (as at boot) and prints
-#       "MSG <id> <size> <crc32 of the body> <mail from> <rcpt>..." per
-#       pending message, then "KEPT k REMOVED r".
+#       "MSG <id> <size> <crc32> <mail from> <rcpt>..." per pending message
+#       (size and crc32 of the message as the client sent it, un-stuffed,
+#       without our Received: header), then "KEPT k REMOVED r".
 # Make the image on the host first (odmrgw sd mkfs IMAGE --size 96M): FatFs's
 # mkfs needs a 4 KB block that a fragmented 64k heap may not have.
 import gc
@@ -20,27 +21,26 @@ from board import Board
 
 board = Board(sys.argv[2])
 root = board.mount_sd()
-from gateway.smtp import server  # noqa: E402
-
-server.reserve()
-import asyncio  # noqa: E402
-import micropython  # noqa: E402
-from gateway.spool import Spool  # noqa: E402
-
-
-class Sink(server.Handler):
-    hostname = "sim.test"
-    spool = None
-
-    def rcpt(self, session, address):
-        return "local"
-
-    def delivered(self, session, id):
-        gc.collect()
-        print("QUEUED %s heap=%d peak=%d" % (id, gc.mem_alloc(), micropython.mem_peak()))
 
 
 def serve(port, max_size="10240000"):
+    from gateway.smtp import server
+
+    server.reserve()
+    import asyncio
+    import micropython
+    from gateway.spool import Spool
+
+    class Sink(server.Handler):
+        hostname = "sim.test"
+
+        def rcpt(self, session, address):
+            return "local"
+
+        def delivered(self, session, id):
+            gc.collect()
+            print("QUEUED %s heap=%d peak=%d" % (id, gc.mem_alloc(), micropython.mem_peak()))
+
     Sink.spool = Spool(root + "/spool", clock=board.now)
     Sink.max_size = int(max_size)
     kept, removed = Sink.spool.recover()
@@ -56,7 +56,11 @@ def serve(port, max_size="10240000"):
 
 
 def check():
+    """What a rebooted box would find: the body of each pending message is
+    summed without the Received: header this receiver put on top."""
     import binascii
+
+    from gateway.spool import Spool
 
     spool = Spool(root + "/spool")
     kept, removed = spool.recover()
@@ -65,13 +69,18 @@ def check():
     for id in spool.ids("local"):
         env = spool.envelope(id)
         crc = 0
+        skip = -1  # until the end of our two-line Received: header
         with spool.open(id) as body:
             while True:
                 n = body.readinto(buf)
                 if not n:
                     break
-                crc = binascii.crc32(mv[:n], crc)
-        print("MSG %s %d %08x %s %s" % (id, env.size, crc, env.mail_from or "<>", " ".join(a for a, _ in env.rcpts)))
+                start = 0
+                if skip < 0:
+                    skip = buf.find(b"\r\n", buf.find(b"\r\n\t") + 3) + 2
+                    start = skip
+                crc = binascii.crc32(mv[start:n], crc)
+        print("MSG %s %d %08x %s %s" % (id, env.size - skip, crc, env.mail_from or "<>", " ".join(a for a, _ in env.rcpts)))
     print("KEPT %d REMOVED %d" % (kept, removed))
     board.umount_sd()
 

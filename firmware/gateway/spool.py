@@ -226,9 +226,10 @@ class Spool:
     def _highest(self):
         """The largest id on the card, in case the seq file was lost."""
         for b in reversed(self._buckets()):
-            names = self._names(b)
-            if names:
-                return int(names[-1][:8], 16)
+            bits = self._bits(b, "lo")
+            for i in range(255, -1, -1):
+                if bits[i >> 3] & 1 << (i & 7):
+                    return int(b, 16) << 8 | i
         return 0
 
     # --- listing ---------------------------------------------------------------
@@ -238,9 +239,23 @@ class Spool:
         except OSError:
             return []
 
-    def _names(self, bucket):
-        """Message file names in a bucket, sorted by id."""
-        return sorted(e[0] for e in ilistdir(self.root + "/" + bucket) if e[0][8:] not in (".d", ""))
+    def _bits(self, bucket, letters, queue=None):
+        """A 256-bit map of the ids in a bucket whose record is in one of
+        `letters`' queues (and has `queue` pending): sorting by bit costs no
+        list of names, which a bucket of 256 would need on a small heap."""
+        bits = bytearray(32)
+        for e in ilistdir(self.root + "/" + bucket):
+            name = e[0]
+            ext = name[9:]
+            if ext == "d" or not [c for c in ext if c in letters] or name[:8] in self._drafts:
+                continue
+            # A single-queue record exists only while something in it is
+            # pending; a mixed one needs a look at its progress.
+            if queue and len(ext) > 1 and not Envelope("%s/%s/%s" % (self.root, bucket, name)).pending(queue):
+                continue
+            i = int(name[6:8], 16)
+            bits[i >> 3] |= 1 << (i & 7)
+        return bits
 
     def _path(self, id):
         base = "%s/%s/%s." % (self.root, id[:6], id)
@@ -251,16 +266,15 @@ class Spool:
 
     def ids(self, queue):
         letter = _LETTERS[_QUEUES.index(queue)]
-        out = []
-        for b in self._buckets():
-            for name in self._names(b):
-                ext = name[9:]
-                if letter not in ext or name[:8] in self._drafts:
-                    continue
-                # A single-queue record exists only while something in it is
-                # pending; a mixed one needs a look at its progress.
-                if len(ext) == 1 or Envelope("%s/%s/%s" % (self.root, b, name)).pending(queue):
-                    out.append(name[:8])
+        maps = [(b, self._bits(b, letter, queue)) for b in self._buckets()]
+        # Sized once: a list grown id by id would cut up a small heap.
+        out = [None] * sum(bin(x).count("1") for _, bits in maps for x in bits)
+        n = 0
+        for b, bits in maps:
+            for i in range(256):
+                if bits[i >> 3] & 1 << (i & 7):
+                    out[n] = "%s%02x" % (b, i)
+                    n += 1
         return out
 
     def envelope(self, id):
@@ -354,11 +368,14 @@ class Spool:
         buf = memoryview(bytearray(512))
         for b in self._buckets():
             d = self.root + "/" + b
-            names = sorted(e[0] for e in ilistdir(d))
-            for name in names:
+            # No list of names: a bucket of 256 would not fit a small heap.
+            for e in ilistdir(d):
+                name = e[0]
                 path = d + "/" + name
                 if name[9:] == "d":
-                    if not [n for n in names if n[:8] == name[:8] and n != name]:
+                    try:
+                        self._path(name[:8])
+                    except KeyError:
                         _remove(path)  # the progress of a message already gone
                 elif self._valid(path, buf):
                     kept += 1

@@ -372,14 +372,20 @@ def reserve(count=1):
 
 async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     """An asyncio server: each connection gets SMTPSession(handler_factory())
-    (handler_factory(peer) with with_peer=True); beyond max_sessions at once
-    a connection gets 421 and is closed."""
+    (handler_factory(peer) with with_peer=True); beyond max_sessions at once,
+    or when no memory is left for one more, a connection gets 421."""
     active = [0]
     spare = _spare
 
     async def client(reader, writer):
         peer = peer_address(writer.get_extra_info("peername"))
-        if active[0] >= max_sessions:
+        buf = None
+        if active[0] < max_sessions:
+            try:
+                buf = spare.pop() if spare else bytearray(SMTPSession.buffer_size)
+            except MemoryError:
+                log.warn("smtp: no memory for another session")
+        if buf is None:
             try:
                 writer.write(b"421 4.3.2 Too many connections, try later\r\n")
                 await writer.drain()
@@ -389,7 +395,6 @@ async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
                 pass
             return
         active[0] += 1
-        buf = spare.pop() if spare else bytearray(SMTPSession.buffer_size)
         try:
             await SMTPSession(reader, writer, handler_factory(peer) if with_peer else handler_factory(), peer, buf).run()
         except Exception as e:  # noqa: BLE001 - one broken session must not stop the server
