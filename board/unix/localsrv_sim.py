@@ -42,6 +42,9 @@ def main(cfg_path, image, delay=None):
         print("POKE heap=%d" % gc.mem_free())
 
     async def run():
+        from gateway.smtp import server
+
+        server.reserve(8)  # as the App does: session buffers before the heap is cut up
         await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"])
         await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke)
         gc.collect()

@@ -29,7 +29,7 @@ class POP3Session:
         self.box = None  # the locked mailbox's user after login
         self.msgs = None  # [(id, size)] snapshot taken at login
         self.deleted = None
-        self.body = None
+        self.body = bytearray(_BODY)  # taken at connect: no surprise at RETR
         self.errors = 0
         self.failures = 0
         self.done = False
@@ -116,7 +116,6 @@ class POP3Session:
         self.box = user
         self.msgs = self.mailboxes.listing(user)
         self.deleted = bytearray(len(self.msgs))
-        self.body = bytearray(_BODY)
         await self.reply("+OK %s has %d messages" % (user, len(self.msgs)))
 
     async def pop_stls(self, arg):
@@ -253,20 +252,27 @@ class POP3Session:
 
 
 async def serve(cfg, mailboxes, host, port, max_sessions=8):
-    """The POP3 listener; beyond max_sessions a client gets -ERR and is
-    closed. STLS is offered when cfg["pop3"] names a cert and key."""
+    """The POP3 listener; beyond max_sessions, or when the heap has no room
+    for one more session, a client gets -ERR [SYS/TEMP] and is closed. STLS
+    is offered when cfg["pop3"] names a cert and key."""
     tls = _tls_context(cfg.get("pop3") or {})
     active = [0]
 
     async def client(reader, writer):
+        session = None
+        if active[0] < max_sessions:
+            try:
+                session = POP3Session(reader, writer, mailboxes, tls)
+            except MemoryError:
+                log.warn("pop3: no memory for another session")
         try:
-            if active[0] >= max_sessions:
+            if session is None:
                 writer.write(b"-ERR [SYS/TEMP] too many connections, try later\r\n")
                 await writer.drain()
                 return
             active[0] += 1
             try:
-                await POP3Session(reader, writer, mailboxes, tls).run()
+                await session.run()
             finally:
                 active[0] -= 1
         except Exception as e:  # one broken session must never stop the listener
