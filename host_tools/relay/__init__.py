@@ -5,10 +5,10 @@ import sys
 
 def add_parser(sub):
     p = sub.add_parser("relay", help="run the desktop relay (the ODMR provider), or manage its queue")
-    p.add_argument("--config", help="relay.toml")
+    p.add_argument("--config", metavar="FILE", help="the relay's TOML config")
     cmds = p.add_subparsers(dest="relay_cmd")
     q = cmds.add_parser("queue", help="list, show, drop or inject queued messages")
-    q.add_argument("--config", dest="queue_config", help="relay.toml")
+    q.add_argument("--config", dest="queue_config", metavar="FILE", help="the relay's TOML config")
     qc = q.add_subparsers(dest="queue_cmd", required=True)
     qc.add_parser("list", help="every queued message, oldest first per box")
     for name, what in (("show", "envelope and text of one message"), ("drop", "delete a message from every box")):
@@ -29,7 +29,7 @@ def run(args):
     try:
         cfg = load(path)
     except ConfigError as e:
-        raise SystemExit(f"odmrgw relay: config {e}")
+        raise SystemExit(f"odmrgw relay: {path}: {e}")
     if args.relay_cmd == "queue":
         from host_tools.relay import admin
 

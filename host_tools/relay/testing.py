@@ -189,7 +189,9 @@ def fetchmail(odmr_port, smtp_port, user="office", password="s3cret", domains=("
               timeout=120, extra=""):
     """Run fetchmail's ODMR client once; returns the CompletedProcess (its
     verbose log and errors together in .stdout).
-    fetchmail wants a private rcfile (0600) and a HOME for its state files."""
+    fetchmail wants a private rcfile (0600) and a HOME for its state files,
+    and as root it locks /var/run/fetchmail.pid unless given its own pidfile,
+    which would make parallel runs refuse each other."""
     home = tempfile.mkdtemp(prefix="fetchmail-")
     try:
         rc = Path(home) / "fetchmailrc"
@@ -200,7 +202,7 @@ def fetchmail(odmr_port, smtp_port, user="office", password="s3cret", domains=("
         rc.chmod(0o600)
         env = dict(os.environ, HOME=home, FETCHMAILHOME=home, LC_ALL="C")
         return subprocess.run(
-            ["fetchmail", "-f", str(rc), "-N", "-d0", "--nosyslog", "-v"],
+            ["fetchmail", "-f", str(rc), "--pidfile", str(Path(home) / "fetchmail.pid"), "-N", "-d0", "--nosyslog", "-v"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout,
         )
     finally:

@@ -78,6 +78,8 @@ def test_fetchmail_drains_every_message_exactly_once(start_relay, sink):
     again = fetchmail(relay.ports["odmr"], port)
     assert "453" in again.stdout
     assert len(s.messages) == 30
+    relay.stop()
+    assert "s3cret" not in relay.log.read_text()
 
 
 def test_every_held_domain_is_a_box_and_atrn_drains_only_those_asked_for(start_relay, sink):

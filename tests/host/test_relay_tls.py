@@ -147,6 +147,10 @@ def test_submission_plain_and_throttle(start_relay, certs):
         assert time.monotonic() - t0 >= 0.4
         code, _ = c.docmd("AUTH", "PLAIN " + plain("office", "s3cret"))
         assert code == 421                              # blocked, even with the right password now
+    relay.stop()
+    log = relay.log.read_text()
+    assert "failed login" in log or "AUTH" not in log
+    assert "s3cret" not in log and "wrong" not in log and plain("office", "s3cret") not in log
 
 
 def test_submission_forwards_to_next_hop_and_bounces_refusals(start_relay, sink):
