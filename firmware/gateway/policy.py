@@ -2,6 +2,7 @@
 # it asks these handlers at each step (aiosmtpd style). One Policy holds the
 # address map built from the config; two handlers apply it to the two
 # listeners: the provider's delivery after ATRN, and the office LAN.
+from gateway import log
 from gateway.smtp.server import Handler
 
 # Characters that route mail onwards in old MTAs (percent hack, bang paths) or
@@ -213,7 +214,10 @@ class _SpoolingHandler(Handler):
         # the mailbox at once (and forwarding starts); on_outbound() pokes the
         # scheduler.
         if "local" in self.queues and self.on_delivered:
-            self.on_delivered(self.spool)
+            try:
+                self.on_delivered(self.spool)
+            except Exception as e:  # the 250 is out: the mail waits in the spool
+                log.error("delivery of %s failed, kept in the spool: %r" % (id, e))
         if "out" in self.queues and self.on_outbound:
             self.on_outbound()
         self.queues = set()

@@ -173,3 +173,14 @@ def test_forward_targets_by_user_or_domain_for_known_recipients_only():
     assert p.forward_for("bob@example.test") is None
     assert p.forward_for("unknown@other.test") is None  # no user, no forward
     assert Policy(CFG).forward_for("alice@example.test") is None
+
+
+def test_a_failing_delivery_after_the_250_does_not_break_the_session():
+    def card_full(spool):
+        raise OSError(28)
+
+    h = LanHandler(CFG, None, Policy(CFG), None, card_full)
+    s = Session()
+    h.mail(s, "bob@example.test", {})
+    h.rcpt(s, "alice@example.test")
+    h.delivered(s, "id1")  # logged; the message stays in the spool
