@@ -179,8 +179,16 @@ def test_a_failing_delivery_after_the_250_does_not_break_the_session():
     def card_full(spool):
         raise OSError(28)
 
+    from gateway import log
+
+    lines = []
     h = LanHandler(CFG, None, Policy(CFG), None, card_full)
     s = Session()
     h.mail(s, "bob@example.test", {})
     h.rcpt(s, "alice@example.test")
-    h.delivered(s, "id1")  # logged; the message stays in the spool
+    log.attach(lines.append)
+    try:
+        h.delivered(s, "id1")
+    finally:
+        log.attach(None)
+    assert len(lines) == 1 and "id1" in lines[0] and "kept in the spool" in lines[0]
