@@ -36,6 +36,8 @@ class Throttle:
     an IP with `max_failures` failures within `block` seconds is refused with
     421 until the oldest of them is `block` seconds old."""
 
+    MAX_TRACKED = 10000     # IPs with failures before old entries are swept out
+
     def __init__(self, delay, max_failures, block, clock=time.monotonic):
         self.delay = delay
         self.max_failures = max_failures
@@ -56,4 +58,7 @@ class Throttle:
         return self.max_failures > 0 and len(self._recent(ip)) >= self.max_failures
 
     def failed(self, ip):
+        if len(self._fails) > self.MAX_TRACKED:
+            for other in list(self._fails):
+                self._recent(other)
         self._fails.setdefault(ip, []).append(self.clock())

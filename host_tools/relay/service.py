@@ -144,36 +144,54 @@ class Relay:
             await self.flush_outbox()
 
     # -- expiry ------------------------------------------------------------------
-    def expire(self, now=None):
-        """Bounce and remove every message older than limits.expire_after.
-        Without a next hop the outbox is a drop directory that nobody here
-        delivers from, so it never expires."""
+    def expired(self, now=None):
+        """{box: [envelope]} older than limits.expire_after. Without a next hop
+        the outbox is a drop directory that nobody here delivers from, so it
+        never expires."""
         now = time.time() if now is None else now
         limit = self.cfg.limits["expire_after"]
-        expired = 0
+        found = {}
         for box in self.store.boxes():
-            if box in self.busy or (box == OUTBOX and not self.cfg.next_hop):
+            if box == OUTBOX and not self.cfg.next_hop:
                 continue
-            for env in self.store.list(box):
-                if now - env.received <= limit:
-                    continue
-                try:
-                    data = self.store.read(env)
-                except FileNotFoundError:
-                    continue
-                days = limit / 86400
-                why = f"it was still undelivered after {days:g} day(s) in the queue"
-                diag = f"451 4.4.7 message expired in the queue of {self.cfg.hostname}"
-                self.bounce(env, {r: ("4.4.7", diag) for r in env.rcpts}, why, data)
-                self.store.remove(box, env.id)
-                expired += 1
-        if expired:
-            log.info("expired %d message(s)", expired)
-        return expired
+            old = [e for e in self.store.list(box) if now - e.received > limit]
+            if old:
+                found[box] = old
+        return found
+
+    def expire(self, envelopes):
+        """Bounce and remove these envelopes (status 4.4.7)."""
+        days = self.cfg.limits["expire_after"] / 86400
+        why = f"it was still undelivered after {days:g} day(s) in the queue"
+        diag = f"451 4.4.7 message expired in the queue of {self.cfg.hostname}"
+        for scanned in envelopes:
+            env = self.store.envelope(scanned.box, scanned.id)     # its recipients may have changed since the scan
+            try:
+                data = self.store.read(env) if env else None
+            except FileNotFoundError:
+                data = None
+            if data is None:
+                continue        # delivered or dropped since the scan
+            self.bounce(env, {r: ("4.4.7", diag) for r in env.rcpts}, why, data)
+            self.store.remove(env.box, env.id)
+        log.info("expired %d message(s)", len(envelopes))
+
+    async def expire_once(self):
+        """Scan, then expire box by box while holding the box like an ATRN
+        session would, so a message is never delivered and bounced at once."""
+        found = await asyncio.to_thread(self.expired)
+        for box, envelopes in found.items():
+            if box in self.busy:
+                continue        # being drained: next scan
+            self.busy.add(box)
+            try:
+                await asyncio.to_thread(self.expire, envelopes)
+            finally:
+                self.busy.discard(box)
 
     async def _expiry_loop(self):
         while True:
-            await asyncio.to_thread(self.expire)
+            await self.expire_once()
             await asyncio.sleep(self.cfg.limits["expire_check"])
 
     # -- running -----------------------------------------------------------------

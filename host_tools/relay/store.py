@@ -13,12 +13,14 @@ first, then .eml, so a crash leaves at most an orphan body, which recover()
 deletes."""
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 OUTBOX = "outbox"
+_ID = re.compile(r"[0-9a-f]{24}")
 
 
 def domain_box(domain):
@@ -102,21 +104,28 @@ class Store:
         """Durably queue `data` for each box's recipients; returns the id.
         Only after this returns may the caller say 250."""
         id = self.new_id()
-        tmp = self.root / "tmp"
-        body = tmp / f"{id}.eml"
-        _write_synced(body, data)
+        body = self.root / "tmp" / f"{id}.eml"
         received = time.time() if received is None else received
-        dirs = set()
-        for box, rcpts in rcpts_by_box.items():
-            d = self._dir(box)
-            d.mkdir(parents=True, exist_ok=True)
-            os.link(body, d / f"{id}.eml")
-            env = Envelope(id, mail_from, list(rcpts), received, len(data), origin)
-            self._write_env(box, env, fsync_dir=False)
-            dirs.add(d)
-        for d in dirs:
-            _fsync_dir(d)
-        body.unlink()
+        done = []
+        try:
+            _write_synced(body, data)
+            for box, rcpts in rcpts_by_box.items():
+                d = self._dir(box)
+                d.mkdir(parents=True, exist_ok=True)
+                os.link(body, d / f"{id}.eml")
+                done.append(box)
+                self._write_env(box, Envelope(id, mail_from, list(rcpts), received, len(data), origin), fsync_dir=False)
+            for box in done:
+                _fsync_dir(self._dir(box))
+        except OSError:
+            # No 250 will be given, so take back what is already in place: the
+            # client's retry must not become a duplicate.
+            for box in done:
+                self._env_path(box, id).unlink(missing_ok=True)
+                self.body_path(box, id).unlink(missing_ok=True)
+            raise
+        finally:
+            body.unlink(missing_ok=True)
         return id
 
     def _write_env(self, box, env, fsync_dir=True):
@@ -168,7 +177,10 @@ class Store:
         return self.body_path(env.box, env.id).read_bytes()
 
     def find(self, id):
-        """Every (box, envelope) holding that id."""
+        """Every (box, envelope) holding that id (ids from outside are checked, so
+        they never name a path)."""
+        if not _ID.fullmatch(id):
+            return []
         return [(box, e) for box in self.boxes() if (e := self.envelope(box, id))]
 
     def has_mail(self, box):
