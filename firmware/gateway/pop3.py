@@ -79,7 +79,8 @@ class POP3Session:
             "CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP")
         if verb not in allowed:
             return await self.bad("-ERR %s not valid in this state" % verb if hasattr(self, "pop_" + verb.lower()) else "-ERR unknown command")
-        await getattr(self, "pop_" + verb.lower())(arg.strip())
+        # A password may end in spaces: PASS takes the rest of the line as is.
+        await getattr(self, "pop_" + verb.lower())(arg if verb == "PASS" else arg.strip())
 
     # --- AUTHORIZATION state --------------------------------------------------
 
