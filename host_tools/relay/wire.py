@@ -27,8 +27,12 @@ class LineReader:
         self.eof = False
 
     def drop_buffer(self):
-        """Forget bytes received but not read yet (after STARTTLS: RFC 3207 §4)."""
+        """Forget bytes received but not read yet (before STARTTLS: RFC 3207 §4),
+        including those the asyncio StreamReader holds (it has no public way
+        to discard them, and after the upgrade they would read as if sent
+        inside TLS)."""
         self.buf.clear()
+        self.reader._buffer.clear()
 
     def pending(self):
         return bool(self.buf)

@@ -231,3 +231,14 @@ def test_pipelining_is_used_when_offered(relay, customer):
     c.turn(sink)
     assert len(sink.messages) == 2
     assert seen and seen[0] >= 2        # later RCPT and DATA were already waiting
+
+
+def test_sigterm_during_a_turn_stops_at_once_and_keeps_the_mail(relay, customer):
+    queue_mail(relay, ["a@example.test"], n=2)
+    c = customer()
+    assert c.login()[0] == 250          # the relay now waits for our 220
+    t0 = time.monotonic()
+    assert relay.stop() == 0
+    assert time.monotonic() - t0 < 5
+    relay.start()
+    assert len(queued(relay)) == 2

@@ -171,3 +171,20 @@ def test_submission_forwards_to_next_hop_and_bounces_refusals(start_relay, sink)
     rows = queued(relay)
     assert [(r[1], r[-1]) for r in rows] == [("domains/example.test", "boss@example.test")]
     assert "Status: 5.1.1" in relay.queue("show", rows[0][0]).stdout
+
+
+def test_plaintext_sent_behind_starttls_is_never_obeyed(start_relay, certs):
+    # Commands pipelined after STARTTLS arrive in the clear and could be a
+    # man in the middle's (CVE-2011-0411): they must be thrown away.
+    relay = tls_relay(start_relay, certs)
+    c = Customer(relay.ports["odmr"], tls_context=certs[3])
+    try:
+        c.cmd("EHLO customer.test")
+        c.send(b"STARTTLS\r\nNOOP\r\n")
+        assert c.reply()[0] == 220
+        c.sock = c.tls_context.wrap_socket(c.sock, server_hostname="relay.test")
+        c.file = c.sock.makefile("rb")
+        code, lines = c.cmd("EHLO customer.test")
+        assert code == 250 and lines[0].startswith("250-relay.test"), lines
+    finally:
+        c.close()
