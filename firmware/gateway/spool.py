@@ -18,6 +18,7 @@
 import binascii
 import os
 import time
+from errno import ENOENT
 
 from gateway.compat import const, fsync, ilistdir
 
@@ -132,7 +133,11 @@ class Draft:
         self.crc = 0
         self._check_at = spool.check_every
         self._f = open(path, "wb")
-        self._f.write(header)
+        try:
+            self._f.write(header)
+        except OSError:
+            self.abort()
+            raise
 
     def write(self, buf):
         self._f.write(buf)
@@ -260,8 +265,12 @@ class Spool:
     def _path(self, id):
         base = "%s/%s/%s." % (self.root, id[:6], id)
         for ext in ("l", "o", "lo"):
-            if _exists(base + ext):
+            try:
+                os.stat(base + ext)
                 return base + ext
+            except OSError as e:
+                if e.args[0] != ENOENT:
+                    raise  # a card error is not "no such message"
         raise KeyError(id)
 
     def ids(self, queue):
@@ -331,7 +340,10 @@ class Spool:
             raise
 
     def done(self, id, queue, addresses=None):
-        path = self._path(id)
+        try:
+            path = self._path(id)
+        except KeyError:
+            return  # already complete and gone
         env = Envelope(path)
         marks = [
             i
