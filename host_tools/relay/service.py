@@ -4,6 +4,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 
 from host_tools.relay import dsn, odmr, smtp_in
 from host_tools.relay.auth import Accounts, Throttle
@@ -238,5 +239,7 @@ class Relay:
 def main(cfg):
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="relay: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)     # aiosmtpd: chatty, and logs AUTH lines at debug
+    # start() logs its own, clearer warning for submission without [tls].
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
     asyncio.run(Relay(cfg).run())
     return 0

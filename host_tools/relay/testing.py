@@ -116,14 +116,23 @@ class RelayProcess:
 
 
 class Sink:
-    """An aiosmtpd listener that keeps every message; `policy(address)` may
-    return an SMTP reply string to refuse a recipient."""
+    """An aiosmtpd handler that keeps every message; `policy(address)` may
+    return an SMTP reply string to refuse a recipient; `pipelining` makes it
+    announce PIPELINING."""
 
-    def __init__(self, policy=None, delay=0.0):
+    def __init__(self, policy=None, delay=0.0, pipelining=False):
         self.messages = []
         self.policy = policy
         self.delay = delay
+        self.pipelining = pipelining
         self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads pipelined commands correctly but does not announce it.
+            responses = responses[:-1] + ["250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         refusal = self.policy(address) if self.policy else None

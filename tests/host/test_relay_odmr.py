@@ -139,13 +139,14 @@ def test_bad_commands_are_capped(customer):
     assert codes[:9] == [502] * 9 and codes[9] == 421
 
 
-def test_per_recipient_results_bounce_and_defer(relay, customer):
+def refuse(address):
+    return {"gone@example.test": "550 5.1.1 no such user", "later@example.test": "452 4.2.2 mailbox full"}.get(address)
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_per_recipient_results_bounce_and_defer(relay, customer, pipelining):
     queue_mail(relay, ["ok@example.test", "gone@example.test", "later@example.test"], mail_from="x@example.test")
-
-    def policy(address):
-        return {"gone@example.test": "550 5.1.1 no such user", "later@example.test": "452 4.2.2 mailbox full"}.get(address)
-
-    sink = Sink(policy)
+    sink = Sink(refuse, pipelining=pipelining)
     c = customer()
     assert c.login(domains=["example.test"])[0] == 250
     c.turn(sink)
@@ -158,13 +159,29 @@ def test_per_recipient_results_bounce_and_defer(relay, customer):
     assert "Final-Recipient: rfc822; later@example.test" not in report
     assert [r[-1] for r in queued(relay)] == ["later@example.test"]
 
-    # Next time round both are delivered.
-    sink2 = Sink()
+    # Next time round the deferred one is delivered.
+    sink2 = Sink(pipelining=pipelining)
     c2 = customer()
     assert c2.login()[0] == 250
     c2.turn(sink2)
     assert [m[1] for m in sink2.messages] == [["later@example.test"]]
     assert queued(relay) == []
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_message_every_recipient_refuses_is_bounced_and_gone(relay, customer, pipelining):
+    queue_mail(relay, ["gone@example.test"], mail_from="x@outside.test")
+    queue_mail(relay, ["later@example.test"], mail_from="x@outside.test")
+    queue_mail(relay, ["ok@example.test"], mail_from="x@outside.test")
+    sink = Sink(refuse, pipelining=pipelining)
+    c = customer()
+    assert c.login(domains=["example.test"])[0] == 250
+    c.turn(sink)
+    assert [m[1] for m in sink.messages] == [["ok@example.test"]]
+    rows = queued(relay)
+    # The bounce for an outside sender waits in the outbox (no next hop here).
+    assert sorted((r[1], r[-1]) for r in rows) == [("domains/example.test", "later@example.test"),
+                                                   ("outbox", "x@outside.test")]
 
 
 def test_customer_dropping_the_line_after_the_turn_keeps_the_mail(relay, customer):
@@ -216,10 +233,6 @@ def test_pipelining_is_used_when_offered(relay, customer):
     seen = []
 
     class Watch(Sink):
-        async def handle_EHLO(self, server, session, envelope, hostname, responses):
-            session.host_name = hostname        # aiosmtpd reads pipelined input but does not say so
-            return responses[:-1] + ["250-PIPELINING", responses[-1]]
-
         async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
             # Under PIPELINING the relay sent MAIL, every RCPT and DATA in one write.
             seen.append(server._reader._buffer.count(b"\r\n"))
@@ -227,7 +240,7 @@ def test_pipelining_is_used_when_offered(relay, customer):
 
     c = customer()
     assert c.login()[0] == 250
-    sink = Watch()
+    sink = Watch(pipelining=True)
     c.turn(sink)
     assert len(sink.messages) == 2
     assert seen and seen[0] >= 2        # later RCPT and DATA were already waiting
