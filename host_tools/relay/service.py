@@ -85,7 +85,7 @@ class Relay:
                 await self.deliver_box(client, domain_box(d), counts)
             await client.quit()
         except _BROKEN as e:
-            log.warning("odmr: %s: line lost after the turn (%s); undelivered mail stays queued", user, e or type(e).__name__)
+            log.warning("odmr: %s: line lost after the turn (%s); undelivered mail stays queued", user, str(e) or type(e).__name__)
         log.info("odmr: %s: %d delivered, %d deferred, %d bounced", user, *counts)
 
     async def deliver_box(self, client, box, counts):
@@ -127,7 +127,7 @@ class Relay:
             await self.deliver_box(client, OUTBOX, counts)
             await client.quit()
         except _BROKEN as e:
-            log.warning("outbox: next hop %s:%d failed (%s); retrying later", host, port, e or type(e).__name__)
+            log.warning("outbox: next hop %s:%d failed (%s); retrying later", host, port, str(e) or type(e).__name__)
         finally:
             self.busy.discard(OUTBOX)
             if client:
@@ -142,7 +142,7 @@ class Relay:
             except asyncio.TimeoutError:
                 pass
             self._outbox_kick.clear()
-            await self.flush_outbox()
+            await _survive(self.flush_outbox(), "outbox")
 
     # -- expiry ------------------------------------------------------------------
     def expired(self, now=None):
@@ -175,7 +175,7 @@ class Relay:
                 continue        # delivered or dropped since the scan
             self.bounce(env, {r: ("4.4.7", diag) for r in env.rcpts}, why, data)
             self.store.remove(env.box, env.id)
-        log.info("expired %d message(s)", len(envelopes))
+            log.info("expired %s in %s", env.id, env.box)
 
     async def expire_once(self):
         """Scan, then expire box by box while holding the box like an ATRN
@@ -192,7 +192,7 @@ class Relay:
 
     async def _expiry_loop(self):
         while True:
-            await self.expire_once()
+            await _survive(self.expire_once(), "expiry")
             await asyncio.sleep(self.cfg.limits["expire_check"])
 
     # -- running -----------------------------------------------------------------
@@ -234,6 +234,15 @@ class Relay:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _survive(coro, what):
+    """Run one round of a background job; a bug in one round is logged and
+    the next round runs, instead of the job dying silently."""
+    try:
+        await coro
+    except Exception:
+        log.exception("%s: unexpected error; trying again later", what)
 
 
 def main(cfg):

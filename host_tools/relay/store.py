@@ -12,6 +12,7 @@ one body hard-linked into each domain box. Removal goes the other way: .env
 first, then .eml, so a crash leaves at most an orphan body, which recover()
 deletes."""
 import json
+import logging
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 OUTBOX = "outbox"
+log = logging.getLogger("relay")
 _ID = re.compile(r"[0-9a-f]{24}")
 
 
@@ -72,7 +74,7 @@ class Store:
         kept = 0
         for box in self.boxes():
             d = self._dir(box)
-            envs = {p.stem for p in d.glob("*.env")}
+            envs = {p.stem for p in d.glob("*.env")} | {p.stem for p in d.glob("*.broken")}   # keep set-aside bodies for a human
             for p in d.glob("*.eml"):
                 if p.stem not in envs:
                     p.unlink()
@@ -167,11 +169,18 @@ class Store:
         return out
 
     def envelope(self, box, id):
+        """The envelope, or None when there is none. One that cannot be read
+        (edited by hand, a broken disk) is renamed to .broken and logged, so
+        one bad file never blocks a whole domain."""
+        path = self._env_path(box, id)
         try:
-            raw = json.loads(self._env_path(box, id).read_bytes())
+            return Envelope(box=box, **json.loads(path.read_bytes()))
         except FileNotFoundError:
             return None
-        return Envelope(box=box, **raw)
+        except (ValueError, TypeError) as e:
+            path.rename(path.with_suffix(".broken"))
+            log.error("queue: %s is unreadable (%s); moved aside as .broken", path, e)
+            return None
 
     def read(self, env):
         return self.body_path(env.box, env.id).read_bytes()

@@ -62,3 +62,13 @@ def test_a_failed_commit_leaves_nothing_behind(store, monkeypatch):
         store.commit("x@o.test", {domain_box("a.test"): ["u@a.test"], domain_box("b.test"): ["v@b.test"]}, b"m\r\n")
     assert store.list(domain_box("a.test")) == [] and store.list(domain_box("b.test")) == []
     assert not any(p.is_file() for p in store.root.rglob("*"))
+
+
+def test_an_unreadable_envelope_is_set_aside_and_the_rest_still_lists(store):
+    ids = [store.commit("x@o.test", {domain_box("a.test"): ["u@a.test"]}, b"m\r\n") for _ in range(3)]
+    bad = store.root / "domains" / "a.test" / f"{ids[1]}.env"
+    bad.write_text("{not json")
+    assert [e.id for e in store.list(domain_box("a.test"))] == [ids[0], ids[2]]
+    assert bad.with_suffix(".broken").exists()
+    Store(store.root).recover()
+    assert bad.with_suffix(".eml").exists()      # its body stays for a human to look at
