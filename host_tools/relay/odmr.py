@@ -58,18 +58,18 @@ class OdmrSession:
             await self.reply(220, f"{self.relay.cfg.hostname} ESMTP ODMR service ready (RFC 2645)")
             while await self._one_command():
                 pass
-        except (EOFError, ConnectionError, ProtocolError, asyncio.TimeoutError) as e:
+        except (EOFError, OSError, ProtocolError, asyncio.TimeoutError) as e:     # OSError: resets, TLS failures
             if isinstance(e, asyncio.TimeoutError):
                 await self._try_reply(421, "4.4.2 idle too long, closing")
             elif isinstance(e, ProtocolError):
-                await self._try_reply(421, "5.5.2 no line end, closing")
+                await self._try_reply(421, "4.5.2 no line end, closing")
         finally:
             self.writer.close()
 
     async def _try_reply(self, code, text):
         try:
             await self.reply(code, text)
-        except ConnectionError:
+        except OSError:
             pass
 
     async def _readline(self):
@@ -91,7 +91,8 @@ class OdmrSession:
         verb, _, arg = text.partition(" ")
         method = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
         if method is None:
-            return await self._error(502, f"5.5.1 {verb[:20] or 'empty line'}: command not implemented (ODMR profile)")
+            name = verb[:20] if verb.isalpha() else "that"     # never echo control characters
+            return await self._error(502, f"5.5.1 {name}: command not implemented (ODMR profile)")
         return await method(arg.strip()) is not False
 
     async def _error(self, code, text):
@@ -210,7 +211,10 @@ class OdmrSession:
         if len(parts) != 3:
             await self._error(501, "5.5.2 malformed PLAIN response")
             return False
-        return self.relay.accounts.check_password(parts[1], parts[2])
+        authz, user, password = parts
+        account = self.relay.accounts.check_password(user, password)
+        # Acting for another identity (RFC 4616's authzid) is not something an account may do.
+        return account if not authz or authz == user else None
 
     async def _login(self, initial):
         user = await self._answer(initial, self._b64("Username:"))
@@ -249,7 +253,9 @@ class OdmrSession:
 
 
 async def serve(relay, host, port, tls_context=None, implicit_tls=False):
-    sessions = set()
+    """Listen; each connection's task is kept in relay.sessions so a shutdown
+    can end them (their mail stays queued)."""
+    sessions = relay.sessions
 
     async def on_connect(reader, writer):
         if len(sessions) >= relay.cfg.limits["max_sessions"]:
@@ -260,6 +266,8 @@ async def serve(relay, host, port, tls_context=None, implicit_tls=False):
         sessions.add(task)
         try:
             await OdmrSession(relay, reader, writer, tls_context, implicit_tls).run()
+        except asyncio.CancelledError:
+            pass    # shutdown; asyncio's stream callback would report a cancelled task as an error
         except Exception:
             log.exception("odmr: session failed")
         finally:

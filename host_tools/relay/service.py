@@ -26,6 +26,7 @@ class Relay:
         self.throttle = Throttle(lim["auth_fail_delay"], lim["auth_max_failures"], lim["auth_block"])
         self.held = cfg.held_domains
         self.busy = set()               # boxes a session is draining right now
+        self.sessions = set()           # running ODMR session tasks
         self._outbox_kick = asyncio.Event()
 
     # -- accepting mail ----------------------------------------------------------
@@ -228,9 +229,10 @@ class Relay:
         tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._outbox_loop())]
         self._outbox_kick.set()
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping (%d ODMR session(s) ended; undelivered mail stays queued)", len(self.sessions))
         for s in servers:
             s.close()
+        tasks += self.sessions
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

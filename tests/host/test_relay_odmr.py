@@ -253,5 +253,6 @@ def test_sigterm_during_a_turn_stops_at_once_and_keeps_the_mail(relay, customer)
     t0 = time.monotonic()
     assert relay.stop() == 0
     assert time.monotonic() - t0 < 5
+    assert "Traceback" not in relay.log.read_text()
     relay.start()
     assert len(queued(relay)) == 2
