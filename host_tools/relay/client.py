@@ -86,7 +86,7 @@ class Client:
         mail = f"MAIL FROM:<{mail_from}>"
         if "SIZE" in self.keywords:
             mail += f" SIZE={len(data)}"
-        if "8BITMIME" in self.keywords and any(b > 127 for b in data):
+        if "8BITMIME" in self.keywords and not data.isascii():
             mail += " BODY=8BITMIME"
         commands = [mail] + [f"RCPT TO:<{r}>" for r in rcpts] + ["DATA"]
         if "PIPELINING" in self.keywords:

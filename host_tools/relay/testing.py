@@ -73,7 +73,8 @@ class RelayProcess:
             if m:
                 self.ports[m.group(1)] = int(m.group(3))
         # Keep draining stderr into the log so the child never blocks on a full pipe.
-        threading.Thread(target=self._pump, args=(self.proc.stderr, logf), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc.stderr, logf), daemon=True)
+        self._pump_thread.start()
         return self
 
     def _pump(self, pipe, logf):
@@ -91,15 +92,24 @@ class RelayProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._flushed()
 
     def stop(self):
+        """SIGTERM, then SIGKILL after 10 s; returns the exit status. The log
+        is complete when this returns."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._flushed()
         return self.proc.returncode if self.proc else None
+
+    def _flushed(self):
+        thread = getattr(self, "_pump_thread", None)
+        if thread:
+            thread.join(10)
 
     def queue(self, *args):
         """Run `odmrgw relay queue --config ... ARGS`; returns the CompletedProcess."""
