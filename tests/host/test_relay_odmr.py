@@ -256,3 +256,18 @@ def test_sigterm_during_a_turn_stops_at_once_and_keeps_the_mail(relay, customer)
     assert "Traceback" not in relay.log.read_text()
     relay.start()
     assert len(queued(relay)) == 2
+
+
+def test_message_bytes_survive_the_round_trip(relay, customer):
+    body = (b"Subject: bytes\r\n\r\n.leading dot\r\n.\r\n..two dots\r\n"
+            b"caf\xc3\xa9 8-bit\r\n" + b"x" * 998 + b"\r\nlast line\r\n")
+    with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=30) as c:
+        c.ehlo("outside.test")
+        c.sendmail("x@outside.test", ["a@example.test"], body, mail_options=["BODY=8BITMIME"])
+    sink = Sink(pipelining=True)
+    c = customer()
+    assert c.login()[0] == 250
+    c.turn(sink)
+    (got,) = sink.messages
+    assert got[2].startswith(b"Received: from outside.test")
+    assert got[2].split(b"\r\n", 3)[3] == body
