@@ -2,10 +2,14 @@
 submission for the boxes' outgoing mail (AUTH required)."""
 import asyncio
 import email.utils
+import re
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from host_tools.relay.config import domain_of
+
+
+_CONTROL = re.compile(r"[^\x21-\x7e]")
 
 
 def _sender(address):
@@ -42,7 +46,8 @@ class BaseHandler:
         proto = "ESMTPS" if server._tls_protocol else "ESMTP"
         if session.authenticated:
             proto += "A"
-        helo = session.host_name or "unknown"
+        # The EHLO name is the client's; a stray CR in it must not start a header of its own.
+        helo = _CONTROL.sub("?", session.host_name or "unknown")[:255]
         return (
             f"Received: from {helo} ([{session.peer[0]}]){extra}\r\n"
             f"\tby {self.relay.cfg.hostname} (odmrgw relay) with {proto};\r\n"

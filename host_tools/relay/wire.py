@@ -4,6 +4,7 @@ import asyncio
 import re
 
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*?)\r?\n$", re.S)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -96,7 +97,8 @@ async def read_reply(lines, timeout):
         if not m or (code is not None and int(m.group(1)) != code):
             raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
         code = int(m.group(1))
-        texts.append(m.group(3).decode("utf-8", "replace").strip())
+        # Reply text ends up in logs and DSNs: no control characters from the peer.
+        texts.append(_CONTROL.sub(" ", m.group(3).decode("utf-8", "replace")).strip())
         if m.group(2) == b" ":
             return Reply(code, texts)
     raise ProtocolError("reply longer than 100 lines")

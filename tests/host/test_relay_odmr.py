@@ -271,3 +271,50 @@ def test_message_bytes_survive_the_round_trip(relay, customer):
     (got,) = sink.messages
     assert got[2].startswith(b"Received: from outside.test")
     assert got[2].split(b"\r\n", 3)[3] == body
+
+
+def test_sessions_beyond_max_sessions_get_421(tmp_path):
+    cfg = write_config(tmp_path / "relay.toml", tmp_path / "queue", limits={"max_sessions": 2})
+    with RelayProcess(cfg) as relay:
+        first, second = Customer(relay.ports["odmr"]), Customer(relay.ports["odmr"])
+        try:
+            assert first.greeting[0] == second.greeting[0] == 220
+            third = Customer(relay.ports["odmr"])
+            assert third.greeting[0] == 421
+            third.close()
+            first.cmd("QUIT")
+            first.close()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                fourth = Customer(relay.ports["odmr"])
+                code = fourth.greeting[0]
+                fourth.close()
+                if code == 220:
+                    break
+                time.sleep(0.05)
+            assert code == 220
+        finally:
+            second.close()
+
+
+def test_control_characters_from_peers_never_reach_headers(relay, customer):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", relay.ports["smtp"]), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO evil\rBcc: someone@elsewhere.test\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    for cmd in (b"MAIL FROM:<x@outside.test>", b"RCPT TO:<a@example.test>", b"DATA"):
+        s.sendall(cmd + b"\r\n")
+        f.readline()
+    s.sendall(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+    assert f.readline().startswith(b"250")
+    s.close()
+    sink = Sink()
+    c = customer()
+    assert c.login()[0] == 250
+    c.turn(sink)
+    head = sink.messages[0][2].split(b"\r\n\r\n")[0]
+    assert b"\nBcc:" not in head and b"\r" not in head.replace(b"\r\n", b"")
