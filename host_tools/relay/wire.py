@@ -88,7 +88,10 @@ async def read_reply(lines, timeout):
     """A (multi-line) reply; EOFError when the peer hangs up, ProtocolError on garbage."""
     code, texts = None, []
     for _ in range(100):
-        line = await asyncio.wait_for(lines.readline(), timeout)
+        try:
+            line = await asyncio.wait_for(lines.readline(), timeout)
+        except LineTooLong:
+            raise ProtocolError("reply line too long") from None
         if not line:
             raise EOFError("connection closed")
         if not line.endswith(b"\n"):

@@ -318,3 +318,24 @@ def test_control_characters_from_peers_never_reach_headers(relay, customer):
     c.turn(sink)
     head = sink.messages[0][2].split(b"\r\n\r\n")[0]
     assert b"\nBcc:" not in head and b"\r" not in head.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize("answer", [b"garbage\r\n", b"250-" + b"x" * 5000 + b"\r\n", b"250-a\r\n251 b\r\n"])
+def test_a_customer_answering_nonsense_keeps_the_mail(relay, customer, answer):
+    queue_mail(relay, ["a@example.test"], n=2)
+    c = customer()
+    assert c.login()[0] == 250
+    c.send(b"220 customer.test ready\r\n")
+    assert c.file.readline().startswith(b"EHLO ")
+    c.send(answer)
+    assert c.file.readline() in (b"", b"QUIT\r\n")       # the relay gives up on this line
+    c.close()
+    time.sleep(0.3)
+    assert len(queued(relay)) == 2
+    assert "Traceback" not in relay.log.read_text()
+    # And the domain is free for the next session.
+    sink = Sink()
+    c2 = customer()
+    assert c2.login()[0] == 250
+    c2.turn(sink)
+    assert len(sink.messages) == 2
