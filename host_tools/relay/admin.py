@@ -80,5 +80,5 @@ COMMANDS = {"list": list_, "show": show, "drop": drop, "inject": inject}
 
 def run(cfg, args):
     store = Store(cfg.queue)
-    store.recover()
+    store.prepare()
     return COMMANDS[args.queue_cmd](cfg, store, args)

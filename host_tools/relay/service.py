@@ -199,6 +199,7 @@ class Relay:
     # -- running -----------------------------------------------------------------
     async def start(self):
         """Recover the queue and open every configured listener. Returns the servers."""
+        self.store.lock()
         kept, removed = self.store.recover()
         log.info("queue %s: %d message(s) kept, %d leftover file(s) removed", self.cfg.queue, kept, removed)
         ctx = self.cfg.tls_context()

@@ -61,12 +61,30 @@ class Store:
         return self._dir(box) / f"{id}.env"
 
     # -- start-up ----------------------------------------------------------------
+    def lock(self):
+        """Hold the queue for this process (two relays on one queue would drain
+        each other's domains at once). The kernel drops the lock when the
+        process dies, kill -9 included."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise OSError(f"queue {self.root} is in use by another relay") from None
+
+    def prepare(self):
+        """Create the directory layout (no clean-up: safe beside a running relay)."""
+        for d in ("tmp", "domains", OUTBOX):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+
     def recover(self):
-        """Create the layout, purge tmp/, delete bodies whose envelope never got
-        committed (or was removed). Returns (kept, removed)."""
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        (self.root / "domains").mkdir(exist_ok=True)
-        self._dir(OUTBOX).mkdir(exist_ok=True)
+        """At start-up, under lock(): purge tmp/, delete bodies whose envelope
+        never got committed (or was removed). Returns (kept, removed). Never
+        while a relay runs on this queue: its commits in flight look the same."""
+        self.prepare()
         removed = 0
         for f in (self.root / "tmp").iterdir():
             f.unlink()

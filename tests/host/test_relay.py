@@ -171,3 +171,9 @@ def test_expired_mail_bounces_to_the_sender_with_a_dsn(start_relay, sink):
 def test_sigterm_stops_the_relay_cleanly(start_relay):
     relay = start_relay()
     assert relay.stop() == 0
+
+
+def test_a_second_relay_on_the_same_queue_refuses_to_start(start_relay):
+    start_relay()
+    with pytest.raises(RuntimeError, match="in use by another relay"):
+        start_relay()
