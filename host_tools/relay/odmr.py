@@ -113,7 +113,8 @@ class OdmrSession:
         lines = [f"{self.relay.cfg.hostname} hello {arg}", f"AUTH {mechs}", "ATRN"]
         if self.tls_context and not self.tls:
             lines.append("STARTTLS")
-        lines.append("ENHANCEDSTATUSCODES")
+        # No ENHANCEDSTATUSCODES: the turn's reply keeps RFC 2645's exact
+        # wording, "250 OK now reversing the connection", without one.
         await self.reply(250, *lines)
 
     async def smtp_STARTTLS(self, arg):
