@@ -214,9 +214,10 @@ class Relay:
             else:
                 server = await odmr.serve(self, host, port, ctx, implicit_tls=name == "odmr_tls")
             servers.append(server)
-            bound = server.sockets[0].getsockname()
+            addr, bound = server.sockets[0].getsockname()[:2]
+            addr = f"[{addr}]" if ":" in addr else addr
             tls = " (implicit TLS)" if name == "odmr_tls" else " (STARTTLS)" if ctx else ""
-            print(f"relay: {name} listening on {bound[0]}:{bound[1]}{tls}", file=sys.stderr, flush=True)
+            print(f"relay: {name} listening on {addr}:{bound}{tls}", file=sys.stderr, flush=True)
         if "submission" in listen and not ctx:
             log.warning("submission without [tls]: passwords cross the network in the clear")
         return servers

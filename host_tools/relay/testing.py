@@ -20,7 +20,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP
 
 REPO = Path(__file__).resolve().parents[2]
-_LISTENING = re.compile(r"^relay: (\w+) listening on ([\d.]+):(\d+)")
+_LISTENING = re.compile(r"^relay: (\w+) listening on (\S+):(\d+)")
 
 
 def write_config(path, queue, accounts=(("office", "s3cret", ["example.test"]),), listen=None,
