@@ -1,7 +1,6 @@
 """The relay's ODMR listener against bad and awkward customers: a scripted
 customer on a plain socket, and aiosmtpd serving the turned line."""
 import smtplib
-import threading
 import time
 
 import pytest
