@@ -177,9 +177,21 @@ class Demo:
         say(f"the gateway did not start serving; see {self.gateway_log}")
         return False
 
+    def office_mail(self):
+        """An office PC hands the gateway a message for a colleague: it is
+        delivered on the box at once, with no trip to the provider."""
+        say()
+        say(f"an office PC sends alice's note to bob through the gateway (LAN SMTP 127.0.0.1:{self.smtp_port}):")
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "alice@example.test", "bob@example.test", "Team meeting"
+        msg.set_content("Bob, the team meeting moves to 3 pm.\n\nAlice\n")
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
+            s.send_message(msg)
+        say("  alice@example.test -> bob@example.test   Team meeting (delivered locally)")
+
     def show_pop3(self):
         say()
-        say(f"the gateway serves them over POP3 on 127.0.0.1:{self.pop3_port}:")
+        say(f"the gateway serves the mailboxes over POP3 on 127.0.0.1:{self.pop3_port}:")
         for user, (pw, _) in USERS.items():
             box = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
             try:
@@ -187,13 +199,16 @@ class Demo:
                 box.pass_(pw)
                 count, size = box.stat()
                 say(f"  {user}: {count} message(s), {size} bytes")
+                for n in range(1, count + 1):
+                    head = email.message_from_bytes(b"\r\n".join(box.top(n, 0)[1]))
+                    say(f"    {n}. from {head['From']:26} {head['Subject']}")
             finally:
                 box.quit()
         say()
         say("read them with any POP3 client, for example:")
         say(f"  python3 -c \"import poplib; p = poplib.POP3('127.0.0.1', {self.pop3_port}); p.user('alice'); "
             f"p.pass_('{USERS['alice'][0]}'); print(b'\\n'.join(p.retr(1)[1]).decode())\"")
-        say(f"  fetchmail -p POP3 -P {self.pop3_port} -u alice --keep 127.0.0.1   (password {USERS['alice'][0]})")
+        say(f"  fetchmail -f {self.fetchmailrc()} --pidfile {self.dir / 'fetchmail.pid'}   (copies both mailboxes to {self.dir}/*.mbox, keeps them on the box)")
         say("  or a mail program: server 127.0.0.1, port %d, user alice or bob, no TLS" % self.pop3_port)
         say()
         say(f"send more mail to the relay (127.0.0.1:{self.relay.ports['smtp']}, e.g. "
@@ -202,6 +217,15 @@ class Demo:
         say(f"office PCs send through the gateway: SMTP 127.0.0.1:{self.smtp_port} (AUTH as alice to reach outside domains)")
         say(f"logs: {self.gateway_log}, {self.relay.log}")
         say("Ctrl-C stops both.")
+
+    def fetchmailrc(self):
+        path = self.dir / "fetchmailrc"
+        lines = [f"poll 127.0.0.1 service {self.pop3_port} protocol POP3 uidl"]
+        for user, (pw, _) in USERS.items():
+            lines.append(f'  user "{user}" password "{pw}" sslproto "" keep mda "cat >> {self.dir / user}.mbox"')
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)  # fetchmail insists: it holds passwords
+        return path
 
     def stop(self):
         if self.gateway:
@@ -224,6 +248,7 @@ def run(args):
             return status
         if not demo.serve():
             return 1
+        demo.office_mail()
         demo.show_pop3()
         while demo.gateway.poll() is None:
             time.sleep(1)
