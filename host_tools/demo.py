@@ -163,8 +163,9 @@ class Demo:
         say(f"  (as Maildirs under {dest})")
 
     def serve(self):
-        self.gateway = sim.popen(self.flash / "config.json", self.image, stdin=subprocess.DEVNULL,
-                                 stdout=open(self.gateway_log, "a"), stderr=subprocess.STDOUT)
+        with open(self.gateway_log, "a") as log:  # the child keeps its own copy
+            self.gateway = sim.popen(self.flash / "config.json", self.image, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
