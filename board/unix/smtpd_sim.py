@@ -1,8 +1,9 @@
 # A bare SMTP receiver on the simulated card, for tests and benchmarks that
 # talk to it with real clients (smtplib, swaks) or pull its plug (kill -9):
 #
-#   micropython smtpd_sim.py serve IMAGE PORT [MAX_SIZE]
-#       recovers the spool, then accepts any recipient into queue "local".
+#   micropython smtpd_sim.py serve IMAGE PORT [MAX_SIZE] [BUFFER]
+#       recovers the spool, then accepts any recipient into queue "local";
+#       BUFFER sets the session's input buffer (bytes).
 #       Prints "READY kept=K removed=R" once listening, and for every
 #       message "QUEUED <id> heap=<live bytes> peak=<mem_peak>".
 #   micropython smtpd_sim.py check IMAGE
@@ -23,9 +24,11 @@ board = Board(sys.argv[2])
 root = board.mount_sd()
 
 
-def serve(port, max_size="10240000"):
+def serve(port, max_size="10240000", buffer="0"):
     from gateway.smtp import server
 
+    if int(buffer):
+        server.SMTPSession.buffer_size = int(buffer)
     server.reserve()
     import asyncio
     import micropython

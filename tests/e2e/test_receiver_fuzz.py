@@ -3,6 +3,7 @@ streams: random byte sessions always get well-formed replies and end, and a
 message body is stored exactly as the RFC says (un-stuffed, only at the
 strict terminator) or refused whole, wherever TCP splits it. The seeded
 batch that also runs on MicroPython is tests/firmware/test_smtp_server_fuzz.py."""
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import test_smtp_server_fuzz as batch  # noqa: E402
 from gateway.smtp import data, server  # noqa: E402
 from gateway.spool import Spool  # noqa: E402
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=3000 if os.environ.get("ODMRGW_LONG") else 300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def _chunks(blob, cuts):

@@ -59,15 +59,10 @@ class DataReader(LineReader):
             end = self.end
             e = buf.rfind(b"\n", s, end) + 1
             if e > s:
-                if bol and buf.find(b".\r\n", s, s + 3) == s:
-                    self.start = s + 3
+                t = self._region(s, e, bol)
+                if t >= 0:
+                    self.start = t
                     return self.status, self.size
-                i = buf.find(b"\r\n.\r\n", s, e)
-                if i >= 0:
-                    self._region(s, i + 2, bol)
-                    self.start = i + 5
-                    return self.status, self.size
-                self._region(s, e, bol)
                 bol = e - s >= 2 and buf[e - 2] == _CR
                 s = e
             if end - s >= self.max_line:
@@ -82,13 +77,39 @@ class DataReader(LineReader):
                 return EOF, self.size
 
     def _region(self, s, e, bol):
-        """Whole lines buf[s:e] (ending in LF, or empty), the terminator
-        excluded: check, un-stuff, hand to the sink."""
+        """Whole lines buf[s:e] (ending in LF): un-stuffs them to the sink up
+        to the terminator, then checks what was taken. Returns the index just
+        past the terminator, or -1. One scan for dot lines finds both the
+        stuffing and the terminator, which is only a dot line ".\r\n" right
+        after a CRLF. Writing before checking is safe: a refused message's
+        draft is aborted, never committed."""
+        buf = self.buf
+        seg = s
+        if bol and buf[s] == _DOT:
+            if buf[s + 1] == _CR and buf[s + 2] == _LF:
+                return s + 3
+            seg = s + 1
+        p = s
+        while True:
+            i = buf.find(b"\n.", p, e)
+            if i < 0:
+                break
+            self._out(seg, i + 1)
+            if i > s and buf[i - 1] == _CR and buf[i + 2] == _CR and buf[i + 3] == _LF:
+                self._check(s, i + 1, bol)
+                return i + 4
+            seg = p = i + 2
+        self._out(seg, e)
+        self._check(s, e, bol)
+        return -1
+
+    def _check(self, s, e, bol):
+        """Bare CR or LF and overlong lines in the whole lines buf[s:e]."""
         if self.status != OK or e <= s:
             return
         buf = self.buf
         lf = buf.count(b"\n", s, e)
-        if buf.count(b"\r\n", s, e) != lf or buf.count(b"\r", s, e) != lf or not bol:
+        if not bol or buf.count(b"\r\n", s, e) != lf or buf.count(b"\r", s, e) != lf:
             self.status = BARE
             return
         p = s
@@ -98,15 +119,6 @@ class DataReader(LineReader):
             if not p:
                 self.status = LONG
                 return
-        seg = s + 1 if buf[s] == _DOT else s
-        p = s
-        while True:
-            i = buf.find(b"\n.", p, e)
-            if i < 0:
-                break
-            self._out(seg, i + 1)
-            seg = p = i + 2
-        self._out(seg, e)
 
     def _out(self, a, b):
         if b <= a or self.status != OK:

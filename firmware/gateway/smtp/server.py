@@ -109,6 +109,7 @@ class SMTPSession:
         self.errors = 0
         self.mechanisms = ()
         self._out = []
+        self._delivered = []  # ids whose 250 is not out yet
         self._open = True
         self._reset()
 
@@ -133,6 +134,14 @@ class SMTPSession:
             self._out = []
             self.writer.write(out)
             await self.writer.drain()
+        # Hand-offs wait until the 250 is out: the client must not wait for
+        # local delivery, and it may send its next commands before that.
+        while self._delivered:
+            id = self._delivered.pop(0)
+            try:
+                self.handler.delivered(self, id)
+            except Exception as e:  # noqa: BLE001 - the message is safe in the spool
+                log.error("smtp: hand-off of %s failed: %r" % (id, e))
 
     async def read_line(self):
         """The next line without CRLF, None if too long. Replies go out first
@@ -322,8 +331,7 @@ class SMTPSession:
             raise
         if status == data.OK:
             self.reply(250, "2.0.0 OK queued as %s" % id)
-            await self.flush()
-            h.delivered(self, id)
+            self._delivered.append(id)
             return
         draft.abort()
         if status == data.EOF:

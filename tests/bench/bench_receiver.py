@@ -1,0 +1,230 @@
+"""The SMTP receiver on micropython (firmware as .mpy, the simulated card)
+against aiosmtpd on CPython, in the same run, with the same raw-socket client
+on loopback:
+- ingest of one 50 MB message (MB/s from the first data byte to the 250);
+- small messages per second over one pipelined session (RFC 2920 groups:
+  message, final dot, next MAIL/RCPT/DATA in one write);
+- the heap for a 1 KB and for a 50 MB message: micropython.mem_peak() as the
+  task asks, the live heap after each, and the smallest -X heapsize that
+  receives each message.
+aiosmtpd writes every message to its own file and fsyncs it; the receiver
+writes to the FAT image through VfsFat and f_syncs before its 250."""
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from host_tools import mpy
+from tests.e2e.test_receiver_peers import compile_firmware, make_card, sim_command
+
+BIG = 50 << 20
+SMALL = 2000
+HEAP = "80k"
+
+
+def stuffed_message(size, seed=1):
+    """(wire bytes incl. the final dot, un-stuffed size) of a text message."""
+    rnd = random.Random(seed)
+    line = b"The quick brown fox jumps over the lazy dog 0123456789 " * 18
+    lines = []
+    total = 0
+    while total < size:
+        n = rnd.randrange(20, 990)
+        text = line[:n]
+        if rnd.random() < 0.01:
+            text = b"." + text
+        lines.append(text)
+        total += len(text) + 2
+    body = b"\r\n".join(lines) + b"\r\n"
+    return body.replace(b"\r\n.", b"\r\n..") if body[:1] != b"." else b"." + body.replace(b"\r\n.", b"\r\n.."), total
+
+
+def _replies(sock, count):
+    data = b""
+    got = 0
+    last = b""
+    while got < count:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise OSError("closed after %d replies: %r" % (got, data[-200:]))
+        data += chunk
+        *lines, data = data.split(b"\r\n")
+        for line in lines:
+            if line[3:4] == b" ":
+                got += 1
+                last = line
+    return last
+
+
+def ingest(port, wire_body):
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        _replies(s, 1)
+        s.sendall(b"EHLO bench\r\nMAIL FROM:<a@far.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        _replies(s, 4)
+        t0 = time.perf_counter()
+        s.sendall(wire_body + b".\r\n")
+        last = _replies(s, 1)
+        dt = time.perf_counter() - t0
+        assert last.startswith(b"250"), last
+        s.sendall(b"QUIT\r\n")
+    return dt
+
+
+def pipelined(port, count, body):
+    group = b"MAIL FROM:<a@far.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        _replies(s, 1)
+        t0 = time.perf_counter()
+        s.sendall(b"EHLO bench\r\n" + group)
+        _replies(s, 4)
+        for i in range(count):
+            last_one = i == count - 1
+            s.sendall(body + b".\r\n" + (b"QUIT\r\n" if last_one else group))
+            last = _replies(s, 2 if last_one else 4)
+        dt = time.perf_counter() - t0
+        assert last.startswith(b"221"), last
+    return count / dt
+
+
+class Sim:
+    def __init__(self, mpy_dir, image, heap=HEAP):
+        self.port = _free_port()
+        self.proc = subprocess.Popen(sim_command(mpy_dir, "serve", image, self.port, 1 << 30, heap=heap), env=mpy.env([mpy_dir]),
+                                     cwd=mpy_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines = []
+        threading.Thread(target=lambda: [self.lines.append(line.strip()) for line in self.proc.stdout], daemon=True).start()
+        end = time.monotonic() + 20
+        while not any(line.startswith("READY") for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("smtpd_sim did not start:\n" + "\n".join(self.lines))
+            time.sleep(0.02)
+
+    def queued(self):
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            hits = [line for line in self.lines if line.startswith("QUEUED")]
+            if hits:
+                return dict(kv.split("=") for kv in hits[-1].split()[2:])
+            time.sleep(0.02)
+        return {}
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Aiosmtpd:
+    def __init__(self, folder):
+        from aiosmtpd.controller import Controller
+
+        class Handler:
+            n = 0
+
+            async def handle_DATA(self, server, session, envelope):
+                Handler.n += 1
+                with open(folder / f"{Handler.n}.eml", "wb") as f:
+                    f.write(envelope.content)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return "250 OK"
+
+        self.port = _free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, data_size_limit=1 << 30)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+
+def _smallest_heap(mpy_dir, tmp, wire_body, lo=56, hi=128):
+    """The smallest -X heapsize (in KB, 4 KB steps) at which the receiver
+    starts and takes this message."""
+    while lo < hi:
+        mid = (lo + hi) // 8 * 4
+        ok = True
+        try:
+            sim = Sim(mpy_dir, make_card(tmp / f"h{mid}.img", "128M"), heap=f"{mid}k")
+            try:
+                ingest(sim.port, wire_body)
+            finally:
+                sim.stop()
+        except (OSError, RuntimeError, AssertionError):
+            ok = False
+        (tmp / f"h{mid}.img").unlink(missing_ok=True)
+        if ok:
+            hi = mid
+        else:
+            lo = mid + 4
+    return lo
+
+
+def run(report):
+    tmp = Path(tempfile.mkdtemp(prefix="bench_receiver"))
+    try:
+        mpy_dir = compile_firmware(tmp / "mpy")
+        big, big_size = stuffed_message(BIG)
+        small, small_size = stuffed_message(1000, seed=2)
+
+        sim = Sim(mpy_dir, make_card(tmp / "card.img", "128M"))
+        try:
+            mp_ingest = big_size / ingest(sim.port, big) / 1e6
+            mp_big = sim.queued()
+        finally:
+            sim.stop()
+        (tmp / "card.img").unlink()
+        sim = Sim(mpy_dir, make_card(tmp / "card.img", "128M"))
+        try:
+            mp_rate = pipelined(sim.port, SMALL, small)
+        finally:
+            sim.stop()
+        (tmp / "card.img").unlink()
+        sim = Sim(mpy_dir, make_card(tmp / "card.img", "32M"))
+        try:
+            ingest(sim.port, small)
+            mp_small = sim.queued()
+        finally:
+            sim.stop()
+
+        (tmp / "aio").mkdir()
+        aio = _Aiosmtpd(tmp / "aio")
+        try:
+            aio_ingest = big_size / ingest(aio.port, big) / 1e6
+            shutil.rmtree(tmp / "aio")
+            (tmp / "aio").mkdir()
+            aio_rate = pipelined(aio.port, SMALL, small)
+        finally:
+            aio.stop()
+
+        report("50 MB ingest, receiver (micropython, -X heapsize=%s)" % HEAP, f"{mp_ingest:.1f} MB/s")
+        report("50 MB ingest, aiosmtpd (CPython, file + fsync)", f"{aio_ingest:.1f} MB/s")
+        report("ingest ratio receiver / aiosmtpd", f"{mp_ingest / aio_ingest:.2f}x", "target >= 2x")
+        report(f"{SMALL} x 1 KB pipelined, receiver", f"{mp_rate:.0f} msg/s")
+        report(f"{SMALL} x 1 KB pipelined, aiosmtpd", f"{aio_rate:.0f} msg/s")
+        report("messages/s ratio receiver / aiosmtpd", f"{mp_rate / aio_rate:.2f}x", "target >= 1x")
+        report("live heap after a 1 KB message", f"{mp_small.get('heap')} bytes")
+        report("live heap after a 50 MB message", f"{mp_big.get('heap')} bytes")
+        report("mem_peak() after a 1 KB message", f"{mp_small.get('peak')} bytes")
+        report("mem_peak() after a 50 MB message", f"{mp_big.get('peak')} bytes",
+               "this build's mem_peak counts every allocation since start: GC never lowers it")
+        heap_small = _smallest_heap(mpy_dir, tmp, small)
+        heap_big = _smallest_heap(mpy_dir, tmp, big, lo=heap_small - 4 if heap_small > 60 else 56)
+        report("smallest heapsize that takes a 1 KB message", f"{heap_small}k")
+        report("smallest heapsize that takes a 50 MB message", f"{heap_big}k", "equal = memory does not grow with size")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(lambda name, value, note="": print(f"  {name:<56} {value}{'  (' + note + ')' if note else ''}"))
