@@ -9,7 +9,6 @@ on loopback:
   receives each message.
 aiosmtpd writes every message to its own file and fsyncs it; the receiver
 writes to the FAT image through VfsFat and f_syncs before its 250."""
-import asyncio
 import os
 import random
 import shutil
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from host_tools import mpy
-from tests.e2e.test_receiver_peers import compile_firmware, make_card, sim_command
+from tests.e2e.test_receiver_peers import compile_firmware, free_port, make_card, sim_command
 
 BIG = 50 << 20
 SMALL = 2000
@@ -94,7 +93,7 @@ def pipelined(port, count, body):
 
 class Sim:
     def __init__(self, mpy_dir, image, heap=HEAP):
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen(sim_command(mpy_dir, "serve", image, self.port, 1 << 30, heap=heap), env=mpy.env([mpy_dir]),
                                      cwd=mpy_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines = []
@@ -119,12 +118,6 @@ class Sim:
         self.proc.wait()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Aiosmtpd:
     def __init__(self, folder):
         from aiosmtpd.controller import Controller
@@ -140,7 +133,7 @@ class _Aiosmtpd:
                     os.fsync(f.fileno())
                 return "250 OK"
 
-        self.port = _free_port()
+        self.port = free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, data_size_limit=1 << 30)
         self.controller.start()
 

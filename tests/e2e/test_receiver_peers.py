@@ -8,7 +8,6 @@ with its 4 KB window, board, SMTP engine, spool, one session buffer) runs in
 table about 1.7 times the size it has on the ESP32; the tests give it 80k so
 that longer temporary paths or a slower GC cannot tip it over. What a
 message costs on top does not grow with its size (test_receiver_soak.py)."""
-import binascii
 import os
 import random
 import socket

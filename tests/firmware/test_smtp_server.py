@@ -2,6 +2,7 @@
 # bad input, AUTH, and the hand-off to the spool.
 import support
 from gateway import sasl
+from test_spool import _read as _body
 from gateway.smtp import server
 from gateway.spool import Spool, SpoolFull
 
@@ -57,17 +58,6 @@ def _session(chunks, handler=None, card=None, **limits):
 
 def _codes(replies):
     return [c for c, _ in replies]
-
-
-def _body(sp, id):
-    out = bytearray()
-    buf = bytearray(512)
-    with sp.open(id) as b:
-        while True:
-            n = b.readinto(buf)
-            if not n:
-                return bytes(out)
-            out += buf[:n]
 
 
 def test_a_pipelined_transaction_lands_in_the_spool_with_a_received_header():
@@ -342,4 +332,39 @@ def test_serve_caps_sessions_with_421():
 
     first, second = support.run(main())
     assert first == 220 and second == (421, ["4.3.2 Too many connections, try later"])
+    card.unmount()
+
+
+class _Trickle(support.ScriptedStream):
+    """A slow client: one byte per read, `pause` seconds apart."""
+
+    def __init__(self, data, pause):
+        support.ScriptedStream.__init__(self, [data[i : i + 1] for i in range(len(data))])
+        self.pause = pause
+
+    async def readinto(self, buf):
+        import asyncio
+
+        await asyncio.sleep(self.pause)
+        return await support.ScriptedStream.readinto(self, buf)
+
+
+def test_slow_clients_are_cut_off_per_command_and_per_data_phase():
+    card = support.Card()
+    sp = Spool(card.root + "/spool")
+    # A command trickled slower than the command timeout allows.
+    stream = _Trickle(b"EHLO a-very-slow-client.example\r\n", 0.02)
+    s = server.SMTPSession(stream, stream, Accept(sp))
+    s.command_timeout = 0.3
+    support.run(s.run())
+    assert bytes(stream.out).endswith(b"421 4.4.2 gateway Timeout, closing connection\r\n") and stream.closed
+    # Commands in time, then a DATA phase longer than its whole allowance.
+    head = b"HELO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+    stream = _Trickle(head + b"x" * 200 + b"\r\n.\r\n", 0.002)
+    s = server.SMTPSession(stream, stream, Accept(sp))
+    s.data_timeout = 0.2
+    support.run(s.run())
+    out = bytes(stream.out)
+    assert b"354 " in out and out.endswith(b"421 4.4.2 gateway Timeout during DATA, closing connection\r\n")
+    assert sp.ids("local") == [] and sp.recover() == (0, 0)
     card.unmount()
