@@ -308,7 +308,7 @@ class SMTPSession:
             # The Received: line (RFC 5321 4.4), dated in UTC: the box's clock
             # is UTC once NTP has set it.
             draft.write(b"Received: from %s (%s)\r\n\tby %s with %s; %s, %d %s %d %02d:%02d:%02d +0000\r\n" % (
-                self.helo.encode(), str(self.peer[0] if isinstance(self.peer, tuple) else self.peer).encode(),
+                self.helo.encode(), str(self.peer[0] if isinstance(self.peer, tuple) else self.peer or "unknown").encode(),
                 h.hostname.encode(), b"ESMTPA" if self.user else b"ESMTP" if self.esmtp else b"SMTP",
                 b"MonTueWedThuFriSatSun"[3 * wd : 3 * wd + 3], d, b"JanFebMarAprMayJunJulAugSepOctNovDec"[3 * mo - 3 : 3 * mo],
                 y, hh, mi, s))
