@@ -175,6 +175,9 @@ class SMTPSession:
         finally:
             try:
                 await self.flush()
+            except OSError:
+                pass  # the peer is gone; the socket is closed all the same
+            try:
                 self.writer.close()
                 await self.writer.wait_closed()
             except OSError:
@@ -213,12 +216,12 @@ class SMTPSession:
         self._reset()
         self.helo = arg
         self.esmtp = esmtp
+        self.mechanisms = ()  # AUTH needs EHLO (RFC 4954)
         h = self.handler
         if not esmtp:
             self.reply(250, h.hostname)
             return
         lines = ["%s Hello %s" % (h.hostname, arg), "PIPELINING", "SIZE %d" % h.max_size, "8BITMIME", "ENHANCEDSTATUSCODES"]
-        self.mechanisms = ()
         for kw in h.ehlo_keywords(self):
             lines.append(kw)
             if kw[:5].upper() == "AUTH ":
