@@ -368,3 +368,20 @@ def test_slow_clients_are_cut_off_per_command_and_per_data_phase():
     assert b"354 " in out and out.endswith(b"421 4.4.2 gateway Timeout during DATA, closing connection\r\n")
     assert sp.ids("local") == [] and sp.recover() == (0, 0)
     card.unmount()
+
+
+def test_pipelined_flood_gets_its_replies_in_bounded_batches():
+    class Counting(support.ScriptedStream):
+        writes = oks = 0
+
+        def write(self, data):
+            self.writes += 1
+            self.oks += bytes(data).count(b"250 2.0.0 OK\r\n")
+
+    card = support.Card()
+    stream = Counting([b"NOOP\r\n" * 600 + b"QUIT\r\n"])
+    s = server.SMTPSession(stream, stream, Accept(Spool(card.root + "/spool")))
+    support.run(s.run())
+    assert stream.oks == 600
+    assert stream.writes >= 600 // s.max_pending_replies
+    card.unmount()

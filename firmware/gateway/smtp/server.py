@@ -98,6 +98,7 @@ class SMTPSession:
     command_timeout = 300  # s to wait for one command (RFC 5321 4.5.3.2)
     data_timeout = 600  # s for the whole DATA phase
     buffer_size = 4096  # the one input buffer; more than a text line
+    max_pending_replies = 16  # replies held back while pipelined commands wait
 
     def __init__(self, reader, writer, handler, peer=None, buf=None):
         self.reader = data.DataReader(reader, buf or bytearray(self.buffer_size))
@@ -147,7 +148,9 @@ class SMTPSession:
         """The next line without CRLF, None if too long. Replies go out first
         unless another whole command is already waiting (RFC 2920)."""
         r = self.reader
-        if not r.has_line():
+        # A client that pipelines without reading its replies must not make
+        # them pile up in the heap: past a few, they go out anyway.
+        if not r.has_line() or len(self._out) >= self.max_pending_replies:
             await self.flush()
         try:
             line = await asyncio.wait_for(r.readline(), self.command_timeout)
