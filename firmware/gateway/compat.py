@@ -30,6 +30,17 @@ try:
         # Reader and writer are one Stream; the handshake runs in its reads.
         writer.s = reader.s = ctx.wrap_socket(writer.s, server_side=True, do_handshake_on_connect=False)
 
+    async def start_tls_client(reader, writer, ctx, server_name, timeout):
+        # A client whose first TLS step is a read (implicit TLS: the server
+        # greets first) never sends its ClientHello on a non-blocking wrap,
+        # so the handshake runs blocking here, bounded by the timeout.
+        # Certificate errors surface now, as ValueError.
+        sock = writer.s
+        sock.settimeout(timeout)
+        tls = ctx.wrap_socket(sock, server_hostname=server_name)
+        tls.setblocking(False)
+        writer.s = reader.s = tls
+
     def mem_alloc():
         return gc.mem_alloc()
 
@@ -79,6 +90,9 @@ except ImportError:  # CPython
 
     async def start_tls(reader, writer, ctx):
         await writer.start_tls(ctx)
+
+    async def start_tls_client(reader, writer, ctx, server_name, timeout):
+        await writer.start_tls(ctx, server_hostname=server_name, ssl_handshake_timeout=timeout)
 
     def mem_alloc():
         return None
