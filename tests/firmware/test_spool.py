@@ -180,3 +180,23 @@ def test_progress_file_of_a_vanished_message_is_cleaned():
     assert sp.recover() == (0, 0)
     assert os.listdir(sp.root) == ["seq"]
     card.unmount()
+
+
+def test_a_damaged_seq_file_never_lets_an_id_come_back():
+    card, sp = _spool()
+    sp.recover()
+    ids = [_store(sp, b"m\r\n") for _ in range(3)]
+    sp.done(ids[0], "local")
+    # A torn write spoils one slot: the other still holds a reservation.
+    with open(sp.root + "/seq", "r+b") as f:
+        f.write(b"SEQ garbage")
+    sp = Spool(sp.root)
+    sp.recover()
+    assert _store(sp, b"n\r\n") > ids[-1]
+    # Both slots gone: the highest id on the card is the floor.
+    with open(sp.root + "/seq", "wb") as f:
+        f.write(bytes(1024))
+    sp = Spool(sp.root)
+    sp.recover()
+    assert _store(sp, b"o\r\n") > ids[-1]
+    card.unmount()
