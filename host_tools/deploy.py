@@ -11,13 +11,13 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from host_tools import mpy
 
 ESP32 = mpy.REPO / "board" / "esp32"
 PINS = ESP32 / "pins"
-BUILD = mpy.REPO / "build" / "deploy"
 MANIFEST = "odmrgw.manifest"
 DEFAULT_BOARD = "devkitc_sd"
 
@@ -123,12 +123,18 @@ def plan(board):
     return files
 
 
-def build(board, out=BUILD):
-    """Compiles the plan into `out`; returns {path on the box: bytes}."""
+def build(board):
+    """Compiles the plan; returns {path on the box: bytes}. Each run compiles
+    in its own scratch directory, so two deploys never share files."""
+    with tempfile.TemporaryDirectory(prefix="odmrgw-deploy-") as out:
+        return _compile(board, Path(out))
+
+
+def _compile(board, out):
     built = {}
     for src, dest, compile_it in plan(board):
         if compile_it:
-            target = out / board / dest
+            target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             name = src.relative_to(mpy.REPO).as_posix()
             proc = subprocess.run([mpy_cross(), "-s", name, "-o", str(target), str(src)], capture_output=True, text=True)
