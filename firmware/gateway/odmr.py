@@ -74,7 +74,7 @@ async def pull(cfg, handler):
             raise SMTPError(502, "5.5.1 relay %s does not offer ATRN: is this an ODMR (RFC 2645) port?" % host)
         code, lines = await client.command("ATRN " + ",".join(domains), ATRN_TIMEOUT)
     except SMTPError as e:
-        client.close()
+        await (client.quit() if e.code != 421 else client.close())
         return _failed(e)
     text = " ".join(lines)
     if code != 250:

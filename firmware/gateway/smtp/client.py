@@ -75,8 +75,12 @@ class SMTPClient:
                 await client.ehlo(hostname)
             if conf.get("user"):
                 await client.login(conf["user"], conf.get("secret") or "")
+        except SMTPError as e:
+            # Say goodbye when the server can still hear it.
+            await (client.quit() if e.code != 421 else client.close())
+            raise
         except BaseException:
-            client.close()
+            await client.close()
             raise
         return client
 
@@ -274,10 +278,12 @@ class SMTPClient:
             await self.reply(self.quit_timeout, "reply to QUIT")
         except SMTPError:
             pass
-        self.close()
+        await self.close()
 
-    def close(self):
+    async def close(self):
+        # MicroPython's Stream.close() does nothing; wait_closed() closes.
         try:
             self.writer.close()
-        except OSError:
+            await self.writer.wait_closed()
+        except Exception:  # noqa: BLE001 - a broken connection is closed all the same
             pass
