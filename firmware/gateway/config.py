@@ -14,6 +14,8 @@ MASK = "***"
 _NUMBERS = {
     "int": (1, 1 << 40, "must be a positive integer"),
     "bytes": (0, 1 << 40, "must be a number of bytes (0 or more)"),
+    "secs": (0, 1 << 40, "must be a number of seconds (0 or more)"),
+    "minutes": (-720, 840, "must be minutes from -720 to 840"),
     "port": (1, 65535, "must be a port number (1-65535)"),
 }
 
@@ -38,8 +40,14 @@ def _schema():
         "domains": ("domains", []),
         "relay": _endpoint(366),
         "smarthost": _endpoint(587),
-        "poll": {
+        "poll": {  # gateway.scheduler, gateway.outbound
             "interval": ("int", 900),
+            "windows": ("windows", []),  # [{"from": "07:00", "to": "19:00", "interval": 300}], local time
+            "utc_offset": ("minutes", 0),  # local time minus UTC, for the windows
+            "debounce": ("secs", 30),  # wait after new outgoing mail, so a burst goes in one cycle
+            "backoff_min": ("int", 60),  # first retry after a failed cycle ...
+            "backoff_max": ("int", 3600),  # ... doubling up to this
+            "bounce_after": ("int", 5 * 86400),  # outgoing mail undeliverable this long is bounced
         },
         "smtp": {
             "port": ("port", 25),
@@ -98,12 +106,28 @@ def _check_net(text):
     return len(parts) == 1 or (parts[1].isdigit() and int(parts[1]) <= 32)
 
 
+def _is_hhmm(text):
+    h, _, m = text.partition(":") if isinstance(text, str) else ("", "", "")
+    return h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60
+
+
+def _is_window(w):
+    return (
+        isinstance(w, dict)
+        and sorted(w) == ["from", "interval", "to"]
+        and _is_hhmm(w["from"])
+        and _is_hhmm(w["to"])
+        and isinstance(w["interval"], int)
+        and w["interval"] > 0
+    )
+
+
 def _check_leaf(kind, key, value):
     """Returns the value (a fresh copy for lists) or raises ConfigError."""
     if kind == "str" or kind == "user":
         if not isinstance(value, str):
             raise ConfigError(key, "must be a string")
-    elif kind == "int" or kind == "port" or kind == "bytes":
+    elif kind in _NUMBERS:
         low, top, what = _NUMBERS[kind]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
             raise ConfigError(key, what)
@@ -121,6 +145,10 @@ def _check_leaf(kind, key, value):
     elif kind == "ip":
         if not isinstance(value, str) or "/" in value or not _check_net(value):
             raise ConfigError(key, "must be an IPv4 address like 0.0.0.0")
+    elif kind == "windows":
+        if not isinstance(value, list) or not all(_is_window(w) for w in value):
+            raise ConfigError(key, 'must be a list like [{"from": "07:00", "to": "19:00", "interval": 300}]')
+        value = [dict(w) for w in value]
     elif kind == "nets":
         if not _is_str_list(value) or not all(_check_net(v) for v in value):
             raise ConfigError(key, "must be a list of networks like 192.168.0.0/16")

@@ -36,6 +36,9 @@ def test_the_issue_example_validates_as_written():
     assert cfg["smtp"]["max_size"] == 52428800
     assert cfg["users"]["alice"]["addresses"] == ["alice@example.test", "info@example.test"]
     assert cfg["catch_all"] == {"example.test": "alice"}
+    windows = [{"from": "22:00", "to": "02:00", "interval": 900}]
+    cfg = config.validate({"poll": {"interval": 7200, "utc_offset": -300, "debounce": 0, "windows": windows}})
+    assert cfg["poll"]["windows"] == windows and cfg["poll"]["utc_offset"] == -300
 
 
 def test_defaults_fill_an_empty_config():
@@ -44,6 +47,7 @@ def test_defaults_fill_an_empty_config():
     assert cfg["smarthost"]["port"] == 587
     assert cfg["pop3"]["port"] == 110
     assert cfg["poll"]["interval"] == 900
+    assert cfg["poll"]["debounce"] == 30 and cfg["poll"]["windows"] == []
     assert cfg["users"] == {} and cfg["domains"] == []
     # defaults are copies: changing one config never changes the next
     cfg["smtp"]["allow"].append("1.2.3.4/32")
@@ -66,6 +70,10 @@ def test_errors_name_the_key():
         ({"poll": 5}, "poll: must be an object {...}"),
         ({"listen": "10.0.0.0/8"}, "listen: must be an IPv4 address like 0.0.0.0"),
         ({"listen": "localhost"}, "listen: must be an IPv4 address like 0.0.0.0"),
+        ({"poll": {"windows": [{"from": "7", "to": "19:00", "interval": 300}]}},
+         'poll.windows: must be a list like [{"from": "07:00", "to": "19:00", "interval": 300}]'),
+        ({"poll": {"utc_offset": 900}}, "poll.utc_offset: must be minutes from -720 to 840"),
+        ({"poll": {"debounce": -1}}, "poll.debounce: must be a number of seconds (0 or more)"),
         ([], "(config): must be an object {...}"),
     ]
     for cfg, message in cases:
