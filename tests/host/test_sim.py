@@ -88,7 +88,8 @@ def test_once_pulls_what_the_relay_holds(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         summary = proc.stdout.strip().splitlines()[-1]
         assert "3" in summary, summary
-        assert "0 message(s)" in relay.queue("list").stdout
+        listing = relay.queue("list")
+        assert "0 message(s)" in listing.stdout + listing.stderr
     export = tmp_path / "export"
     subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "export", image, export, heap=sim.DEFAULT_HEAP),
                    env=mpy.env(), check=True, timeout=120)
