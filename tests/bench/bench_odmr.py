@@ -1,0 +1,88 @@
+"""One ODMR poll on the simulated board (micropython, firmware as .mpy, a FAT
+card image) draining the desktop relay: 1000 x 10 KB messages, then one
+20 MB message (on a fresh card); wall time, and the heap each poll ran in.
+MicroPython's GC keeps no high-water mark (micropython.mem_peak() on the
+unix port counts every allocation ever made, not the peak in use), so the
+heap figure is the -X heapsize each poll completed with, tried from the
+smallest that runs the app (192k, see tests/e2e/test_odmr_pull.py) up.
+Peer in the same run: the same 1000 messages drained by a CPython customer
+straight into aiosmtpd (in memory, no card)."""
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from host_tools import mpy
+from host_tools.relay.testing import Customer, RelayProcess, Sink, write_config
+from tests.bench.bench_relay import COUNT, SIZE, ingest, messages
+from tests.e2e.test_local import compile_firmware
+
+HEAPS = ("192k", "256k", "384k")
+BIG = 20 << 20
+
+
+def _card(tmp, name):
+    image = tmp / name
+    subprocess.run([sys.executable, "-m", "host_tools", "sd", "mkfs", str(image), "--size", "160M"],
+                   check=True, capture_output=True, cwd=mpy.REPO)
+    return image
+
+
+def _pull(report, what, mpy_dir, cfg, image, rate):
+    """One poll, at the smallest heap first; a poll that runs out of heap
+    loses nothing it answered with 250 (the next size picks up from there),
+    and each attempt is reported with what it did."""
+    for heap in HEAPS:
+        t0 = time.monotonic()
+        out = mpy.run(mpy.BOARD_UNIX / "main.py", "--config", cfg, "--sd", image, "--once", heap=heap,
+                      extra_paths=[mpy_dir], capture_output=True, text=True, timeout=3600)
+        wall = time.monotonic() - t0
+        lines = out.stdout.splitlines()
+        taken = [line.split(", ")[1] for line in lines if "delivery ended" in line]
+        if out.returncode == 0:
+            report(f"box: {what}, -X heapsize={heap}", f"{wall:.1f} s", f"{rate(wall)}; {lines[-1]}")
+            return
+        why = [line for line in lines if "Error" in line][-1:] or lines[-1:]
+        report(f"box: {what}, -X heapsize={heap}", f"{wall:.1f} s", f"{taken[0] if taken else 'nothing taken'}; then {why[0]}")
+
+
+def run(report):
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        mpy_dir = compile_firmware(tmp / "mpy")
+        relay = RelayProcess(write_config(tmp / "relay.toml", tmp / "queue", limits={"max_size": BIG + (1 << 20)}))
+        relay.start()
+        try:
+            msgs = list(messages())
+            ingest(relay.ports["smtp"], msgs)
+            t0 = time.monotonic()
+            c = Customer(relay.ports["odmr"], timeout=900)
+            c.login()
+            sink = Sink()
+            c.turn(sink, timeout=900)
+            peer = time.monotonic() - t0
+            report("peer: CPython customer -> aiosmtpd (memory)", f"{peer:.1f} s", f"{len(sink.messages)} x {SIZE // 1024} KB")
+
+            flash = tmp / "flash"
+            flash.mkdir()
+            cfg = flash / "gw.json"
+            cfg.write_text(json.dumps({
+                "hostname": "gw.example.test", "domains": ["example.test"],
+                "relay": {"host": "127.0.0.1", "port": relay.ports["odmr"], "tls": "none", "user": "office", "secret": "s3cret"},
+                "users": {"a": {"password": "pw", "addresses": ["a@example.test"]}},
+                "smtp": {"max_size": BIG + (1 << 20)}}))
+            ingest(relay.ports["smtp"], msgs)
+            _pull(report, f"one poll, {COUNT} x {SIZE // 1024} KB", mpy_dir, cfg, _card(tmp, "small.img"),
+                  lambda wall: f"{COUNT / wall:.0f} msg/s, {peer / wall:.2f}x of the peer's speed")
+
+            big = "From: x@outside.test\r\nTo: a@example.test\r\nSubject: big\r\n\r\n"
+            line = "0123456789" * 7 + "\r\n"
+            big += line * ((BIG - len(big)) // len(line))
+            with __import__("smtplib").SMTP("127.0.0.1", relay.ports["smtp"], timeout=600) as s:
+                s.sendmail("x@outside.test", ["a@example.test"], big)
+            _pull(report, "one poll, 1 x 20 MB", mpy_dir, cfg, _card(tmp, "big.img"), lambda wall: f"{BIG / wall / 1e6:.1f} MB/s")
+        finally:
+            relay.stop()
