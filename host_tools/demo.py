@@ -98,7 +98,7 @@ class Demo:
             "listen": "127.0.0.1",
             "relay": dict(endpoint, port=p["odmr"]),
             "smarthost": dict(endpoint, port=p["submission"]),
-            "poll": {"interval": POLL_INTERVAL},
+            "poll": {"interval": POLL_INTERVAL, "debounce": 2},
             "smtp": {"port": self.smtp_port, "allow": ["127.0.0.0/8"]},
             "pop3": {"port": self.pop3_port},
             "users": {u: {"password": pw, "addresses": addrs} for u, (pw, addrs) in USERS.items()},
@@ -189,6 +189,26 @@ class Demo:
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
             s.send_message(msg)
         say("  alice@example.test -> bob@example.test   Team meeting (delivered locally)")
+        say("and alice answers Carol; mail for outside domains needs AUTH, and goes out via the provider:")
+        reply = EmailMessage()
+        reply["From"], reply["To"], reply["Subject"] = "alice@example.test", "carol@customer.example", "Re: Order 1043"
+        reply.set_content("Carol,\n\norder 1043 ships on Thursday.\n\nAlice\n")
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
+            s.login("alice", USERS["alice"][0])
+            s.send_message(reply)
+        say("  alice@example.test -> carol@customer.example   Re: Order 1043 (queued on the card as outgoing)")
+        if self.wait_for_relay_log("outbox ", 30):
+            say("  the gateway's next cycle handed it to the relay's submission service (see its outbox)")
+        else:
+            say(f"  not handed over yet; the gateway's log says why: {self.gateway_log}")
+
+    def wait_for_relay_log(self, marker, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker in self.relay.log.read_text(errors="replace"):
+                return True
+            time.sleep(0.2)
+        return False
 
     def show_pop3(self):
         say()
