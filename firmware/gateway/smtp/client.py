@@ -32,7 +32,7 @@ class SMTPClient:
     connection set-up, which a box on a small line should not wait on."""
 
     line_size = 1024  # reply lines (RFC 5321 says 512; some servers say more)
-    chunk_size = 4096  # message bytes per write
+    chunk_size = 1024  # message bytes per write (a bigger block may not exist in a fragmented heap)
     connect_timeout = 60
     tls_timeout = 60
     greeting_timeout = 300
@@ -49,6 +49,7 @@ class SMTPClient:
         self.what = what
         self.ext = {}
         self.tls = False
+        self.buf = None  # the one body buffer, made at the first message
 
     # --- set-up --------------------------------------------------------------
     @classmethod
@@ -245,7 +246,9 @@ class SMTPClient:
     async def _body(self, body):
         """Streams the message dot-stuffed: a line that starts with '.' gets
         one more; ends with CRLF.CRLF (adding a CRLF if the body lacks one)."""
-        buf = bytearray(self.chunk_size)
+        if self.buf is None:
+            self.buf = bytearray(self.chunk_size)
+        buf = self.buf
         mv = memoryview(buf)
         bol = True
         while True:
