@@ -29,11 +29,12 @@ def ask(port, line, timeout=15):
         s.write(line.encode() + b"\r")
         got = bytearray()
         end = time.monotonic() + timeout
-        while not got.endswith(PROMPT) and time.monotonic() < end:
+        # the answer ends at the next prompt; log lines may follow it
+        while PROMPT not in got and time.monotonic() < end:
             got += s.read(4096)
-    if not got.endswith(PROMPT):
+    if PROMPT not in got:
         raise SystemExit(f"odmrgw console: no answer from {port} within {timeout:g}s (is the gateway running?)")
-    text = got[: -len(PROMPT)].decode(errors="replace").replace("\r\n", "\n")
+    text = got[: got.index(PROMPT)].decode(errors="replace").replace("\r\n", "\n")
     echo = line + "\n"
     return text[len(echo):] if text.startswith(echo) else text
 

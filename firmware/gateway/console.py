@@ -61,6 +61,8 @@ class Console:
             return ["error: %s" % e]
         except IndexError:
             return ["usage: see help"]
+        except Exception as e:  # noqa: BLE001 - a failed command must not end the console
+            return ["failed: %r" % (e,)]
 
     def do_help(self, args, line):
         return HELP.split("\n")

@@ -7,7 +7,7 @@ import os
 
 class LogRing:
     SIZE = 64 * 1024
-    TAIL_BYTES = 3072  # the most `tail` reads from the card, whatever n asks for: heap is scarce
+    MAX_TAIL = 200  # lines `tail` returns at most
 
     def __init__(self, path, clock=None, size=SIZE):
         self.path = path
@@ -48,35 +48,20 @@ class LogRing:
             f.close()
 
     def tail(self, n):
-        """The last n lines, oldest first."""
+        """The last n lines (at most MAX_TAIL), oldest first. Reads line by
+        line, keeping only n: no big buffer on a fragmented heap."""
         if self._f:
             self._f.flush()
-        lines = []
-        budget = self.TAIL_BYTES
-        for path in (self.path, self.old):
-            if len(lines) >= n or budget <= 0:
-                break
-            chunk = _read_end(path, budget)
-            budget -= len(chunk)
-            got = chunk.decode().split("\n")
-            if got and got[-1] == "":
-                got.pop()
-            lines = got + lines
-        return lines[-n:] if n > 0 else []
-
-
-def _read_end(path, most):
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return b""
-    try:
-        size = f.seek(0, 2)
-        f.seek(max(0, size - most))
-        chunk = f.read(most)
-    finally:
-        f.close()
-    if size > most:
-        # started mid-line (maybe mid-character): keep whole lines only
-        chunk = chunk[chunk.find(b"\n") + 1 :]
-    return chunk
+        n = min(n, self.MAX_TAIL)
+        keep = []
+        for path in (self.old, self.path):
+            try:
+                f = open(path)
+            except OSError:
+                continue
+            with f:
+                for line in f:
+                    keep.append(line.rstrip("\n"))
+                    if len(keep) > n:
+                        keep.pop(0)
+        return keep if n > 0 else []

@@ -3,6 +3,7 @@ box's USB port would use it: `odmrgw console --port PTY COMMAND`."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,7 +13,9 @@ from tests.host import simboard
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    board = simboard.start(tmp_path_factory.mktemp("console"), {"relay": {"host": "relay.test", "secret": "hush-hush"}})
+    # the provider is a closed loopback port: every poll fails at once
+    relay = {"host": "127.0.0.1", "port": simboard.free_port(), "tls": "none", "secret": "hush-hush"}
+    board = simboard.start(tmp_path_factory.mktemp("console"), {"domains": ["example.test"], "relay": relay})
     yield board
     board.close()
 
@@ -35,7 +38,7 @@ def test_status_shows_the_board(sim):
 
 def test_show_masks_secrets(sim):
     out = console(sim, "show", "relay")
-    assert 'relay.host = "relay.test"' in out
+    assert 'relay.host = "127.0.0.1"' in out
     assert 'relay.secret = "***"' in out
     assert "hush-hush" not in out
 
@@ -57,3 +60,18 @@ def test_set_user_and_save_reaches_the_flash(sim):
 def test_help_and_log(sim):
     assert "factory-reset" in console(sim, "help")
     assert "simulated board up" in console(sim, "log", "50")
+
+
+def test_poll_and_status_show_the_scheduler(sim):
+    assert console(sim, "poll").startswith("poll requested")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = console(sim, "status")
+        if "last poll" in status and "none yet" not in status:
+            break
+        time.sleep(0.5)
+    last = [line for line in status.splitlines() if line.startswith("last poll")]
+    assert last and "ago:" in last[0], status
+    assert "next poll" in status
+    assert "queue    0 for local delivery, 0 outgoing" in status
+    assert "poll:" in console(sim, "log", "10")
