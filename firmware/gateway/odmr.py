@@ -57,13 +57,24 @@ class _Counting:
         self.handler.delivered(session, id)
 
 
-async def pull(cfg, handler):
+def session_buffer():
+    """The receiver's input buffer for the turned line. Made before the
+    connection (and the TLS handshake) cut the heap up, or kept by the
+    caller from start-up: a 4 KB block may not exist later."""
+    from gateway.smtp.server import SMTPSession
+
+    return bytearray(SMTPSession.buffer_size)
+
+
+async def pull(cfg, handler, buf=None):
     """One ODMR session with cfg["relay"]; handler is an InboundHandler.
     Never raises for network or protocol trouble: the Outcome says it."""
     conf = cfg.get("relay") or {}
     host = conf.get("host")
     if not host:
         return Outcome(0, "no relay configured (relay.host)")
+    if buf is None:
+        buf = session_buffer()
     domains = cfg.get("domains") or []
     try:
         client = await SMTPClient.open(conf, DEFAULT_PORT, cfg.get("hostname") or "gateway", "relay")
@@ -87,16 +98,16 @@ async def pull(cfg, handler):
     reader, writer = client.reader, client.writer
     client = None
     gc.collect()
-    n = await _serve(reader, writer, handler, (host, conf.get("port") or DEFAULT_PORT))
+    n = await _serve(reader, writer, handler, (host, conf.get("port") or DEFAULT_PORT), buf)
     return Outcome(250, "pulled %d message(s)" % n, pulled=n)
 
 
-async def _serve(reader, writer, handler, peer):
+async def _serve(reader, writer, handler, peer, buf):
     """The turned line: our 220, then the provider is an SMTP client."""
     from gateway.smtp.server import SMTPSession
 
     counting = _Counting(handler)
-    await SMTPSession(reader, writer, counting, peer).run(greet=True)
+    await SMTPSession(reader, writer, counting, peer, buf).run(greet=True)
     log.info("relay: delivery ended, %d message(s) taken" % counting.count)
     return counting.count
 

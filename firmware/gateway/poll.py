@@ -27,6 +27,7 @@ class PollCycle:
         self.mailboxes = mailboxes
         self.board = board
         self.outbound = Outbound(cfg, spool, policy, board.now)
+        self.session_buf = None  # the turned line's receive buffer, kept once made
 
     async def run(self):
         try:
@@ -39,12 +40,16 @@ class PollCycle:
         from gateway import odmr
         from gateway.policy import InboundHandler
 
+        from gateway.odmr import session_buffer
+
+        if self.session_buf is None and (self.cfg.get("relay") or {}).get("host"):
+            self.session_buf = session_buffer()
         sent = await self.outbound.flush()
         self.board.feed_watchdog()
         # The mailboxes get the pulled mail in one hand-off at the end, so the
         # provider's delivery is not slowed down message by message.
         handler = InboundHandler(self.cfg, self.spool, self.policy)
-        pulled = await odmr.pull(self.cfg, handler)
+        pulled = await odmr.pull(self.cfg, handler, self.session_buf)
         self.board.feed_watchdog()
         self._deliver(self.spool)
         relay_ok = pulled.ok or pulled.code == 0
