@@ -75,3 +75,51 @@ def test_poll_and_status_show_the_scheduler(sim):
     assert "next poll" in status
     assert "queue    0 for local delivery, 0 outgoing" in status
     assert "poll:" in console(sim, "log", "10")
+
+
+def test_interactive_console_in_a_terminal(sim):
+    """`odmrgw console --port P` as a person runs it: a terminal (mpremote's)
+    on the board's console; Ctrl-] leaves and the gateway keeps running."""
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: odmrgw in a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "host_tools", "console", "--port", str(sim.link)])
+
+    def read_until(marker, timeout=20):
+        got = b""
+        end = time.monotonic() + timeout
+        while marker not in got and time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    got += os.read(fd, 4096)
+                except OSError:
+                    break
+        return got
+
+    exited = []
+
+    def wait_exit(timeout=20):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                exited.append(status)
+                return os.WEXITSTATUS(status)
+            time.sleep(0.1)
+        return None
+
+    try:
+        assert b"Connected to MicroPython" in read_until(b"exit this shell")
+        os.write(fd, b"status\r")
+        assert b"uptime" in read_until(b"gw> ")
+        os.write(fd, b"\x1d")  # Ctrl-]
+        assert wait_exit() == 0
+    finally:
+        if not exited:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert "uptime" in console(sim, "status")  # still running
