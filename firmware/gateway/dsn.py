@@ -87,21 +87,18 @@ def write(draft, hostname, env, failed, now, body=None, remote=None):
 def _copy_header(body, w):
     """The original's header, up to the blank line or MAX_HEADERS bytes."""
     buf = bytearray(_CHUNK)
-    mv = memoryview(buf)
     copied = 0
-    tail = b""  # the last bytes written: the blank line may straddle reads
+    held = b""  # the last bytes read, not yet written: the blank line may straddle reads
     while copied < MAX_HEADERS:
         n = body.readinto(buf)
         if not n:
             break
-        data = tail + bytes(mv[:n])
+        data = held + bytes(memoryview(buf)[:n])
         j = data.find(b"\r\n\r\n")
         if j >= 0:
-            end = j + 2 - len(tail)
-            if end > 0:
-                w(mv[:end])
+            w(data[: j + 2])
             return
-        w(mv[:n])
+        w(data[:-3])
+        held = data[-3:]
         copied += n
-        tail = data[-3:]
-    w(b"\r\n")
+    w(held if held.endswith(b"\r\n") else held + b"\r\n")
