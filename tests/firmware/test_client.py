@@ -183,3 +183,18 @@ def test_a_big_body_goes_through_a_fixed_buffer():
     res = support.run(c.send_message("a@example.test", ["b@x.test"], Lines(), count * len(line)))
     assert res[0][1] == 250
     assert s.digest.digest() == expect.digest()
+
+
+def test_a_silent_server_times_out_with_a_temporary_error():
+    import asyncio
+
+    class Silent(support.ScriptedStream):
+        async def readinto(self, buf):
+            await asyncio.sleep(5)
+            return 0
+
+    s = Silent()
+    c = SMTPClient(s, s, "relay")
+    with support.raises(SMTPError) as r:
+        support.run(c.reply(0.2, "greeting"))
+    assert r.value.code == 421 and "no greeting within" in r.value.text

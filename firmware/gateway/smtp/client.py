@@ -148,6 +148,8 @@ class SMTPClient:
     async def reply(self, timeout=None, step="reply"):
         try:
             return await asyncio.wait_for(wire.read_reply(self.lines), timeout or self.command_timeout)
+        except asyncio.TimeoutError:  # before OSError: on CPython it is one
+            raise SMTPError(421, "4.4.2 %s: no %s within %ds" % (self.what, step, timeout or self.command_timeout))
         except EOFError:
             raise SMTPError(421, "4.4.2 %s closed the connection (waiting for the %s)" % (self.what, step))
         except wire.ProtocolError as e:
@@ -156,17 +158,15 @@ class SMTPClient:
             raise SMTPError(421, "4.5.0 %s: reply line too long (%s)" % (self.what, step))
         except OSError as e:
             raise SMTPError(421, "4.4.2 %s: connection error (%s): %s" % (self.what, step, e))
-        except Exception:  # noqa: BLE001 - the runtimes' TimeoutErrors differ
-            raise SMTPError(421, "4.4.2 %s: no %s within %ds" % (self.what, step, timeout or self.command_timeout))
 
     async def send(self, data, timeout=None):
         try:
             self.writer.write(data)
             await asyncio.wait_for(self.writer.drain(), timeout or self.command_timeout)
+        except asyncio.TimeoutError:
+            raise SMTPError(421, "4.4.2 %s: not reading what the box sends" % self.what)
         except OSError as e:
             raise SMTPError(421, "4.4.2 %s: connection lost while sending: %s" % (self.what, e))
-        except Exception:  # noqa: BLE001 - timeout
-            raise SMTPError(421, "4.4.2 %s: not reading what the box sends" % self.what)
 
     async def command(self, line, timeout=None, step=None):
         """Sends one command line and returns its reply (code, [lines]).
