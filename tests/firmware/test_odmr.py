@@ -50,7 +50,7 @@ def _cfg(port, **relay):
 class Provider:
     """Plays a script: ("send", bytes | [pieces]) writes (pieces with a pause
     between, so TCP splits them), ("expect", prefix) reads one line,
-    ("reply", code) reads a whole (multi-line) reply, ("auth", None) checks a
+    ("reply", code) reads a whole (multi-line) reply, ("sleep", s) waits, ("auth", None) checks a
     CRAM-MD5 answer, ("close", None) hangs up."""
 
     def __init__(self, script):
@@ -73,6 +73,8 @@ class Provider:
                         await w.drain()
                 elif kind == "close":
                     break
+                elif kind == "sleep":
+                    await asyncio.sleep(arg)
                 else:
                     line = (await r.readline()).rstrip(b"\r\n")
                     while kind == "reply" and line[3:4] == b"-":
@@ -227,3 +229,22 @@ def test_line_dropped_at_every_step_loses_nothing_and_retries():
         taken = got
         if outcome.code != 250:
             assert outcome.retry and outcome.code == 421, (cut, outcome)
+
+
+def test_atrn_gets_its_own_long_wait():
+    # The provider may scan its queue for minutes before it answers ATRN
+    # (10 minutes allowed); every other reply has the ordinary timeout.
+    from gateway.smtp.client import SMTPClient
+
+    saved = SMTPClient.command_timeout, odmr.ATRN_TIMEOUT
+    SMTPClient.command_timeout, odmr.ATRN_TIMEOUT = 0.3, 5
+    card = support.Card()
+    try:
+        slow_atrn = HELLO + [("expect", b"ATRN"), ("sleep", 1), ("send", b"453 You have no mail\r\n"), ("expect", b"QUIT")]
+        outcome, provider, _ = _pull(slow_atrn, card)
+        assert outcome.code == 453 and outcome.ok and not provider.problems
+        slow_ehlo = [("send", GREETING), ("expect", b"EHLO"), ("sleep", 1), ("send", EHLO)]
+        outcome, provider, _ = _pull(slow_ehlo, card)
+        assert outcome.code == 421 and outcome.retry and "within" in outcome.text, outcome
+    finally:
+        SMTPClient.command_timeout, odmr.ATRN_TIMEOUT = saved
