@@ -169,6 +169,25 @@ def test_smallest_heap_for_a_pull(tmp_path, firmware_mpy):
         setup.close()
 
 
+def test_smallest_heap_for_the_pull_alone(tmp_path, firmware_mpy):
+    """board/unix/pull_once.py: the pull without config, console, mailboxes."""
+    setup = Setup(tmp_path)
+    try:
+        setup.config()
+        for heap in (64, 80, 96, 112, 128, 160):
+            setup.inject(3)
+            r = mpy.run(mpy.BOARD_UNIX / "pull_once.py", setup.flash / "gw.json", setup.image, heap=f"{heap}k",
+                        extra_paths=[firmware_mpy], capture_output=True, text=True, timeout=60)
+            if r.returncode == 0 and setup.queued() == 0:
+                assert "OUTCOME 250" in r.stdout
+                record_figure("ODMR pull alone: smallest heap (unix port, 64-bit, .mpy)", f"{heap}k")
+                break
+        else:
+            pytest.fail("no heap up to 160k could pull: " + r.stdout + r.stderr)
+    finally:
+        setup.close()
+
+
 # --- TLS --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
