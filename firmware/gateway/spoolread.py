@@ -1,0 +1,254 @@
+# The reading side of the spool (format: see spool.py): boot-time recovery,
+# queue listings, message bodies and progress marks. Imported on first use by
+# the Spool methods that need it, so a receiver that only writes messages
+# does not carry this code in its heap.
+import binascii
+import os
+from errno import ENOENT
+
+from gateway.compat import const, ilistdir
+from gateway.spool import _LETTERS, _MAGIC, _QUEUES, _exists, _remove
+
+_TRAILER = const(43)  # len(b"END1 %s %010d %08x %08x\n") with an 8-digit id (Draft.commit)
+
+
+def _done_line(i):
+    return b"%04d %08x\n" % (i, binascii.crc32(b"%d" % i))
+
+
+class Envelope:
+    """.id .mail_from .rcpts [(address, queue)] .size .received (unix s)."""
+
+    def __init__(self, path):
+        """Parses a record's header; .rcpts are all of them, .done the indices
+        already handled. Raises ValueError/OSError on a damaged header."""
+        with open(path, "rb") as f:
+            line = f.readline()
+            if line[:8] != _MAGIC + b" ":
+                raise ValueError("not a spool record")
+            _, hlen, id, received = line.split()
+            self.hlen = int(hlen)
+            self.id = id.decode()
+            self.received = int(received)
+            got = len(line)
+            self.rcpts = []
+            while got < self.hlen:
+                line = f.readline()
+                got += len(line)
+                if line[-1:] != b"\n" or line[1:2] != b" ":
+                    raise ValueError("bad header line")
+                if line[:1] == b"F":
+                    self.mail_from = line[2:-1].decode()
+                else:
+                    self.rcpts.append((line[4:-1].decode(), _QUEUES[_LETTERS.index(line[2:3].decode())]))
+        if got != self.hlen or not self.rcpts:
+            raise ValueError("bad header length")
+        self.size = os.stat(path)[6] - self.hlen - _TRAILER
+        self.done = set()
+        try:
+            f = open(path[: path.rfind(".") + 1] + "d", "rb")
+        except OSError:
+            return
+        # A torn last line fails its check and is ignored: that recipient is
+        # served again (a duplicate, never a loss).
+        with f:
+            for line in f:
+                if len(line) == 14 and line[:4].isdigit() and line == _done_line(int(line[:4])):
+                    self.done.add(int(line[:4]))
+
+    def pending(self, queue=None):
+        return [r for i, r in enumerate(self.rcpts) if i not in self.done and (queue is None or r[1] == queue)]
+
+
+class Body:
+    """Exactly the message bytes of a committed record."""
+
+    def __init__(self, path, start, size):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self.left = size
+
+    def readinto(self, buf):
+        n = min(len(buf), self.left)
+        if n > 0:
+            n = self._f.readinto(memoryview(buf)[:n])
+            self.left -= n
+        return n
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- listing ---------------------------------------------------------------
+def path(sp, id):
+    base = "%s/%s/%s." % (sp.root, id[:6], id)
+    for ext in ("l", "o", "lo"):
+        try:
+            os.stat(base + ext)
+            return base + ext
+        except OSError as e:
+            if e.args[0] != ENOENT:
+                raise  # a card error is not "no such message"
+    raise KeyError(id)
+
+
+def buckets(sp):
+    try:
+        return sorted(e[0] for e in ilistdir(sp.root) if e[1] & 0x4000 and len(e[0]) == 6)
+    except OSError:
+        return []
+
+
+def bits(sp, bucket, letters, queue=None):
+    """A 256-bit map of the ids in a bucket whose record is in one of
+    `letters`' queues (and has `queue` pending): sorting by bit costs no
+    list of names, which a bucket of 256 would need on a small heap."""
+    out = bytearray(32)
+    for e in ilistdir(sp.root + "/" + bucket):
+        name = e[0]
+        ext = name[9:]
+        if not ext or ext == "d" or not (letters in ext or ext in letters) or name[:8] in sp._drafts:
+            continue
+        # A single-queue record exists only while something in it is
+        # pending; a mixed one needs a look at its progress.
+        if queue and len(ext) > 1 and not Envelope("%s/%s/%s" % (sp.root, bucket, name)).pending(queue):
+            continue
+        i = int(name[6:8], 16)
+        out[i >> 3] |= 1 << (i & 7)
+    return out
+
+
+def highest(sp):
+    """The largest id on the card, in case the seq file was lost."""
+    for b in reversed(buckets(sp)):
+        m = bits(sp, b, "lo")
+        for i in range(255, -1, -1):
+            if m[i >> 3] & 1 << (i & 7):
+                return int(b, 16) << 8 | i
+    return 0
+
+
+def ids(sp, queue):
+    i = _QUEUES.index(queue)
+    letter = _LETTERS[i : i + 1]
+    maps = [(b, bits(sp, b, letter, queue)) for b in buckets(sp)]
+    # Sized once: a list grown id by id would cut up a small heap.
+    out = [None] * sum(bin(x).count("1") for _, m in maps for x in m)
+    n = 0
+    for b, m in maps:
+        for i in range(256):
+            if m[i >> 3] & 1 << (i & 7):
+                out[n] = "%s%02x" % (b, i)
+                n += 1
+    return out
+
+
+# --- progress --------------------------------------------------------------
+def done(sp, id, queue, addresses=None):
+    try:
+        p = path(sp, id)
+    except KeyError:
+        return  # already complete and gone
+    env = Envelope(p)
+    marks = [
+        i
+        for i, (addr, q) in enumerate(env.rcpts)
+        if q == queue and i not in env.done and (addresses is None or addr in addresses)
+    ]
+    if not marks:
+        return
+    dpath = p[: p.rfind(".")] + ".d"
+    if len(marks) + len(env.done) == len(env.rcpts):
+        # All handled. The message file goes first: a crash here leaves
+        # only an orphan progress file, which recover() removes.
+        os.remove(p)
+        _remove(dpath)
+        if sp._next is None or id[:6] != ("%08x" % sp._next)[:6]:
+            try:
+                os.rmdir(p[: p.rfind("/")])
+            except OSError:
+                pass  # not empty yet
+        return
+    from gateway.compat import fsync
+
+    with open(dpath, "ab") as f:
+        for i in marks:
+            f.write(_done_line(i))
+        fsync(f)
+
+
+# --- boot ------------------------------------------------------------------
+def recover(sp):
+    """Removes every record that is not a whole committed message, and
+    progress files without a message. Returns (kept, removed)."""
+    if not _exists(sp.root):
+        os.mkdir(sp.root)
+    kept = removed = top = 0
+    buf = memoryview(bytearray(512))
+    for b in buckets(sp):
+        d = sp.root + "/" + b
+        # No list of names: a bucket of 256 would not fit a small heap.
+        for e in ilistdir(d):
+            name = e[0]
+            p = d + "/" + name
+            try:
+                top = max(top, int(name[:8], 16))
+            except ValueError:
+                pass
+            if name[9:] == "d":
+                try:
+                    path(sp, name[:8])
+                except KeyError:
+                    _remove(p)  # the progress of a message already gone
+            elif _valid(sp, p, buf):
+                kept += 1
+            else:
+                _remove(p)
+                _remove(p[: p.rfind(".")] + ".d")
+                removed += 1
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # not empty
+    # The next id: past the seq file's reservation and, should that file be
+    # lost or damaged, past every id on the card.
+    sp._next = max(sp._seq(None), top + 1)
+    sp._limit = 0
+    return kept, removed
+
+
+def _valid(sp, path, buf):
+    try:
+        env = Envelope(path)
+        if env.size < 0 or not env.pending():
+            return False
+        with open(path, "rb") as f:
+            hcrc = _crc(f, buf, env.hlen)
+            crc = None
+            if sp.verify:
+                crc = _crc(f, buf, env.size)
+            else:
+                f.seek(env.hlen + env.size)
+            want = b"END1 %s %010d %08x " % (env.id.encode(), env.size, hcrc)
+            n = f.readinto(buf[:_TRAILER])
+            tail = bytes(buf[len(want) : _TRAILER])
+        return n == _TRAILER and buf[: len(want)] == want and tail[-1:] == b"\n" and (crc is None or int(tail, 16) == crc)
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+
+
+def _crc(f, buf, n):
+    crc = 0
+    while n > 0:
+        k = f.readinto(buf[: min(n, len(buf))])
+        if not k:
+            raise ValueError("short record")
+        crc = binascii.crc32(buf[:k], crc)
+        n -= k
+    return crc
