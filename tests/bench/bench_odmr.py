@@ -41,7 +41,9 @@ def _pull(report, what, mpy_dir, cfg, image, rate):
         lines = out.stdout.splitlines()
         taken = [line.split(", ")[1] for line in lines if "delivery ended" in line]
         if out.returncode == 0:
-            report(f"box: {what}, -X heapsize={heap}", f"{wall:.1f} s", f"{rate(wall)}; {lines[-1]}")
+            # After a failed attempt this run may only hand over what that one took.
+            note = rate(wall) if "pulled" in lines[-1] else "start-up and hand-off of what the attempt above took"
+            report(f"box: {what}, -X heapsize={heap}", f"{wall:.1f} s", f"{note}; {lines[-1]}")
             return
         why = [line for line in lines if "Error" in line][-1:] or lines[-1:]
         report(f"box: {what}, -X heapsize={heap}", f"{wall:.1f} s", f"{taken[0] if taken else 'nothing taken'}; then {why[0]}")
