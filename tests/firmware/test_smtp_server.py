@@ -385,3 +385,27 @@ def test_pipelined_flood_gets_its_replies_in_bounded_batches():
     assert stream.oks == 600
     assert stream.writes >= 600 // s.max_pending_replies
     card.unmount()
+
+
+def test_made_up_verbs_and_odd_addresses_cost_no_heap_for_good():
+    """MicroPython interns a string passed to getattr, and every character
+    taken out of a str one by one, as a qstr that is never freed. A client
+    sending ever new verbs or address characters must not fill the heap."""
+    support.needs_micropython("gc.mem_alloc")
+    import gc
+
+    card = support.Card()
+
+    def sessions(first, count):
+        for n in range(first, first + count):
+            verb = bytes(65 + int(c) for c in b"%d" % n)  # XYZZY-like, new each time
+            cp = 0x100 + n  # a new character each time, in UTF-8 (chr() would intern it here)
+            addr = b"<a" + bytes((0xC0 | cp >> 6, 0x80 | cp & 0x3F)) + b"@x.test>"
+            _session([b"EHLO a\r\nX" + verb + b"\r\nMAIL FROM:" + addr + b"\r\nRCPT TO:" + addr + b"\r\nQUIT\r\n"], card=card)
+
+    sessions(0, 20)  # the first round may grow tables that then stay
+    gc.collect()
+    before = gc.mem_alloc()
+    sessions(1000, 300)
+    gc.collect()
+    assert gc.mem_alloc() - before < 2048, gc.mem_alloc() - before
