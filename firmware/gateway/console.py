@@ -34,6 +34,7 @@ Ctrl-C, Ctrl-A or Ctrl-D stop the gateway and leave the MicroPython REPL."""
 
 class Console:
     PROMPT = "gw> "
+    COMMANDS = ("help", "status", "show", "set", "unset", "save", "poll", "queue", "log", "user", "reboot", "factory-reset")
     MAX_LINE = 512
     LOG_LINES = 20
 
@@ -51,10 +52,9 @@ class Console:
             return ["cancelled"]
         if not words:
             return []
-        cmd = words[0].replace("-", "_")
-        fn = getattr(self, "do_" + cmd, None)
-        if fn is None:
+        if words[0] not in self.COMMANDS:  # getattr on typed text would intern it for good
             return ["unknown command %r; try help" % words[0]]
+        fn = getattr(self, "do_" + words[0].replace("-", "_"))
         try:
             return fn(words[1:], line) or []
         except (ConfigError, ValueError) as e:
