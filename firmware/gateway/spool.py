@@ -109,6 +109,7 @@ class Spool:
         self._limit = 0  # ids below this are reserved in the seq file
         self._slot = 0
         self._drafts = set()
+        self._made = None  # the bucket directory known to exist
 
     # --- ids: 8 hex digits from a counter, so sortable and never reused ------
     def _new_id(self):
@@ -224,8 +225,10 @@ class Spool:
             raise ValueError("no recipients")
         id = self._new_id()
         d = "%s/%s" % (self.root, id[:6])
-        if not _exists(d):
-            os.mkdir(d)
+        if d != self._made:  # a stat per message costs time and heap
+            if not _exists(d):
+                os.mkdir(d)
+            self._made = d
         now = int(self.clock())
         rest = b"".join(lines)
         # Line one has a fixed-width length field, so its own length is known.

@@ -169,6 +169,7 @@ def done(sp, id, queue, addresses=None):
         # only an orphan progress file, which recover() removes.
         os.remove(p)
         _remove(dpath)
+        sp._made = None
         if sp._next is None or id[:6] != ("%08x" % sp._next)[:6]:
             try:
                 os.rmdir(p[: p.rfind("/")])
@@ -190,6 +191,7 @@ def recover(sp):
     if not _exists(sp.root):
         os.mkdir(sp.root)
     kept = removed = top = 0
+    sp._made = None
     buf = memoryview(bytearray(512))
     for b in buckets(sp):
         d = sp.root + "/" + b

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from gateway import log, wire
+from gateway.compat import ticks_add, ticks_diff, ticks_ms
 from gateway.smtp import data
 
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
@@ -29,17 +30,15 @@ class Handler:
     max_size = 10240000
     spool = None  # a gateway.spool.Spool, if the handler writes to one
 
-    def connect(self, session):
+    def _nothing(self, session, *args):
         return None
 
-    def ehlo_keywords(self, session):
-        return []
-
-    def auth_password(self, session, user):
-        return None
-
-    def mail(self, session, address, params):
-        return None
+    # connect(session): None or a refusal; ehlo_keywords(session): extra
+    # EHLO lines (None = none); auth_password(session, user): the password
+    # or None; mail(session, address, params): None or a refusal;
+    # delivered(session, id): after the 250 went out. One shared default
+    # costs less heap than five functions.
+    connect = ehlo_keywords = auth_password = mail = delivered = _nothing
 
     def room(self, session, size):
         """Checked at MAIL: is there space for a message of `size` bytes
@@ -53,9 +52,6 @@ class Handler:
 
     def begin(self, session, mail_from, rcpts):
         return self.spool.begin(mail_from, rcpts)
-
-    def delivered(self, session, id):
-        pass
 
 
 class _Closed(Exception):
@@ -127,7 +123,10 @@ class SMTPSession:
         self.rcpts = []
 
     def reply(self, code, text):
-        self._out.append(wire.format_reply(code, text))
+        if isinstance(text, str):  # one line, formatted without a generator
+            self._out.append(b"%d %s\r\n" % (code, text.encode()))
+        else:
+            self._out.append(wire.format_reply(code, text))
 
     def error(self, code, text):
         """A reply to a bad command; too many of them end the session."""
@@ -152,17 +151,34 @@ class SMTPSession:
             except Exception as e:  # noqa: BLE001 - the message is safe in the spool
                 log.error("smtp: hand-off of %s failed: %r" % (id, e))
 
+    def _expire_in(self, seconds):
+        self._deadline = ticks_add(ticks_ms(), int(seconds * 1000))
+
+    async def _watch(self, task):
+        """Cancels the session's task once its deadline has passed, looking
+        every quarter of the shorter timeout, so a timeout fires up to a
+        quarter late. One such task per session, where asyncio.wait_for
+        would make two tasks and a closure per command."""
+        step = min(self.command_timeout, self.data_timeout) / 4
+        while ticks_diff(self._deadline, ticks_ms()) > 0:
+            await asyncio.sleep(step)
+        self._expired = True
+        task.cancel()
+
     async def read_line(self):
         """The next line without CRLF, None if too long. Replies go out first
         unless another whole command is already waiting (RFC 2920)."""
         r = self.reader
-        # A client that pipelines without reading its replies must not make
-        # them pile up in the heap: past a few, they go out anyway.
-        if not r.has_line() or len(self._out) >= self.max_pending_replies:
-            await self.flush()
+        self._expire_in(self.command_timeout)
         try:
-            line = await asyncio.wait_for(r.readline(), self.command_timeout)
-        except asyncio.TimeoutError:
+            # A client that pipelines without reading its replies must not
+            # make them pile up in the heap: past a few, they go out anyway.
+            if not r.has_line() or len(self._out) >= self.max_pending_replies:
+                await self.flush()
+            line = await r.readline()
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
             self.reply(421, "4.4.2 %s Timeout, closing connection" % self.handler.hostname)
             raise _Closed()
         except wire.LineTooLong:
@@ -172,6 +188,9 @@ class SMTPSession:
         return bytes(line).rstrip(b"\r\n") if len(line) <= self.command_limit else None
 
     async def run(self, greet=True):
+        self._expired = False
+        self._expire_in(self.command_timeout)
+        watch = asyncio.create_task(self._watch(asyncio.current_task()))
         try:
             refusal = self.handler.connect(self)
             if refusal:
@@ -183,9 +202,16 @@ class SMTPSession:
                 await self._command(await self.read_line())
         except (_Closed, OSError, EOFError):
             pass
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
         finally:
+            watch.cancel()
             try:
-                await self.flush()
+                if self._expired:  # a peer that is not reading gets no more waiting
+                    self.writer.write(b"".join(self._out))
+                else:
+                    await self.flush()
             except OSError:
                 pass  # the peer is gone; the socket is closed all the same
             try:
@@ -235,7 +261,7 @@ class SMTPSession:
             self.reply(250, h.hostname)
             return
         lines = ["%s Hello %s" % (h.hostname, arg), "PIPELINING", "SIZE %d" % h.max_size, "8BITMIME", "ENHANCEDSTATUSCODES"]
-        for kw in h.ehlo_keywords(self):
+        for kw in h.ehlo_keywords(self) or ():
             lines.append(kw)
             if kw[:5].upper() == "AUTH ":
                 self.mechanisms = kw[5:].upper().split()
@@ -315,7 +341,7 @@ class SMTPSession:
             return
         self._reset()
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
-        await self.flush()
+        self._expire_in(self.data_timeout)
         r = self.reader
         sink = draft.write
         r.sink_error = None
@@ -332,11 +358,14 @@ class SMTPSession:
             r.sink_error = e
             sink = None
         try:
-            status, _ = await asyncio.wait_for(r.read_data(sink, h.max_size), self.data_timeout)
+            await self.flush()
+            status, _ = await r.read_data(sink, h.max_size)
             if status == data.OK:
                 id = draft.commit()
-        except asyncio.TimeoutError:
+        except asyncio.CancelledError:
             draft.abort()
+            if not self._expired:
+                raise
             self.reply(421, "4.4.2 %s Timeout during DATA, closing connection" % h.hostname)
             raise _Closed()
         except Exception as e:  # noqa: BLE001 - the commit failed: nothing was promised
