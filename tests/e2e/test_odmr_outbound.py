@@ -14,7 +14,7 @@ import pytest
 
 from host_tools import mpy
 from host_tools.relay.testing import RelayProcess, Sink, write_config
-from tests.e2e.test_local import compile_firmware
+from host_tools.mpy import compile_firmware
 from tests.e2e.test_odmr_pull import HEAP, MAIN, ODMRGW
 
 # Puts one message into the card's "out" queue, as the LAN listener would.

@@ -21,7 +21,7 @@ import pytest
 from host_tools import mpy
 from host_tools.relay.testing import RelayProcess, write_config
 from tests.conftest import record_figure
-from tests.e2e.test_local import compile_firmware
+from host_tools.mpy import compile_firmware
 
 MAIN = mpy.BOARD_UNIX / "main.py"
 ODMRGW = str(Path(sys.executable).parent / "odmrgw")

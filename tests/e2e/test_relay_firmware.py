@@ -2,7 +2,6 @@
 relay (CPython) delivers, through fetchmail's ODMR client, into the
 firmware's own receiver (MicroPython, board/unix/smtpd_sim.py on a card
 image). Every message lands on the card byte for byte."""
-import socket
 import subprocess
 import sys
 import threading
@@ -18,11 +17,7 @@ from host_tools.relay.testing import RelayProcess, fetchmail, write_config
 HEAP = "256k"       # smtpd_sim compiled from source here, not from .mpy
 
 
-def free_port():
-    # micropython's socket has no getsockname(), so the port is picked here.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = mpy.free_port
 
 
 class FirmwareReceiver:

@@ -2,7 +2,6 @@
 directory (the board's flash), console on a pty. Used by the deploy, config
 and console tests."""
 import json
-import socket
 import subprocess
 import time
 
@@ -11,10 +10,7 @@ from host_tools.sd import SDTOOL
 from host_tools.sim import PtyConsole
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = mpy.free_port
 
 
 def make_board_files(tmp_path, cfg=None, card_size=4 << 20):
