@@ -28,9 +28,11 @@ def micropython_exe():
     return str(Path(sys.executable).parent / "micropython")
 
 
-def micropython_env(tmp):
+def micropython_env(tmp, mpy_dir):
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join([str(HERE), str(REPO / "firmware"), str(REPO / "board" / "unix"), ".frozen"])
+    # The firmware and the board load as .mpy, as on the box: compiling them
+    # at import time would take far more heap than the running code needs.
+    env["MICROPYPATH"] = os.pathsep.join([str(HERE), str(mpy_dir), ".frozen"])
     env["FW_TMP"] = str(tmp)
     return env
 
@@ -42,9 +44,11 @@ class MicroPythonItem(pytest.Item):
 
     def runtest(self):
         tmp = self.config._tmp_path_factory.mktemp(self.test)
-        cmd = [micropython_exe(), "-X", f"heapsize={self.heap}", str(RUNNER), self.module, self.test]
+        heap = os.environ.get("ODMRGW_FW_HEAP", self.heap)
+        cmd = [micropython_exe(), "-X", f"heapsize={heap}", str(RUNNER), self.module, self.test]
         try:
-            proc = subprocess.run(cmd, env=micropython_env(tmp), cwd=tmp, capture_output=True, timeout=self.timeout)
+            proc = subprocess.run(cmd, env=micropython_env(tmp, firmware_mpy(self.config)), cwd=tmp,
+                                  capture_output=True, timeout=self.timeout)
         except subprocess.TimeoutExpired as e:
             raise MicroPythonFailure(f"timed out after {self.timeout}s", (e.stdout or b"") + (e.stderr or b""))
         out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
@@ -66,6 +70,15 @@ class MicroPythonItem(pytest.Item):
 
 class MicroPythonFailure(Exception):
     pass
+
+
+def firmware_mpy(config):
+    """firmware/ and board/unix/board.py compiled once per test worker."""
+    if not hasattr(config, "_firmware_mpy"):
+        from host_tools import mpy
+
+        config._firmware_mpy = mpy.compile_firmware(config._tmp_path_factory.mktemp("fw-mpy"), ("board.py",))
+    return config._firmware_mpy
 
 
 def pytest_pycollect_makeitem(collector, name, obj):

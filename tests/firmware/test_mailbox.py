@@ -9,10 +9,9 @@ from gateway.mailbox import BodyLines, Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool
 
-# Compiling spool.py, mailbox.py and this module from source (as these tests
-# do) needs more than 128 KB of transient heap; the box loads precompiled .mpy
-# files (tests/e2e/test_local.py measures the heap the listeners need).
-MICROPYTHON_HEAP = "192k"
+# Power-cut runs keep a second copy of the card's state for comparison and
+# remount repeatedly in one process.
+MICROPYTHON_HEAP = "128k"
 
 CFG = {
     "users": {
