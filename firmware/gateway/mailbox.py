@@ -99,6 +99,8 @@ class Mailboxes:
     # A POP3 session lists at most this many (oldest first); the rest show
     # up once those are deleted. Keeps the per-session listing small.
     MAX_LISTED = 300
+    # The hand-off takes this many spool ids at a time (see _batch).
+    BATCH = 16
 
     def __init__(self, root, policy):
         self.root = root
@@ -284,33 +286,62 @@ class Mailboxes:
         do those with a forward target until gateway.forward has sent them."""
         count = 0
         forwards = False
-        for id in spool.ids("local"):
-            env = spool.envelope(id)
-            done = []
-            users = []
-            for addr, queue in env.rcpts:
-                if queue != "local":
-                    continue
-                if self.policy.forward_for(addr) and not self.kept_here(id, addr):
-                    forwards = True  # gateway.forward's job
-                    continue
-                user = self.policy.user_for(addr)
-                if user is None or user not in self.policy.users:
-                    log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
-                    continue
-                done.append(addr)
-                if user not in users:
-                    users.append(user)
-            if not done:
-                continue
-            key = self._key(spool, id)
-            for user in users:
-                self._deliver_one(user, id, env, key, spool)
-            spool.done(id, "local", done)
-            count += 1
+        after = ""  # ids are sortable by arrival; a pass never looks back
+        while True:
+            batch = self._batch(spool, after)
+            if not batch:
+                break
+            after = batch[-1]
+            for id in batch:
+                n, f = self._deliver_id(spool, id)
+                count += n
+                forwards = forwards or f
         if forwards:
             self.policy.forwarder().kick(spool)
         return count
+
+    def _batch(self, spool, after):
+        """The next BATCH pending ids after `after`. The spool lists every
+        pending id at once; that list is dropped before any delivery, so a
+        hand-off of 1000 messages never holds it while it writes files."""
+        ids = spool.ids("local")
+        batch = [None] * self.BATCH
+        n = 0
+        for id in ids:
+            if id > after:
+                batch[n] = id
+                n += 1
+                if n == self.BATCH:
+                    break
+        del ids
+        return batch[:n] if n < self.BATCH else batch
+
+    def _deliver_id(self, spool, id):
+        """(1 if the spool record was completed else 0, forwards pending)."""
+        forwards = False
+        env = spool.envelope(id)
+        done = []
+        users = []
+        for addr, queue in env.rcpts:
+            if queue != "local":
+                continue
+            if self.policy.forward_for(addr) and not self.kept_here(id, addr):
+                forwards = True  # gateway.forward's job
+                continue
+            user = self.policy.user_for(addr)
+            if user is None or user not in self.policy.users:
+                log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
+                continue
+            done.append(addr)
+            if user not in users:
+                users.append(user)
+        if not done:
+            return 0, forwards
+        key = self._key(spool, id)
+        for user in users:
+            self._deliver_one(user, id, env, key, spool)
+        spool.done(id, "local", done)
+        return 1, forwards
 
     def keep_here(self, id, address):
         """The forward host refused this recipient: deliver to the mailbox."""

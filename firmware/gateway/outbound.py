@@ -4,7 +4,8 @@
 # keeps it, with a growing pause before that message is tried again; a 5xx,
 # or a message older than poll.bounce_after, becomes an RFC 3464 bounce in
 # the sender's own mailbox (spool queue "local").
-from gateway import dsn, log
+from gateway import log
+from gateway.smtp import submit
 from gateway.smtp.client import SMTPClient, SMTPError
 
 DEFAULT_PORT = 587
@@ -86,7 +87,7 @@ class Outbound:
         env = self.spool.envelope(id)
         rcpts = _out(env)
         with self.spool.open(id) as body:
-            results = await client.send_message(env.mail_from, rcpts, body, env.size)
+            results = await submit.send_message(client, env.mail_from, rcpts, body, env.size)
         sent = [a for a, code, _ in results if 200 <= code < 300]
         failed = [(a, code, text) for a, code, text in results if code >= 500]
         later = len(results) - len(sent) - len(failed)
@@ -123,6 +124,7 @@ class Outbound:
         if self.policy.user_for(sender) is None:
             log.warn("smarthost: %s: sender %s is not ours, no bounce for %s" % (env.id, sender, failed[0][0]))
             return True
+        from gateway import dsn
         from gateway.spool import SpoolFull
 
         try:

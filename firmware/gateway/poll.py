@@ -19,15 +19,16 @@ class Result:
 
 class PollCycle:
     def __init__(self, cfg, spool, policy, mailboxes, board):
-        from gateway.outbound import Outbound
-
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
         self.mailboxes = mailboxes
         self.board = board
-        self.outbound = Outbound(cfg, spool, policy, board.now)
+        # gateway.outbound (with the mail-sending client) is loaded once
+        # outgoing mail is queued, then kept: it holds the retry pauses.
+        self.outbound = None
         self.session_buf = None  # the turned line's receive buffer, kept once made
+        self._outbound()  # mail waiting at start: loaded while the heap is whole
 
     async def run(self):
         try:
@@ -40,11 +41,11 @@ class PollCycle:
         from gateway import odmr
         from gateway.policy import InboundHandler
 
-        from gateway.odmr import session_buffer
-
+        # Code is loaded before the buffers are made: both want whole blocks.
+        outbound = self._outbound()
         if self.session_buf is None and (self.cfg.get("relay") or {}).get("host"):
-            self.session_buf = session_buffer()
-        sent = await self.outbound.flush()
+            self.session_buf = odmr.session_buffer()
+        sent = await outbound.flush() if outbound else None
         self.board.feed_watchdog()
         # The mailboxes get the pulled mail in one hand-off at the end, so the
         # provider's delivery is not slowed down message by message.
@@ -53,11 +54,20 @@ class PollCycle:
         self.board.feed_watchdog()
         self._deliver(self.spool)
         relay_ok = pulled.ok or pulled.code == 0
-        ok = relay_ok and not sent.error
-        retry = (not relay_ok and pulled.retry) or (sent.error is not None and sent.temporary)
-        line = "relay: %s; smarthost: %s" % (pulled.text, sent)
+        error = sent.error if sent else None
+        ok = relay_ok and not error
+        retry = (not relay_ok and pulled.retry) or (error is not None and sent.temporary)
+        line = "relay: %s; smarthost: %s" % (pulled.text, sent or "nothing to send")
         (log.info if ok else log.warn)("poll: " + line)
         return Result(ok, retry, line)
+
+    def _outbound(self):
+        """The Outbound, or None while no outgoing mail was ever queued."""
+        if self.outbound is None and self.spool.ids("out"):
+            from gateway.outbound import Outbound
+
+            self.outbound = Outbound(self.cfg, self.spool, self.policy, self.board.now)
+        return self.outbound
 
     def _deliver(self, spool):
         if self.mailboxes is not None:

@@ -2,21 +2,15 @@
 # smarthost. The server's certificate is always verified: against the one CA
 # stored on the board (DER, as MicroPython's ssl wants it; the host tools
 # convert PEM) and for the configured server name. Only tls = "none" turns
-# TLS off, and that is logged as a warning on every connection.
-from gateway import log
+# TLS off (gateway.smtp.client logs a warning then and never loads this).
+from gateway.smtp.client import SMTPError, reason
 
 MODES = ("implicit", "starttls", "none")
 
 
-def mode(conf, what):
-    m = conf.get("tls") or "starttls"
+def check_mode(m, what):
     if m not in MODES:
-        from gateway.smtp.client import SMTPError
-
         raise SMTPError(554, "5.7.0 %s.tls must be implicit, starttls or none, not %r" % (what, m))
-    if m == "none":
-        log.warn("%s: TLS is off (tls = none): the login and the mail cross the network in clear" % what)
-    return m
 
 
 def server_name(conf):
@@ -27,8 +21,6 @@ def server_name(conf):
 def context(conf, what):
     """An SSLContext that trusts only conf["ca"] and verifies the peer."""
     import ssl
-
-    from gateway.smtp.client import SMTPError
 
     path = conf.get("ca")
     if not path:
@@ -52,20 +44,29 @@ async def upgrade(reader, writer, ctx, name, timeout, what):
     """Runs the handshake on an open connection; a certificate that does not
     verify, or any TLS failure, becomes an SMTPError naming the server."""
     from gateway.compat import start_tls_client
-    from gateway.smtp.client import SMTPError
 
     try:
         await start_tls_client(reader, writer, ctx, name, timeout)
     except ValueError as e:
         # MicroPython reports certificate problems as ValueError; CPython's
         # SSLCertVerificationError is one too.
-        raise SMTPError(554, "5.7.0 %s: the certificate of %s is not trusted: %s" % (what, name, _reason(e)))
+        raise SMTPError(554, "5.7.0 %s: the certificate of %s is not trusted: %s" % (what, name, reason(e)))
     except (OSError, EOFError) as e:
-        raise SMTPError(421, "4.7.0 %s: TLS handshake with %s failed: %s" % (what, name, _reason(e)))
+        raise SMTPError(421, "4.7.0 %s: TLS handshake with %s failed: %s" % (what, name, reason(e)))
     except Exception as e:  # noqa: BLE001 - asyncio's TimeoutError differs by runtime
-        raise SMTPError(421, "4.7.0 %s: TLS handshake with %s failed: %s" % (what, name, _reason(e) or "timeout"))
+        raise SMTPError(421, "4.7.0 %s: TLS handshake with %s failed: %s" % (what, name, reason(e) or "timeout"))
 
 
-def _reason(e):
-    text = " ".join(str(a) for a in e.args) if e.args else ""
-    return " ".join(text.split())
+async def login_in_clear_text(client, user, secret, offered):
+    """AUTH PLAIN (else LOGIN), which send the secret itself: only ever
+    called on a connection that is inside TLS. -> the final (code, lines)."""
+    from gateway.sasl import b64encode, plain_response
+
+    if "PLAIN" in offered:
+        return await client.command("AUTH PLAIN " + plain_response(user, secret).decode(), step="AUTH")
+    code, lines = await client.command("AUTH LOGIN")
+    for value in (user, secret):
+        if code != 334:
+            break
+        code, lines = await client.command(b64encode(value.encode()).decode(), step="AUTH")
+    return code, lines

@@ -5,11 +5,8 @@
 # from the spool through one fixed buffer, dot-stuffed on the way out.
 import asyncio
 
-from gateway import log, sasl, wire
-from gateway.compat import const
-
-_DOT = const(0x2E)
-_LF = const(0x0A)
+from gateway import log, wire
+from gateway.sasl import cram_md5_response
 
 
 class SMTPError(Exception):
@@ -54,17 +51,23 @@ class SMTPClient:
     # --- set-up --------------------------------------------------------------
     @classmethod
     async def open(cls, conf, default_port, hostname, what):
-        """Connect, TLS as configured, greeting, EHLO, STARTTLS + EHLO, AUTH."""
-        from gateway import tls
-
+        """Connect, TLS as configured, greeting, EHLO, STARTTLS + EHLO, AUTH.
+        gateway.tls is loaded only when TLS is on."""
         host = conf.get("host")
         port = conf.get("port") or default_port
-        mode = tls.mode(conf, what)
-        ctx = tls.context(conf, what) if mode != "none" else None
+        mode = conf.get("tls") or "starttls"
+        if mode == "none":
+            tls = ctx = None
+            log.warn("%s: TLS is off (tls = none): the login and the mail cross the network in clear" % what)
+        else:
+            from gateway import tls
+
+            tls.check_mode(mode, what)
+            ctx = tls.context(conf, what)
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
         except Exception as e:  # noqa: BLE001 - OSError, gaierror or a timeout, by runtime
-            raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, tls._reason(e) or "timeout"))
+            raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, reason(e) or "timeout"))
         client = cls(reader, writer, what)
         try:
             if mode == "implicit":
@@ -123,20 +126,16 @@ class SMTPClient:
 
     async def login(self, user, secret):
         """AUTH with the best mechanism on offer: CRAM-MD5 (the secret never
-        crosses the line); PLAIN or LOGIN only inside TLS."""
+        crosses the line); PLAIN or LOGIN only inside TLS (gateway.tls)."""
         offered = self.ext.get("AUTH", "").upper().split()
         if "CRAM-MD5" in offered:
             code, lines = await self.command("AUTH CRAM-MD5")
             if code == 334:
-                code, lines = await self.command(sasl.cram_md5_response(user, secret, lines[0].encode()).decode(), step="AUTH")
-        elif self.tls and "PLAIN" in offered:
-            code, lines = await self.command("AUTH PLAIN " + sasl.plain_response(user, secret).decode(), step="AUTH")
-        elif self.tls and "LOGIN" in offered:
-            code, lines = await self.command("AUTH LOGIN")
-            for value in (user, secret):
-                if code != 334:
-                    break
-                code, lines = await self.command(sasl.b64encode(value.encode()).decode(), step="AUTH")
+                code, lines = await self.command(cram_md5_response(user, secret, lines[0].encode()).decode(), step="AUTH")
+        elif self.tls and ("PLAIN" in offered or "LOGIN" in offered):
+            from gateway import tls
+
+            code, lines = await tls.login_in_clear_text(self, user, secret, offered)
         else:
             why = "offers no AUTH" if not offered else "offers only %s, which needs TLS" % " ".join(offered)
             raise SMTPError(504, "5.7.4 %s %s; the box will not send the secret" % (self.what, why))
@@ -174,105 +173,6 @@ class SMTPClient:
         await self.send(line.encode() + b"\r\n")
         return await self.reply(timeout, "reply to " + (step or line[:4]))
 
-    # --- mail ----------------------------------------------------------------
-    def max_size(self):
-        try:
-            return int(self.ext.get("SIZE", "0").split()[0])
-        except (ValueError, IndexError):
-            return 0
-
-    async def send_message(self, mail_from, rcpts, body, size):
-        """Sends one message; returns [[address, code, text]] per recipient.
-        A recipient is delivered only if its own code is 250: the RCPT's 2xx
-        and then the server's 250 after the final dot. Connection failures
-        raise SMTPError (the caller keeps the message)."""
-        limit = self.max_size()
-        if limit and size > limit:
-            text = "5.3.4 The message (%d bytes) is larger than %s accepts (%d bytes)" % (size, self.what, limit)
-            return [[a, 552, text] for a in rcpts]
-        params = ""
-        if "SIZE" in self.ext:
-            params += " SIZE=%d" % size
-        if "8BITMIME" in self.ext:
-            params += " BODY=8BITMIME"
-        cmds = ["MAIL FROM:<%s>%s" % (mail_from, params)]
-        for a in rcpts:
-            cmds.append("RCPT TO:<%s>" % a)
-        cmds.append("DATA")
-        replies = []
-        if "PIPELINING" in self.ext:
-            # One write for the whole group (RFC 2920), then the replies in order.
-            await self.send("".join(c + "\r\n" for c in cmds).encode())
-            for c in cmds:
-                replies.append(await self.reply(self.data_init_timeout if c == "DATA" else None, "reply to " + c[:4]))
-        else:
-            replies.append(await self.command(cmds[0]))
-            if replies[0][0] < 400:
-                for c in cmds[1:-1]:
-                    replies.append(await self.command(c))
-                if any(code < 300 for code, _ in replies[1:]):
-                    replies.append(await self.command("DATA", self.data_init_timeout))
-        return await self._finish(rcpts, replies, body)
-
-    async def _finish(self, rcpts, replies, body):
-        mail = replies[0]
-        if mail[0] >= 400:
-            await self._rset()
-            return [[a, mail[0], " ".join(mail[1])] for a in rcpts]
-        results = []
-        for i, a in enumerate(rcpts):
-            code, lines = replies[1 + i] if 1 + i < len(replies) else (503, ["not tried"])
-            results.append([a, code, " ".join(lines)])
-        data = replies[1 + len(rcpts)] if len(replies) > 1 + len(rcpts) else None
-        accepted = [r for r in results if r[1] < 300]
-        if data is None or data[0] != 354:
-            await self._rset()
-            code, text = (data[0], " ".join(data[1])) if data else (503, "DATA not sent")
-            for r in accepted:
-                r[1], r[2] = code, text
-            return results
-        if not accepted:
-            # The server said 354 although every RCPT failed: end the empty
-            # transaction cleanly (RFC 2920 3.1).
-            await self.send(b".\r\n")
-            await self.reply(self.data_end_timeout, "reply to the final dot")
-            return results
-        await self._body(body)
-        code, lines = await self.reply(self.data_end_timeout, "reply to the final dot")
-        for r in accepted:
-            r[1], r[2] = code, " ".join(lines)
-        return results
-
-    async def _body(self, body):
-        """Streams the message dot-stuffed: a line that starts with '.' gets
-        one more; ends with CRLF.CRLF (adding a CRLF if the body lacks one)."""
-        if self.buf is None:
-            self.buf = bytearray(self.chunk_size)
-        buf = self.buf
-        mv = memoryview(buf)
-        bol = True
-        while True:
-            n = body.readinto(buf)
-            if not n:
-                break
-            start = 0
-            if bol and buf[0] == _DOT:
-                self.writer.write(b".")
-            i = buf.find(b"\n.", 0, n)
-            while i >= 0:
-                self.writer.write(mv[start : i + 1])
-                self.writer.write(b".")
-                start = i + 1
-                i = buf.find(b"\n.", start, n)
-            await self.send(mv[start:n], self.data_block_timeout)
-            bol = buf[n - 1] == _LF
-        await self.send(b".\r\n" if bol else b"\r\n.\r\n", self.data_block_timeout)
-
-    async def _rset(self):
-        code, lines = await self.command("RSET")
-        if code != 250:
-            raise SMTPError(code, "%s refused RSET: %s" % (self.what, " ".join(lines)))
-
     # --- the end -------------------------------------------------------------
     async def quit(self):
         """QUIT politely; a server that hangs up without its 221 is fine."""
@@ -290,3 +190,9 @@ class SMTPClient:
             await self.writer.wait_closed()
         except Exception:  # noqa: BLE001 - a broken connection is closed all the same
             pass
+
+
+def reason(e):
+    """An exception's arguments as one line of text (may be empty)."""
+    text = " ".join(str(a) for a in e.args) if e.args else ""
+    return " ".join(text.split())
