@@ -77,13 +77,17 @@ async def pull(cfg, handler, buf=None):
         buf = session_buffer()
     domains = cfg.get("domains") or []
     try:
-        client = await SMTPClient.open(conf, DEFAULT_PORT, cfg.get("hostname") or "gateway", "relay")
+        # The client reads its replies into the turned line's buffer too:
+        # the provider says nothing between its 250 and our 220.
+        client = await SMTPClient.open(conf, DEFAULT_PORT, cfg.get("hostname") or "gateway", "relay", buf)
     except SMTPError as e:
         return _failed(e)
     try:
         if "ATRN" not in client.ext:
             raise SMTPError(502, "5.5.1 relay %s does not offer ATRN: is this an ODMR (RFC 2645) port?" % host)
         code, lines = await client.command("ATRN " + ",".join(domains), ATRN_TIMEOUT)
+        if code == 250 and client.lines.pending():
+            raise SMTPError(421, "4.5.0 relay %s sent data before the box greeted it" % host)
     except SMTPError as e:
         await (client.quit() if e.code != 421 else client.close())
         return _failed(e)

@@ -21,9 +21,10 @@ class LineReader:
     waiting before it flushes its replies (RFC 2920).
     """
 
-    def __init__(self, stream, size=1024):
+    def __init__(self, stream, size=1024, buf=None):
+        # buf: a bytearray the caller lends (used in full instead of size).
         self.stream = stream
-        self.buf = bytearray(size)
+        self.buf = bytearray(size) if buf is None else buf
         self.mv = memoryview(self.buf)
         self.start = 0
         self.end = 0

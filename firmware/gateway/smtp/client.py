@@ -39,10 +39,12 @@ class SMTPClient:
     data_end_timeout = 600
     quit_timeout = 10
 
-    def __init__(self, reader, writer, what="server"):
+    def __init__(self, reader, writer, what="server", buf=None):
+        # buf: a bytearray to read replies into (the ODMR pull lends the
+        # turned line's buffer); else one of line_size is made.
         self.reader = reader
         self.writer = writer
-        self.lines = wire.LineReader(reader, self.line_size)
+        self.lines = wire.LineReader(reader, self.line_size, buf)
         self.what = what
         self.ext = {}
         self.tls = False
@@ -50,7 +52,7 @@ class SMTPClient:
 
     # --- set-up --------------------------------------------------------------
     @classmethod
-    async def open(cls, conf, default_port, hostname, what):
+    async def open(cls, conf, default_port, hostname, what, buf=None):
         """Connect, TLS as configured, greeting, EHLO, STARTTLS + EHLO, AUTH.
         gateway.tls is loaded only when TLS is on."""
         host = conf.get("host")
@@ -68,7 +70,7 @@ class SMTPClient:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
         except Exception as e:  # noqa: BLE001 - OSError, gaierror or a timeout, by runtime
             raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, reason(e) or "timeout"))
-        client = cls(reader, writer, what)
+        client = cls(reader, writer, what, buf)
         try:
             if mode == "implicit":
                 await client._upgrade(ctx, tls.server_name(conf))
