@@ -20,15 +20,21 @@ def main():
     import json
 
     asyncio.open_connection  # noqa: B018 - loads asyncio's stream module now, not mid-connect
-    from gateway.policy import InboundHandler, Policy
     from gateway.spool import Spool
+
+    def handler():
+        # Made at the turn, after the client's code was dropped: the
+        # receiver and the policy never share the heap with it.
+        from gateway.policy import InboundHandler, Policy
+
+        return InboundHandler(cfg, spool, Policy(cfg))
 
     try:
         with open(sys.argv[1]) as f:
             cfg = json.load(f)
         spool = Spool(root + "/spool", board.now)
         spool.recover()
-        out = asyncio.run(odmr.pull(cfg, InboundHandler(cfg, spool, Policy(cfg)), buf))
+        out = asyncio.run(odmr.pull(cfg, handler, buf, unload=True))
         print("OUTCOME", out.code, out.pulled, out.text)
         return 0 if out.ok else 1
     finally:

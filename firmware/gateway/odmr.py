@@ -3,11 +3,17 @@
 # the provider delivers the held mail to the box's SMTP receiver over the
 # same connection, until it says QUIT or hangs up.
 import gc
+import sys
 
 from gateway import log
-from gateway.smtp.client import SMTPClient, SMTPError
 
 DEFAULT_PORT = 366
+# The turned line's receive buffer (the receiver's SMTPSession takes any
+# size that holds a command line and a text line; 4 KB as its own).
+BUFFER = 4096
+# What only the customer's half of the session needs, dropped at the turn
+# when pull(unload=True): the receiver's code then fits where it was.
+_CUSTOMER = ("gateway.smtp.client", "gateway.sasl", "gateway.tls")
 # The provider scans its queue before it answers ATRN; Exim's documentation
 # says to wait up to 10 minutes.
 ATRN_TIMEOUT = 600
@@ -58,17 +64,33 @@ class _Counting:
 
 
 def session_buffer():
-    """The receiver's input buffer for the turned line. Made before the
-    connection (and the TLS handshake) cut the heap up, or kept by the
-    caller from start-up: a 4 KB block may not exist later."""
-    from gateway.smtp.server import SMTPSession
+    """The receiver's input buffer for the turned line (the client reads
+    its replies into it before the turn). Made before the connection (and
+    the TLS handshake) cut the heap up, or kept by the caller from
+    start-up: a 4 KB block may not exist later."""
+    return bytearray(BUFFER)
 
-    return bytearray(SMTPSession.buffer_size)
+
+def _unload(names):
+    """Forgets modules so that gc can take their code back: nothing may
+    hold their objects any more (a later import loads them afresh)."""
+    for name in names:
+        if sys.modules.pop(name, None) is not None:
+            dot = name.rfind(".")
+            try:
+                delattr(sys.modules[name[:dot]], name[dot + 1 :])
+            except (AttributeError, KeyError):
+                pass
 
 
-async def pull(cfg, handler, buf=None):
-    """One ODMR session with cfg["relay"]; handler is an InboundHandler.
+async def pull(cfg, handler, buf=None, unload=False):
+    """One ODMR session with cfg["relay"]; handler is an InboundHandler,
+    or a function that makes one (called only once the line has turned).
+    unload=True drops the client's modules at the turn (for a process
+    that does nothing else, like board/unix/pull_once.py).
     Never raises for network or protocol trouble: the Outcome says it."""
+    from gateway.smtp.client import SMTPClient, SMTPError
+
     conf = cfg.get("relay") or {}
     host = conf.get("host")
     if not host:
@@ -100,8 +122,12 @@ async def pull(cfg, handler, buf=None):
         return out
     log.info("relay: ATRN accepted for %s, serving the delivery" % ",".join(domains))
     reader, writer = client.reader, client.writer
-    client = None
+    client = SMTPClient = SMTPError = None
+    if unload:
+        _unload(_CUSTOMER)
     gc.collect()
+    if not hasattr(handler, "rcpt"):
+        handler = handler()
     n = await _serve(reader, writer, handler, (host, conf.get("port") or DEFAULT_PORT), buf)
     return Outcome(250, "pulled %d message(s)" % n, pulled=n)
 
