@@ -18,6 +18,8 @@ class Result:
 
 
 class PollCycle:
+    HANDOFF = 50  # pulled messages between hand-offs to the mailboxes
+
     def __init__(self, cfg, spool, policy, mailboxes, board):
         self.cfg = cfg
         self.spool = spool
@@ -47,9 +49,12 @@ class PollCycle:
             self.session_buf = odmr.session_buffer()
         sent = await outbound.flush() if outbound else None
         self.board.feed_watchdog()
-        # The mailboxes get the pulled mail in one hand-off at the end, so the
-        # provider's delivery is not slowed down message by message.
-        handler = InboundHandler(self.cfg, self.spool, self.policy)
+        # The mailboxes get the pulled mail every HANDOFF messages and at the
+        # end, not one by one (the provider's delivery is not slowed down
+        # message by message), and the spool's list of pending ids stays
+        # short (1000 ids take one 8 KB block a cut-up heap may not have).
+        self.taken = 0
+        handler = InboundHandler(self.cfg, self.spool, self.policy, self._taken)
         pulled = await odmr.pull(self.cfg, handler, self.session_buf)
         self.board.feed_watchdog()
         self._deliver(self.spool)
@@ -68,6 +73,11 @@ class PollCycle:
 
             self.outbound = Outbound(self.cfg, self.spool, self.policy, self.board.now)
         return self.outbound
+
+    def _taken(self, spool):
+        self.taken += 1
+        if self.taken % self.HANDOFF == 0:
+            self._deliver(spool)
 
     def _deliver(self, spool):
         if self.mailboxes is not None:
