@@ -29,7 +29,13 @@ class PollCycle:
         # gateway.outbound (with the mail-sending client) is loaded once
         # outgoing mail is queued, then kept: it holds the retry pauses.
         self.outbound = None
-        self.session_buf = None  # the turned line's receive buffer, kept once made
+        # The turned line's receive buffer, made now while the heap is in
+        # one piece (a 4 KB block may not exist later) and kept.
+        self.session_buf = None
+        if (cfg.get("relay") or {}).get("host"):
+            from gateway.odmr import session_buffer
+
+            self.session_buf = session_buffer()
         self._outbound()  # mail waiting at start: loaded while the heap is whole
 
     async def run(self):
@@ -43,10 +49,7 @@ class PollCycle:
         from gateway import odmr
         from gateway.policy import InboundHandler
 
-        # Code is loaded before the buffers are made: both want whole blocks.
         outbound = self._outbound()
-        if self.session_buf is None and (self.cfg.get("relay") or {}).get("host"):
-            self.session_buf = odmr.session_buffer()
         sent = await outbound.flush() if outbound else None
         self.board.feed_watchdog()
         # The mailboxes get the pulled mail every HANDOFF messages and at the
