@@ -296,3 +296,20 @@ def test_body_lines_split_long_lines_and_mark_line_starts():
     assert b"".join(p for _, p in pieces) == data
     starts = [p[:4] for s, p in pieces if s]
     assert starts == [b"a\r\n", b"LLLL", b".dot", b"no n"]
+
+
+def test_hand_off_goes_in_batches_and_skips_what_it_cannot_deliver():
+    # The spool's whole id list is taken once per batch, never held while
+    # files are written; a record that must stay (no such user any more)
+    # is passed over, not retried forever.
+    card = support.Card()
+    spool, boxes, _ = setup(card.root)
+    boxes.BATCH = 2
+    for n in range(5):
+        put(spool, message(n), ("alice@example.test",))
+    stuck = put(spool, message(9), ("nobody@elsewhere.test",))
+    put(spool, message(6), ("bob@example.test",))
+    assert boxes.deliver_pending(spool) == 6
+    assert spool.ids("local") == [stuck]
+    assert len(boxes.ids("alice")) == 5 and len(boxes.ids("bob")) == 1
+    assert boxes.deliver_pending(spool) == 0

@@ -183,6 +183,15 @@ def test_250_turns_the_line_and_the_provider_delivers_into_the_spool():
         assert tail.endswith(b"\r\n.a stuffed line\r\nbody\r\n")
 
 
+def test_a_relay_that_talks_before_our_greeting_is_refused():
+    # The client's replies and the turned line share one buffer: bytes the
+    # provider sent before our 220 would be lost, so the pull stops there.
+    script = HELLO + [("expect", b"ATRN"), ("send", b"250 OK now reversing the connection\r\nEHLO relay.test\r\n")]
+    outcome, provider, spool = _pull(script)
+    assert outcome.code == 421 and outcome.retry and "before the box greeted it" in outcome.text
+    assert spool.ids("local") == []
+
+
 def test_relay_without_atrn_keyword_is_not_an_odmr_port():
     script = [("send", GREETING), ("expect", b"EHLO"), ("send", b"250-relay.test\r\n250 AUTH CRAM-MD5\r\n")] + LOGIN + [("expect", b"QUIT")]
     outcome, provider, _ = _pull(script)
