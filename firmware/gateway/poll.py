@@ -20,7 +20,7 @@ class Result:
 class PollCycle:
     HANDOFF = 50  # pulled messages between hand-offs to the mailboxes
 
-    def __init__(self, cfg, spool, policy, mailboxes, board):
+    def __init__(self, cfg, spool, policy, mailboxes, board, session_buf=None):
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
@@ -29,13 +29,17 @@ class PollCycle:
         # gateway.outbound (with the mail-sending client) is loaded once
         # outgoing mail is queued, then kept: it holds the retry pauses.
         self.outbound = None
-        # The turned line's receive buffer, made now while the heap is in
-        # one piece (a 4 KB block may not exist later) and kept.
-        self.session_buf = None
-        if (cfg.get("relay") or {}).get("host"):
+        # The turned line's receive buffer (odmr.session_buffer()), best
+        # made by the caller at start-up, else now; a 4 KB block may not
+        # exist later. Kept for every cycle.
+        self.session_buf = session_buf
+        if session_buf is None and (cfg.get("relay") or {}).get("host"):
             from gateway.odmr import session_buffer
 
             self.session_buf = session_buffer()
+        import asyncio
+
+        asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
         self._outbound()  # mail waiting at start: loaded while the heap is whole
 
     async def run(self):
