@@ -8,10 +8,17 @@
 #
 #   header   "ODMRGW1 <hlen:6> <id> <received>\n" "F <mail from>\n" "R <q> <rcpt>\n"...
 #   body     the un-stuffed message bytes
-#   trailer  "END1 <id> <body length:10> <crc32 header:8> <crc32 body:8>\n"
+#   trailer  "END2 <id> <body length:10> <crc32 header:8> <crc32 trailer:8>\n"
+#            (the last field sums the trailer's first 34 bytes)
 #
 # A file whose trailer is missing, or whose lengths or checksums disagree,
-# was cut short; recover() removes it and nothing else ever reads it.
+# was cut short; recover() removes it and nothing else ever reads it. The
+# body has no checksum of its own: a trailer at the very end of the length
+# that the directory entry holds proves that everything before it is on the
+# card, because f_sync writes the data sectors, then the FAT, and only then
+# the directory entry with the length (README, "crash guarantee"). Records
+# written by older firmware end in "END1 ... <crc32 body:8>"; recovery still
+# checks those bodies.
 # Progress (recipients handled) goes to a separate append-only file <id>.d,
 # so a committed message file is never written again. Buckets hold 256 ids,
 # which keeps every FAT directory scan short. This module writes; recovery,
@@ -57,7 +64,6 @@ class Draft:
         self.path = path
         self.size = 0
         self.hcrc = binascii.crc32(header)
-        self.crc = 0
         self._check_at = spool.check_every
         self._f = open(path, "wb")
         try:
@@ -68,7 +74,6 @@ class Draft:
 
     def write(self, buf):
         self._f.write(buf)
-        self.crc = binascii.crc32(buf, self.crc)
         self.size += len(buf)
         if self.size >= self._check_at:
             self._check_at = self.size + self.spool.check_every
@@ -78,7 +83,8 @@ class Draft:
     def commit(self):
         """The trailer, then FatFs f_sync: data, FAT and directory entry are
         on the card before this returns (and so before the 250)."""
-        self._f.write(b"END1 %s %010d %08x %08x\n" % (self.id.encode(), self.size, self.hcrc, self.crc))
+        t = b"END2 %s %010d %08x " % (self.id.encode(), self.size, self.hcrc)
+        self._f.write(b"%s%08x\n" % (t, binascii.crc32(t)))
         fsync(self._f)
         self._f.close()
         self._f = None
@@ -100,7 +106,7 @@ class Spool:
     min_free = 256 * 1024  # below this the receiver answers 452 4.3.1
     size_factor = 1.5  # MAIL with SIZE=n needs n * this free (Postfix's rule)
     check_every = 64 * 1024  # re-check free space every so many body bytes
-    verify = True  # recover() checks body checksums, not only the trailers
+    verify = True  # recover() checks the body checksums of older END1 records
 
     def __init__(self, root, clock=None):
         self.root = root

@@ -9,7 +9,7 @@ from errno import ENOENT
 from gateway.compat import const, ilistdir
 from gateway.spool import _LETTERS, _MAGIC, _QUEUES, _exists, _remove
 
-_TRAILER = const(43)  # len(b"END1 %s %010d %08x %08x\n") with an 8-digit id (Draft.commit)
+_TRAILER = const(43)  # len(b"END2 %s %010d %08x %08x\n") with an 8-digit id (Draft.commit)
 
 
 def _done_line(i):
@@ -226,21 +226,29 @@ def recover(sp):
 
 
 def _valid(sp, path, buf):
+    """A whole committed record: its header parses and sums right, and at
+    the end of the length the directory entry gives stands the trailer that
+    names this id, body length and header sum, with its own sum right."""
     try:
         env = Envelope(path)
         if env.size < 0 or not env.pending():
             return False
         with open(path, "rb") as f:
             hcrc = _crc(f, buf, env.hlen)
-            crc = None
-            if sp.verify:
-                crc = _crc(f, buf, env.size)
-            else:
-                f.seek(env.hlen + env.size)
-            want = b"END1 %s %010d %08x " % (env.id.encode(), env.size, hcrc)
+            f.seek(env.hlen + env.size)
             n = f.readinto(buf[:_TRAILER])
-            tail = bytes(buf[len(want) : _TRAILER])
-        return n == _TRAILER and buf[: len(want)] == want and tail[-1:] == b"\n" and (crc is None or int(tail, 16) == crc)
+            t = bytes(buf[:n])
+            if n != _TRAILER or t[-1:] != b"\n" or t[5:34] != b"%s %010d %08x " % (env.id.encode(), env.size, hcrc):
+                return False
+            if t[:5] == b"END2 ":
+                return int(t[34:42], 16) == binascii.crc32(t[:34])
+            if t[:5] != b"END1 ":
+                return False
+            # Older firmware's record: the trailer ends in the body's sum.
+            if not sp.verify:
+                return True
+            f.seek(env.hlen)
+            return int(t[34:42], 16) == _crc(f, buf, env.size)
     except (OSError, ValueError, KeyError, IndexError):
         return False
 

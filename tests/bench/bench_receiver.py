@@ -24,7 +24,7 @@ from tests.e2e.test_receiver_peers import compile_firmware, free_port, make_card
 
 BIG = 50 << 20
 SMALL = 2000
-HEAP = "80k"
+HEAP = "64k"
 
 
 def stuffed_message(size, seed=1):

@@ -114,18 +114,44 @@ def test_damaged_records_are_removed_at_recovery():
     good = _store(sp, b"good\r\n" * 100)
     bad = _store(sp, b"flipped\r\n" * 100)
     short = _store(sp, b"short\r\n" * 100)
-    path = sp._path(bad)
-    with open(path, "r+b") as f:
-        f.seek(200)
-        f.write(b"X")
+    trailer = _store(sp, b"trailer\r\n" * 100)
+    for id, at in ((bad, 30), (trailer, -3)):  # a digit of the header's time; the trailer's sum
+        with open(sp._path(id), "r+b") as f:
+            f.seek(at, 0 if at >= 0 else 2)
+            c = f.read(1)
+            f.seek(-1, 1)
+            f.write(b"1" if c == b"0" else b"0")
     path = sp._path(short)
     with open(path, "rb") as f:
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[:-10])
-    assert sp.recover() == (1, 2)
+    assert sp.recover() == (1, 3)
     assert sp.ids("local") == [good]
     assert _read(sp, good) == b"good\r\n" * 100
+    card.unmount()
+
+
+def test_records_of_older_firmware_with_a_body_checksum_are_still_judged():
+    """END1 records (trailer summing the body) from before the END2 format:
+    kept when the body sums right, removed when it does not."""
+    import binascii
+
+    card, sp = _spool()
+    sp.recover()
+    ids = [_store(sp, b"old %d\r\n" % i * 100) for i in range(2)]
+    for n, id in enumerate(ids):
+        path = sp._path(id)
+        with open(path, "rb") as f:
+            data = f.read()
+        env = sp.envelope(id)
+        body = data[len(data) - 43 - env.size : len(data) - 43]
+        crc = binascii.crc32(body) ^ n  # the second one's body sum is wrong
+        with open(path, "wb") as f:
+            f.write(data[:-43] + b"END1" + data[-39:-9] + b"%08x\n" % crc)
+    assert sp.recover() == (1, 1)
+    assert sp.ids("local") == ids[:1]
+    assert _read(sp, ids[0]) == b"old 0\r\n" * 100
     card.unmount()
 
 

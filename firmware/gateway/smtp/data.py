@@ -91,14 +91,16 @@ class DataReader(LineReader):
             seg = s + 1
         p = s
         while True:
-            i = buf.find(b"\n.", p, e)
+            # A dot after a bare LF needs no care: that message is refused.
+            i = buf.find(b"\r\n.", p, e)
             if i < 0:
                 break
-            self._out(seg, i + 1)
-            if i > s and buf[i - 1] == _CR and buf[i + 2] == _CR and buf[i + 3] == _LF:
-                self._check(s, i + 1, bol)
-                return i + 4
-            seg = p = i + 2
+            self._out(seg, i + 2)
+            # The dot's line ends inside the region, so i + 4 is in it too.
+            if buf[i + 3] == _CR and buf[i + 4] == _LF:
+                self._check(s, i + 2, bol)
+                return i + 5
+            seg = p = i + 3
         self._out(seg, e)
         self._check(s, e, bol)
         return -1
