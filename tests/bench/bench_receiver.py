@@ -25,6 +25,9 @@ from tests.e2e.test_receiver_peers import compile_firmware, free_port, make_card
 BIG = 50 << 20
 SMALL = 2000
 HEAP = "64k"
+# A receiver that runs out of heap mid-session may never answer; the bench
+# must not wait for it forever.
+READ_TIMEOUT = 60
 
 
 def stuffed_message(size, seed=1):
@@ -62,7 +65,7 @@ def _replies(sock, count):
 
 
 def ingest(port, wire_body):
-    with socket.create_connection(("127.0.0.1", port)) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as s:
         _replies(s, 1)
         s.sendall(b"EHLO bench\r\nMAIL FROM:<a@far.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
         _replies(s, 4)
@@ -77,7 +80,7 @@ def ingest(port, wire_body):
 
 def pipelined(port, count, body):
     group = b"MAIL FROM:<a@far.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"
-    with socket.create_connection(("127.0.0.1", port)) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as s:
         _replies(s, 1)
         t0 = time.perf_counter()
         s.sendall(b"EHLO bench\r\n" + group)
