@@ -12,7 +12,7 @@ from pathlib import Path
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# [limits] keys: name -> (default, converter). Documented in docs/readme/relay.md.
+# [limits] keys: name -> (default, converter). Documented in the README, "The desktop relay".
 LIMITS = {
     "max_size": (10240000, "int"),          # bytes per message (SIZE, 552 above it)
     "max_recipients": (1000, "int"),        # per transaction (452 beyond)
