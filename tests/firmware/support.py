@@ -62,21 +62,6 @@ def exists(path):
         return False
 
 
-def rmtree(path):
-    for entry in os.ilistdir(path) if hasattr(os, "ilistdir") else _ilistdir(path):
-        full = path + "/" + entry[0]
-        if entry[1] & 0x4000:
-            rmtree(full)
-        else:
-            os.remove(full)
-    os.rmdir(path)
-
-
-def _ilistdir(path):
-    for name in os.listdir(path):
-        yield (name, 0x4000 if os.path.isdir(path + "/" + name) else 0x8000)
-
-
 class Card:
     """Somewhere to keep mail. On MicroPython: a FAT image mounted through
     VfsFat on the simulated board (optionally with a power cut). On CPython:
