@@ -38,7 +38,11 @@ class App:
         from gateway.spool import Spool
         from gateway.policy import Policy
         from gateway.mailbox import Mailboxes
+        from gateway.odmr import session_buffer
 
+        # The turned ODMR line's 4 KB buffer is made first, while the heap is
+        # still in one piece; recovery and the listeners cut it up.
+        self.session_buf = session_buffer()
         root = self.board.sd_root
         self.spool = Spool(root + "/spool", self.board.now)  # unix seconds on every board
         self.recovered = self.spool.recover()
@@ -50,7 +54,7 @@ class App:
     def cycle(self):
         from gateway.poll import PollCycle
 
-        return PollCycle(self.cfg, self.spool, self.policy, self.mailboxes, self.board)
+        return PollCycle(self.cfg, self.spool, self.policy, self.mailboxes, self.board, self.session_buf)
 
     async def start(self):
         """Everything but the console: card, listeners, scheduler."""

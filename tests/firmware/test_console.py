@@ -12,8 +12,9 @@ from gateway.logring import LogRing
 # The test process holds the app, console, config and logring (as .mpy) plus
 # this module compiled from source, on 8-byte pointers: 80k.
 MICROPYTHON_HEAP = "80k"
-# and this one adds the spool, mailbox, policy and SMTP engine on a real card
-MICROPYTHON_HEAPS = {"test_app_on_a_real_card_shows_spool_and_mailboxes": "128k"}
+# and this one adds the spool, mailbox, policy and SMTP engine on a real card,
+# plus the ODMR line's buffer the app makes first
+MICROPYTHON_HEAPS = {"test_app_on_a_real_card_shows_spool_and_mailboxes": "144k"}
 
 
 class DeskBoard:
