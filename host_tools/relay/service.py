@@ -138,9 +138,12 @@ class Relay:
 
     async def _outbox_loop(self):
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancel that lands as the kick fires, and then shutdown hangs.
             try:
-                await asyncio.wait_for(self._outbox_kick.wait(), self.cfg.retry_interval)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.cfg.retry_interval):
+                    await self._outbox_kick.wait()
+            except TimeoutError:
                 pass
             self._outbox_kick.clear()
             await _survive(self.flush_outbox(), "outbox")
