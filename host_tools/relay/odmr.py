@@ -73,7 +73,8 @@ class OdmrSession:
             pass
 
     async def _readline(self):
-        line = await asyncio.wait_for(self.lines.readline(), self.timeout)
+        async with asyncio.timeout(self.timeout):  # cancel-safe, unlike 3.11's wait_for
+            line = await self.lines.readline()
         if not line.endswith(b"\n"):
             raise EOFError()
         return line.rstrip(b"\r\n")

@@ -89,7 +89,8 @@ async def read_reply(lines, timeout):
     code, texts = None, []
     for _ in range(100):
         try:
-            line = await asyncio.wait_for(lines.readline(), timeout)
+            async with asyncio.timeout(timeout):  # cancel-safe, unlike 3.11's wait_for
+                line = await lines.readline()
         except LineTooLong:
             raise ProtocolError("reply line too long") from None
         if not line:
