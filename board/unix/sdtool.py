@@ -46,16 +46,19 @@ def cmd_cat(path):
         _copy(f, sys.stdout.buffer)
 
 
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass  # already there
+
+
 def _makedirs(path):
     cur = ""
     for part in path.split("/")[:-1]:
-        if not part:
-            continue
-        cur += "/" + part
-        try:
-            os.mkdir(cur)
-        except OSError:
-            pass
+        if part:
+            cur += "/" + part
+            _mkdir(cur)
 
 
 def cmd_put(src, dest):
@@ -73,13 +76,6 @@ def cmd_get(src, dest):
 def cmd_df():
     st = os.statvfs(Board.sd_root)
     print("size %d free %d" % (st[0] * st[2], st[0] * st[3]))
-
-
-def _mkdir(path):
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
 
 
 def cmd_export(dest):
