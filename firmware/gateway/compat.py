@@ -8,8 +8,12 @@ try:
     from sys import print_exception
     from os import ilistdir
     import gc
+    import micropython
 
     MICROPYTHON = True
+    # The viper compiler reads ptr8(x) and ptr32(x) as casts by name; these
+    # only give a module something to import on both runtimes.
+    ptr8 = ptr32 = None
 
     _direct = [0]  # reads in a row that skipped the poller
 
@@ -64,6 +68,20 @@ except ImportError:  # CPython
 
     MICROPYTHON = False
     _TICKS_PERIOD = 1 << 30
+
+    class micropython:  # noqa: N801 - stands in for the module's decorators
+        @staticmethod
+        def viper(f):
+            # A viper function is plain Python here: same code, bytecode speed.
+            return f
+
+    def ptr8(buf):
+        return buf
+
+    def ptr32(buf):
+        # Native-endian words, as viper's ptr32 loads them.
+        mv = memoryview(buf)
+        return mv[: len(mv) & ~3].cast("I")
 
     def const(x):
         return x

