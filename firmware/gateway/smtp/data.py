@@ -37,6 +37,8 @@ class DataReader(LineReader):
     def __init__(self, stream, buf):
         # A buffer from the caller: a server keeps them for reuse, so a long
         # running box does not need a fresh contiguous block per connection.
+        # A bytearray, never a memoryview slice: _scan's word loads count on
+        # its heap-aligned start, and the ESP32 faults on unaligned ones.
         self.stream = stream
         self.buf = buf
         self.mv = memoryview(buf)
