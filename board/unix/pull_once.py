@@ -34,6 +34,7 @@ def main():
             cfg = json.load(f)
         spool = Spool(root + "/spool", board.now)
         spool.recover()
+        odmr.drop_modules(("gateway.spoolread",))
         out = asyncio.run(odmr.pull(cfg, handler, buf, unload=True))
         print("OUTCOME", out.code, out.pulled, out.text)
         return 0 if out.ok else 1

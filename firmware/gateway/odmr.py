@@ -71,7 +71,7 @@ def session_buffer():
     return bytearray(BUFFER)
 
 
-def _unload(names):
+def drop_modules(names):
     """Forgets modules so that gc can take their code back: nothing may
     hold their objects any more (a later import loads them afresh)."""
     for name in names:
@@ -124,7 +124,7 @@ async def pull(cfg, handler, buf=None, unload=False):
     reader, writer = client.reader, client.writer
     client = SMTPClient = SMTPError = None
     if unload:
-        _unload(_CUSTOMER)
+        drop_modules(_CUSTOMER)
     gc.collect()
     if not hasattr(handler, "rcpt"):
         handler = handler()
