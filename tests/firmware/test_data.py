@@ -144,3 +144,40 @@ def test_random_messages_match_the_reference():
             assert got == want, blob
         if status != data.EOF:
             assert rest.endswith(b"QUIT\r\n"), blob
+
+
+def _scan_reference(buf, p, e, lim, max_line):
+    """_scan's contract one byte at a time, without its four-byte skips."""
+    while p < e:
+        c = buf[p]
+        if c == 10 or (c == 13 and buf[p + 1] != 10):
+            return -2
+        if c != 13:
+            p += 1
+            continue
+        p += 2
+        if p > lim:
+            return -3
+        if p < e and buf[p] == 46:
+            return p - 2
+        lim = p + max_line
+    return -1
+
+
+def test_the_word_skipping_scan_matches_a_byte_by_byte_one():
+    # Every alignment of start and end, CR and LF at every place in a word,
+    # lines on both sides of the limit.
+    random.seed(11)
+    alphabet = b"aaaaaaaaaaaaaaaaaaa.\r\n\r\n"
+    for _ in range(1500):
+        n = random.randrange(1, 200)
+        body = bytes(random.choice(alphabet) for _ in range(n)) + random.choice((b"\r\n", b"\n", b"x\r\n"))
+        if random.randrange(3):
+            body = body.replace(b"\r", b"").replace(b"\n", b"\r\n")
+        pad = random.randrange(8)
+        buf = bytearray(b"z" * pad + body + b"??")
+        e = pad + len(body)
+        max_line = random.choice((8, 40, 100, 1000))
+        lim = pad + random.randrange(1, max_line + 1)
+        got = data._scan(buf, pad, e, lim, max_line)
+        assert got == _scan_reference(buf, pad, e, lim, max_line), (bytes(buf), pad, lim, max_line)
