@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from tests.e2e.test_local import USERS, LocalGateway, firmware_mpy  # noqa: F401 - fixture
+from tests.e2e.test_local import USERS, LocalGateway, firmware_mpy, gateway  # noqa: F401 - fixtures
 
 LOCAL = [f"u{i}@example.test" for i in range(1, 9)]
 
@@ -78,52 +78,44 @@ def test_kill_during_mailbox_delivery_loses_and_doubles_nothing(tmp_path, firmwa
         gw.stop()
 
 
-def test_kill_during_pop3_update_deletes_all_or_nothing(tmp_path, firmware_mpy):  # noqa: F811
-    gw = LocalGateway(tmp_path, firmware_mpy)
-    try:
-        gw.start()
-        s = gw.smtp()
-        for i in range(30):
-            s.sendmail("bob@example.test", ["alice@example.test"],
-                       b"Subject: m%d\r\nMessage-ID: <pop%d@example.test>\r\n\r\nhi\r\n" % (i, i))
-        s.quit()
-        _, before = message_ids(gw, "alice")
-        assert len(before) == 30
-        outcomes = []
-        for delay in (0, 0.001, 0.003, 0.01, 0.03, 0.2):
-            c = gw.pop("alice")
-            doomed = set(before[: len(before) // 2])
-            for n, uid in enumerate(before, 1):
-                if uid in doomed:
-                    c.dele(n)
-            # QUIT goes out, and the box dies at some point of the UPDATE.
-            c.sock.sendall(b"QUIT\r\n")
-            time.sleep(delay)
-            gw.crash()
-            c.sock.close()
-            gw.start()
-            _, after = message_ids(gw, "alice")
-            assert after in (before, [u for u in before if u not in doomed]), (delay, before, after)
-            outcomes.append(len(after) < len(before))
-            before = after
-        assert any(outcomes)  # at least one UPDATE got through
-    finally:
-        gw.stop()
-
-
-def test_a_session_cut_without_quit_deletes_nothing(tmp_path, firmware_mpy):  # noqa: F811
-    gw = LocalGateway(tmp_path, firmware_mpy)
-    try:
-        gw.start()
-        s = gw.smtp()
-        s.sendmail("bob@example.test", ["alice@example.test"], b"Message-ID: <keep@example.test>\r\n\r\nhi\r\n")
-        s.quit()
+def test_kill_during_pop3_update_deletes_all_or_nothing(gateway):  # noqa: F811
+    gw = gateway
+    s = gw.smtp()
+    for i in range(30):
+        s.sendmail("bob@example.test", ["alice@example.test"],
+                   b"Subject: m%d\r\nMessage-ID: <pop%d@example.test>\r\n\r\nhi\r\n" % (i, i))
+    s.quit()
+    _, before = message_ids(gw, "alice")
+    assert len(before) == 30
+    outcomes = []
+    for delay in (0, 0.001, 0.003, 0.01, 0.03, 0.2):
         c = gw.pop("alice")
-        c.dele(1)
-        c.sock.shutdown(socket.SHUT_RDWR)
+        doomed = set(before[: len(before) // 2])
+        for n, uid in enumerate(before, 1):
+            if uid in doomed:
+                c.dele(n)
+        # QUIT goes out, and the box dies at some point of the UPDATE.
+        c.sock.sendall(b"QUIT\r\n")
+        time.sleep(delay)
+        gw.crash()
         c.sock.close()
-        time.sleep(0.2)
-        ids, _ = message_ids(gw, "alice")
-        assert ids == ["keep@example.test"]
-    finally:
-        gw.stop()
+        gw.start()
+        _, after = message_ids(gw, "alice")
+        assert after in (before, [u for u in before if u not in doomed]), (delay, before, after)
+        outcomes.append(len(after) < len(before))
+        before = after
+    assert any(outcomes)  # at least one UPDATE got through
+
+
+def test_a_session_cut_without_quit_deletes_nothing(gateway):  # noqa: F811
+    gw = gateway
+    s = gw.smtp()
+    s.sendmail("bob@example.test", ["alice@example.test"], b"Message-ID: <keep@example.test>\r\n\r\nhi\r\n")
+    s.quit()
+    c = gw.pop("alice")
+    c.dele(1)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.sock.close()
+    time.sleep(0.2)
+    ids, _ = message_ids(gw, "alice")
+    assert ids == ["keep@example.test"]

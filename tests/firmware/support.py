@@ -43,6 +43,36 @@ class raises:
         return True
 
 
+# Two office users, no catch-all: the config the listener tests share.
+OFFICE = {
+    "users": {
+        "alice": {"password": "alice-pw", "addresses": ["alice@example.test"]},
+        "bob": {"password": "bob-pw", "addresses": ["bob@example.test"]},
+    },
+    "catch_all": {},
+}
+
+
+class patched:
+    """with patched(obj, NAME=value, ...): class attributes (limits, timeouts)
+    set for the block and put back after it, whatever happens in it."""
+
+    def __init__(self, obj, **values):
+        self.obj = obj
+        self.values = values
+        self.saved = {name: getattr(obj, name) for name in values}
+
+    def __enter__(self):
+        for name, value in self.values.items():
+            setattr(self.obj, name, value)
+        return self
+
+    def __exit__(self, typ, value, tb):
+        for name, value in self.saved.items():
+            setattr(self.obj, name, value)
+        return False
+
+
 _counter = [0]
 
 

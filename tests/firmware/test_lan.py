@@ -14,14 +14,7 @@ from gateway.spool import Spool
 # own is measured in tests/e2e/test_local.py.
 MICROPYTHON_HEAP = "128k"
 
-CFG = {
-    "users": {
-        "alice": {"password": "alice-pw", "addresses": ["alice@example.test"]},
-        "bob": {"password": "bob-pw", "addresses": ["bob@example.test"]},
-    },
-    "catch_all": {},
-    "smtp": {"allow": ["127.0.0.0/8"], "max_size": 100000},
-}
+CFG = dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"], "max_size": 100000})
 
 
 class Client:

@@ -251,15 +251,11 @@ def test_atrn_gets_its_own_long_wait():
     # (10 minutes allowed); every other reply has the ordinary timeout.
     from gateway.smtp.client import SMTPClient
 
-    saved = SMTPClient.command_timeout, odmr.ATRN_TIMEOUT
-    SMTPClient.command_timeout, odmr.ATRN_TIMEOUT = 0.3, 5
     card = support.Card()
-    try:
+    with support.patched(SMTPClient, command_timeout=0.3), support.patched(odmr, ATRN_TIMEOUT=5):
         slow_atrn = HELLO + [("expect", b"ATRN"), ("sleep", 1), ("send", b"453 You have no mail\r\n"), ("expect", b"QUIT")]
         outcome, provider, _ = _pull(slow_atrn, card)
         assert outcome.code == 453 and outcome.ok and not provider.problems
         slow_ehlo = [("send", GREETING), ("expect", b"EHLO"), ("sleep", 1), ("send", EHLO)]
         outcome, provider, _ = _pull(slow_ehlo, card)
         assert outcome.code == 421 and outcome.retry and "within" in outcome.text, outcome
-    finally:
-        SMTPClient.command_timeout, odmr.ATRN_TIMEOUT = saved

@@ -13,13 +13,7 @@ from gateway.spool import Spool
 # test's client and several sessions at once.
 MICROPYTHON_HEAP = "128k"
 
-CFG = {
-    "users": {
-        "alice": {"password": "alice-pw", "addresses": ["alice@example.test"]},
-        "bob": {"password": "bob-pw", "addresses": ["bob@example.test"]},
-    },
-    "catch_all": {},
-}
+CFG = support.OFFICE
 
 BIG_LINES = 4000
 DOTTY = b"Subject: dots\r\nMessage-ID: <d@x>\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nlast line\r\n"
@@ -177,8 +171,6 @@ def test_dele_takes_effect_only_at_quit():
 
 def test_failed_login_is_delayed_and_repeated_failures_hang_up():
     boxes, _ = box_with(DOTTY)
-    saved = pop3.POP3Session.LOGIN_DELAY
-    pop3.POP3Session.LOGIN_DELAY = 0.3
 
     async def session(port):
         c, _ = await connect(port)
@@ -198,10 +190,8 @@ def test_failed_login_is_delayed_and_repeated_failures_hang_up():
         await c.cmd("QUIT")
         await c.close()
 
-    try:
+    with support.patched(pop3.POP3Session, LOGIN_DELAY=0.3):
         support.run(served(boxes, session))
-    finally:
-        pop3.POP3Session.LOGIN_DELAY = saved
 
 
 def test_one_session_per_mailbox():
@@ -227,9 +217,7 @@ def test_one_session_per_mailbox():
 
 def test_autologout_after_the_idle_timeout():
     boxes, _ = box_with(DOTTY)
-    saved = pop3.POP3Session.TIMEOUT
-    assert saved >= 600  # RFC 1939: at least ten minutes
-    pop3.POP3Session.TIMEOUT = 0.4
+    assert pop3.POP3Session.TIMEOUT >= 600  # RFC 1939: at least ten minutes
 
     async def session(port):
         c, _ = await login(port)
@@ -241,10 +229,8 @@ def test_autologout_after_the_idle_timeout():
         assert ok == "+OK alice has 1 messages"
         await c.close()
 
-    try:
+    with support.patched(pop3.POP3Session, TIMEOUT=0.4):
         support.run(served(boxes, session))
-    finally:
-        pop3.POP3Session.TIMEOUT = saved
 
 
 def test_extra_connections_get_an_error_not_a_crash():
