@@ -18,8 +18,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from host_tools import mpy, sim
-from host_tools.sd import SDTOOL
+from host_tools import mpy, sd, sim
 
 DEMO_DIR = mpy.REPO / "build" / "demo"
 DOMAIN = "example.test"
@@ -47,9 +46,6 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-free_port = mpy.free_port
-
-
 def say(text=""):
     print(text, flush=True)
 
@@ -62,8 +58,8 @@ class Demo:
         self.gateway_log = self.dir / "gateway.log"
         self.flash = self.dir / "flash"
         self.image = self.dir / "card.img"
-        self.smtp_port = free_port()
-        self.pop3_port = free_port()
+        self.smtp_port = mpy.free_port()
+        self.pop3_port = mpy.free_port()
 
     # --- set-up -----------------------------------------------------------
     def prepare(self):
@@ -71,7 +67,7 @@ class Demo:
             shutil.rmtree(self.dir)
         self.flash.mkdir(parents=True)
         say(f"working in {self.dir}")
-        subprocess.run(mpy.command(SDTOOL, "mkfs", self.image, 64 << 20), env=mpy.env(), check=True, timeout=120)
+        sd.sdtool("mkfs", self.image, 64 << 20, check=True, timeout=120)
         say(f"  fresh 64 MiB card image: {self.image}")
 
     def start_relay(self):
@@ -142,9 +138,7 @@ class Demo:
         dest = self.dir / "mailboxes"
         if dest.exists():
             shutil.rmtree(dest)
-        # the heap of the simulated board: export compiles the mailbox code from source
-        proc = subprocess.run(mpy.command(SDTOOL, "export", self.image, dest, heap=sim.DEFAULT_HEAP), env=mpy.env(),
-                              timeout=120, capture_output=True, text=True)
+        proc = sd.sdtool("export", self.image, dest, timeout=120, capture_output=True, text=True)
         say()
         if proc.returncode:
             say("no mailboxes to show: " + (proc.stderr.strip().splitlines() or ["odmrgw sd export failed"])[-1])

@@ -117,8 +117,7 @@ def plan(board):
     files = [(ESP32 / "boot.py", "boot.py", False), (ESP32 / "main.py", "main.py", False)]
     files.append((ESP32 / "board.py", "board.mpy", True))
     files.append((PINS / f"{board}.py", "pins.mpy", True))
-    for src in sorted((mpy.FIRMWARE / "gateway").rglob("*.py")):
-        rel = src.relative_to(mpy.FIRMWARE).with_suffix(".mpy")
+    for src, rel in mpy.gateway_sources():
         files.append((src, "lib/" + rel.as_posix(), True))
     return files
 

@@ -65,15 +65,20 @@ def cross_compile(src, dst, march="host", name=None):
     return subprocess.run(cmd + [str(src)], capture_output=True, text=True)
 
 
+def gateway_sources():
+    """[(source, its .mpy path relative to the firmware root)] of every
+    module in firmware/gateway, sorted."""
+    return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))]
+
+
 def compile_firmware(out, board_scripts=()):
     """firmware/gateway (and the named board/unix scripts) as .mpy files in
     `out`, as deployed to the box: compiling at import time costs far more
     heap than loading bytecode."""
     out = Path(out)
-    srcs = [(p, p.relative_to(FIRMWARE)) for p in (FIRMWARE / "gateway").rglob("*.py")]
-    srcs += [(BOARD_UNIX / name, Path(name)) for name in board_scripts]
+    srcs = gateway_sources() + [(BOARD_UNIX / name, Path(name).with_suffix(".mpy")) for name in board_scripts]
     for src, rel in srcs:
-        dst = out / rel.with_suffix(".mpy")
+        dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         proc = cross_compile(src, dst)
         if proc.returncode:

@@ -2,6 +2,8 @@
 from host_tools import mpy
 
 SDTOOL = mpy.BOARD_UNIX / "sdtool.py"
+# export compiles the firmware's mailbox module from source: more heap.
+EXPORT_HEAP = "256k"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -48,6 +50,10 @@ def run(args):
         extra = [size]
     else:
         extra = [getattr(args, k) for k in ("path", "src", "dest") if hasattr(args, k)]
-    # export compiles the firmware's mailbox module from source: more heap.
-    heap = "256k" if args.sd_cmd == "export" else mpy.DEFAULT_HEAP
-    return mpy.run(SDTOOL, args.sd_cmd, args.image, *extra, heap=heap).returncode
+    return sdtool(args.sd_cmd, args.image, *extra).returncode
+
+
+def sdtool(cmd, image, *args, **kw):
+    """board/unix/sdtool.py on micropython; kw as for subprocess.run."""
+    heap = EXPORT_HEAP if cmd == "export" else mpy.DEFAULT_HEAP
+    return mpy.run(SDTOOL, cmd, image, *args, heap=heap, **kw)

@@ -8,7 +8,7 @@ import time
 
 from host_tools.relay.client import canonical
 from host_tools.relay.config import domain_of
-from host_tools.relay.store import Store, domain_box
+from host_tools.relay.store import Store, boxes_for
 
 
 def _age(seconds):
@@ -67,10 +67,7 @@ def inject(cfg, store, args):
         print(f"odmrgw relay queue inject: no recipient in a held domain ({', '.join(sorted(held))})"
               + (f"; not held: {', '.join(bad)}" if bad else ""), file=sys.stderr)
         return 2
-    by_box = {}
-    for r in rcpts:
-        by_box.setdefault(domain_box(domain_of(r)), []).append(r)
-    id = store.commit(mail_from, by_box, canonical(data), origin="inject")
+    id = store.commit(mail_from, boxes_for(rcpts), canonical(data), origin="inject")
     print(id)
     return 0
 

@@ -9,9 +9,6 @@ class Accounts:
     def __init__(self, accounts):
         self._by_user = accounts
 
-    def get(self, user):
-        return self._by_user.get(user)
-
     @staticmethod
     def challenge(hostname):
         return f"<{int.from_bytes(os.urandom(8), 'big')}.{int(time.time())}@{hostname}>"

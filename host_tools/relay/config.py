@@ -115,6 +115,12 @@ def _path(base, key, value):
     return p if p.is_absolute() else base / p
 
 
+def _reject_unknown(prefix, table, known):
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(prefix + sorted(unknown)[0], "unknown key")
+
+
 def _accounts(raw):
     if not isinstance(raw, list) or not raw:
         raise ConfigError("account", "at least one [[account]] with user, secret and domains is needed")
@@ -123,9 +129,7 @@ def _accounts(raw):
         where = f"account[{i}]"
         if not isinstance(a, dict):
             raise ConfigError(where, "must be a table")
-        unknown = set(a) - {"user", "secret", "domains"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key")
+        _reject_unknown(where + ".", a, {"user", "secret", "domains"})
         user, secret, domains = a.get("user"), a.get("secret"), a.get("domains")
         if not isinstance(user, str) or not user or any(c.isspace() for c in user):
             raise ConfigError(f"{where}.user", "must be a non-empty name without spaces")
@@ -157,10 +161,7 @@ def load(path):
 
 def from_dict(raw, path):
     base = path.parent
-    known = {"hostname", "queue", "listen", "tls", "account", "outbound", "limits"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown key")
+    _reject_unknown("", raw, {"hostname", "queue", "listen", "tls", "account", "outbound", "limits"})
     hostname = raw.get("hostname") or socket.getfqdn()
     if not isinstance(hostname, str) or not valid_domain(hostname.lower()):
         raise ConfigError("hostname", f"{hostname!r} is not a host name")
@@ -192,14 +193,12 @@ def from_dict(raw, path):
         raise ConfigError("listen.odmr_tls", "implicit TLS needs [tls] cert and key")
 
     outbound = raw.get("outbound", {})
-    if set(outbound) - {"next_hop", "retry_interval"}:
-        raise ConfigError("outbound." + sorted(set(outbound) - {"next_hop", "retry_interval"})[0], "unknown key")
+    _reject_unknown("outbound.", outbound, {"next_hop", "retry_interval"})
     next_hop = parse_hostport("outbound.next_hop", outbound["next_hop"]) if outbound.get("next_hop") else None
     retry = parse_duration("outbound.retry_interval", outbound.get("retry_interval", 300))
 
     limits_raw = raw.get("limits", {})
-    if set(limits_raw) - set(LIMITS):
-        raise ConfigError("limits." + sorted(set(limits_raw) - set(LIMITS))[0], "unknown key")
+    _reject_unknown("limits.", limits_raw, set(LIMITS))
     limits = {k: _convert(f"limits.{k}", limits_raw.get(k, d), kind) for k, (d, kind) in LIMITS.items()}
 
     cfg = Config(path, hostname.lower(), queue, listen, cert, key, _accounts(raw.get("account")),

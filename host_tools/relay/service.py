@@ -10,7 +10,7 @@ from host_tools.relay import dsn, odmr, smtp_in
 from host_tools.relay.auth import Accounts, Throttle
 from host_tools.relay.client import Client, canonical
 from host_tools.relay.config import domain_of
-from host_tools.relay.store import OUTBOX, Store, domain_box
+from host_tools.relay.store import OUTBOX, Store, boxes_for, domain_box
 from host_tools.relay.wire import ProtocolError
 
 log = logging.getLogger("relay")
@@ -32,10 +32,7 @@ class Relay:
     # -- accepting mail ----------------------------------------------------------
     async def accept(self, mail_from, rcpts, data, origin=""):
         """Queue mail for held domains, one box per domain; durable on return."""
-        by_box = {}
-        for r in rcpts:
-            by_box.setdefault(domain_box(domain_of(r)), []).append(r)
-        id = await asyncio.to_thread(self.store.commit, mail_from, by_box, canonical(data), origin)
+        id = await asyncio.to_thread(self.store.commit, mail_from, boxes_for(rcpts), canonical(data), origin)
         log.info("queued %s from <%s> for %d recipient(s) (%s)", id, mail_from, len(rcpts), origin)
         return id
 

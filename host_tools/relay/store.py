@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from host_tools.relay.config import domain_of
+
 OUTBOX = "outbox"
 log = logging.getLogger("relay")
 _ID = re.compile(r"[0-9a-f]{24}")
@@ -27,6 +29,14 @@ _ID = re.compile(r"[0-9a-f]{24}")
 
 def domain_box(domain):
     return f"domains/{domain}"
+
+
+def boxes_for(rcpts):
+    """{box: [recipients]}: each recipient in the box of its domain."""
+    by_box = {}
+    for r in rcpts:
+        by_box.setdefault(domain_box(domain_of(r)), []).append(r)
+    return by_box
 
 
 @dataclass

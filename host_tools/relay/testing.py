@@ -19,7 +19,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-REPO = Path(__file__).resolve().parents[2]
+from host_tools.mpy import REPO
+
 _LISTENING = re.compile(r"^relay: (\w+) listening on (\S+):(\d+)")
 
 
@@ -282,17 +283,9 @@ class Customer:
         sock, self.sock = self.sock, None
 
         async def serve():
-            loop = asyncio.get_running_loop()
-            done = loop.create_future()
-
-            class Session(SMTP):
-                def connection_lost(self, exc):
-                    super().connection_lost(exc)
-                    if not done.done():
-                        done.set_result(None)
-
+            done = asyncio.get_running_loop().create_future()
             sock.setblocking(False)
-            await loop.connect_accepted_socket(lambda: Session(handler, hostname="customer.test"), sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _customer_session(handler, done), sock)
             await asyncio.wait_for(done, timeout)
 
         asyncio.run(serve())
@@ -302,6 +295,19 @@ class Customer:
             self.file.close()
             self.sock.close()
             self.sock = None
+
+
+def _customer_session(handler, done):
+    """aiosmtpd serving the customer's end of a turned line; `done` is set
+    when the relay hangs up."""
+
+    class Session(SMTP):
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            if not done.done():
+                done.set_result(None)
+
+    return Session(handler, hostname="customer.test")
 
 
 def tls_turn(port, tls_context, handler, implicit_tls=True, user="office", secret="s3cret", timeout=60):
@@ -334,15 +340,8 @@ def tls_turn(port, tls_context, handler, implicit_tls=True, user="office", secre
             writer.close()
             return code
         done = asyncio.get_running_loop().create_future()
-
-        class Session(SMTP):
-            def connection_lost(self, exc):
-                super().connection_lost(exc)
-                if not done.done():
-                    done.set_result(None)
-
         transport = writer.transport
-        proto = Session(handler, hostname="customer.test")
+        proto = _customer_session(handler, done)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         await asyncio.wait_for(done, timeout)

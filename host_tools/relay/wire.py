@@ -35,9 +35,6 @@ class LineReader:
         self.buf.clear()
         self.reader._buffer.clear()
 
-    def pending(self):
-        return bool(self.buf)
-
     async def readline(self):
         """One line including its LF; b"" at EOF (a final line without LF is returned as is)."""
         discarded = 0
@@ -75,10 +72,10 @@ class Reply:
     def text(self):
         return " ".join(self.lines)
 
-    def status(self, default_detail="0.0"):
+    def status(self):
         """The enhanced status code (RFC 3463) from the text, or one made from the code class."""
         m = _ENHANCED.match(self.lines[0] if self.lines else "")
-        return m.group(0) if m else f"{self.code // 100}.{default_detail}"
+        return m.group(0) if m else f"{self.code // 100}.0.0"
 
     def __str__(self):
         return f"{self.code} {self.text}"

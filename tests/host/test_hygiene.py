@@ -70,11 +70,7 @@ def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
     from host_tools import mpy
 
     mpy.compile_firmware(tmp_path)
-    modules = []
-    for src in REPO.glob("firmware/gateway/**/*.py"):
-        rel = src.relative_to(REPO / "firmware")
-        if src.name != "__init__.py":
-            modules.append(".".join(rel.with_suffix("").parts))
+    modules = [".".join(rel.with_suffix("").parts) for src, rel in mpy.gateway_sources() if src.name != "__init__.py"]
     script = tmp_path / "imp.py"
     script.write_text(
         "import gc\ngc.collect()\nbase = gc.mem_alloc()\n"
