@@ -175,6 +175,26 @@ def test_full_card_gives_452_at_mail_and_at_data():
     card.unmount()
 
 
+def test_card_full_at_the_received_line_gives_452_and_no_message():
+    # The session's own first write (the Received: line) can be the one
+    # that meets the full card: that error must reach the reply.
+    class FullDraft:
+        def write(self, mv):
+            raise SpoolFull("card full while receiving")
+
+        def abort(self):
+            pass
+
+    class FullAtFirstWrite(Accept):
+        def begin(self, session, mail_from, rcpts):
+            return FullDraft()
+
+    replies, h, *_ = _session([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"],
+                              FullAtFirstWrite())
+    assert _codes(replies) == [220, 250, 250, 250, 354, 452, 221]
+    assert replies[-2][1].startswith("4.3.1") and h.delivered_ids == []
+
+
 def test_idle_client_gets_421_after_the_command_timeout():
     class Silent(support.ScriptedStream):
         async def readinto(self, buf):

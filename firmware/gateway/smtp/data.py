@@ -33,6 +33,9 @@ class DataReader(LineReader):
     buffer, so nothing the peer pipelined after the final dot is lost."""
 
     max_line = 1000  # RFC 5321 4.5.3.1.6, including CRLF
+    # What the sink raised; the session clears it before each DATA, since a
+    # write it makes itself (the Received: line) may fail first.
+    sink_error = None
 
     def __init__(self, stream, buf):
         # A buffer from the caller: a server keeps them for reuse, so a long
@@ -53,7 +56,6 @@ class DataReader(LineReader):
         sink is not called again, but the data is still read to its end.
         sink=None reads and discards (outcome SINK)."""
         self.sink = sink
-        self.sink_error = None
         self.status = OK if sink else SINK
         self.size = 0
         self.max_size = max_size
