@@ -181,7 +181,9 @@ class Spool:
         from gateway import spoolread
 
         env = spoolread.Envelope(spoolread.path(self, id))
+        # Only the pending recipients, renumbered: nothing in it is done.
         env.rcpts = env.pending()
+        env.done = set()
         return env
 
     def open(self, id):

@@ -82,6 +82,18 @@ def test_done_is_per_recipient_and_survives_a_remount():
     card.unmount()
 
 
+def test_an_envelope_lists_per_queue_only_what_is_pending():
+    # The console's queue listing asks each queue of the envelope.
+    card, sp = _spool()
+    sp.recover()
+    rcpts = [("a@x.test", "local"), ("b@x.test", "local"), ("c@far.test", "out")]
+    id = _store(sp, b"hello\r\n", rcpts)
+    sp.done(id, "local", ["a@x.test"])
+    env = sp.envelope(id)
+    assert env.pending("local") == rcpts[1:2] and env.pending("out") == rcpts[2:]
+    card.unmount()
+
+
 def test_an_uncommitted_draft_is_invisible_and_recover_removes_it():
     card, sp = _spool()
     sp.recover()
