@@ -11,6 +11,9 @@ from gateway.wire import LineReader, LineTooLong
 _LINE = const(256)  # RFC 2449: a command line is at most 255 octets
 _BODY = const(512)
 _DRAIN = const(2048)  # flush output at least this often while streaming
+# The verbs of each state (RFC 1939 §4-5), each a pop_<verb> method.
+_AUTHORIZATION = ("CAPA", "QUIT", "USER", "PASS", "STLS")
+_TRANSACTION = ("CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP")
 
 
 class POP3Session:
@@ -75,10 +78,12 @@ class POP3Session:
         verb = verb.upper()
         if not verb.isalpha() or len(verb) > 4:
             return await self.bad("-ERR unknown command")
-        allowed = ("CAPA", "QUIT", "USER", "PASS", "STLS") if self.box is None else (
-            "CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "NOOP")
+        allowed = _AUTHORIZATION if self.box is None else _TRANSACTION
         if verb not in allowed:
-            return await self.bad("-ERR %s not valid in this state" % verb if hasattr(self, "pop_" + verb.lower()) else "-ERR unknown command")
+            # Matched against the lists, never looked up by name: getattr on
+            # a peer's word would intern it, and the interned names never go.
+            known = verb in _AUTHORIZATION or verb in _TRANSACTION
+            return await self.bad("-ERR %s not valid in this state" % verb if known else "-ERR unknown command")
         # A password may end in spaces: PASS takes the rest of the line as is.
         await getattr(self, "pop_" + verb.lower())(arg if verb == "PASS" else arg.strip())
 

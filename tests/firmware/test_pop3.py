@@ -277,3 +277,30 @@ def test_bad_commands_and_states():
         await c.close()
 
     support.run(served(boxes, session))
+
+
+def test_made_up_verbs_cost_no_heap_for_good():
+    # MicroPython interns a name looked up with getattr or hasattr, for good:
+    # a client sending ever new verbs must not fill the heap.
+    support.needs_micropython("gc.mem_alloc")
+    import gc
+
+    boxes, _ = box_with(DOTTY)
+
+    async def session(port):
+        async def verbs(first, count):
+            c, _ = await connect(port)
+            for n in range(first, first + count):
+                word = "".join(chr(65 + int(d)) for d in "%04d" % n)  # new each time
+                assert (await c.cmd(word)) == "-ERR unknown command"
+            await c.close()
+
+        await verbs(0, 9)  # the first round may grow tables that then stay
+        gc.collect()
+        before = gc.mem_alloc()
+        for k in range(30):
+            await verbs(1000 + 9 * k, 9)
+        gc.collect()
+        assert gc.mem_alloc() - before < 2048, gc.mem_alloc() - before
+
+    support.run(served(boxes, session))
