@@ -38,6 +38,11 @@ try:
     def mem_free():
         return gc.mem_free()
 
+    def drain_can_block(writer):
+        # A Stream writes at once what the socket takes; only a rest left
+        # in out_buf makes drain() wait.
+        return writer.out_buf
+
     def fsync(f):
         # VfsFat's flush is FatFs f_sync: data, FAT and directory entry.
         f.flush()
@@ -108,6 +113,10 @@ except ImportError:  # CPython
 
     def mem_free():
         return None
+
+    def drain_can_block(writer):
+        # Bounding every drain costs nothing scarce here.
+        return True
 
     def ilistdir(path):
         # MicroPython's os.ilistdir: (name, type, inode) without a list.

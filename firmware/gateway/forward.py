@@ -12,6 +12,7 @@ import asyncio
 
 from gateway import log
 from gateway.compat import const
+from gateway.smtp.dots import end_of_data, stuff
 from gateway.wire import LineReader, ProtocolError, read_reply
 
 _CHUNK = const(512)
@@ -150,23 +151,13 @@ class Forwarder:
         """The spooled message, dot-stuffed, then the terminator."""
         buf = self.buf
         mv = memoryview(buf)
-        at_line_start = True
+        bol = True
         with spool.open(id) as body:
             while True:
                 n = body.readinto(buf)
                 if not n:
                     break
-                if at_line_start and buf[0] == 46:
-                    w.write(b".")
-                start = 0
-                i = buf.find(b"\n.", 0, n)
-                while i >= 0:
-                    w.write(mv[start : i + 1])
-                    w.write(b".")
-                    start = i + 1
-                    i = buf.find(b"\n.", start, n)
-                w.write(mv[start:n])
-                at_line_start = buf[n - 1] == 10
+                bol = stuff(w.write, buf, mv, n, bol)
                 await w.drain()
-        w.write(b".\r\n" if at_line_start else b"\r\n.\r\n")
+        w.write(end_of_data(bol))
         await w.drain()

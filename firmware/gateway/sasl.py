@@ -43,10 +43,13 @@ def _as_bytes(s):
     return s.encode() if isinstance(s, str) else s
 
 
+def _cram_md5_digest(secret, challenge_b64):
+    return hmac_md5(_as_bytes(secret), b64decode(challenge_b64)).hex()
+
+
 def cram_md5_response(user, secret, challenge_b64):
     """The client's answer to a 334 challenge, base64-encoded."""
-    digest = hmac_md5(_as_bytes(secret), b64decode(challenge_b64)).hex()
-    return b64encode(_as_bytes(user) + b" " + digest.encode())
+    return b64encode(_as_bytes(user) + b" " + _cram_md5_digest(secret, challenge_b64).encode())
 
 
 def cram_md5_challenge(hostname, nonce):
@@ -63,8 +66,7 @@ def cram_md5_parse(response_b64):
 
 
 def cram_md5_check(secret, challenge_b64, digest_hex):
-    expect = hmac_md5(_as_bytes(secret), b64decode(challenge_b64)).hex()
-    return equal(expect, digest_hex.lower())
+    return equal(_cram_md5_digest(secret, challenge_b64), digest_hex.lower())
 
 
 def plain_response(user, secret):

@@ -98,7 +98,7 @@ async def read_reply(reader):
 
 def format_reply(code, lines):
     """The bytes of an SMTP reply; several lines become a multi-line reply."""
-    if isinstance(lines, str):
-        lines = (lines,)
+    if isinstance(lines, str):  # one line, formatted without a generator
+        return b"%d %s\r\n" % (code, lines.encode())
     last = len(lines) - 1
     return b"".join(b"%d%s%s\r\n" % (code, b" " if i == last else b"-", t.encode()) for i, t in enumerate(lines))

@@ -176,6 +176,8 @@ class ScriptedStream:
     async def drain(self):
         pass
 
+    out_buf = b""  # as a MicroPython Stream's: every write was taken whole
+
     def close(self):
         self.closed = True
 

@@ -15,7 +15,7 @@ def _feed(chunks, max_size=1 << 30, size=256):
     out = bytearray()
 
     async def main():
-        r = data.DataReader(support.ScriptedStream(chunks), bytearray(size))
+        r = data.DataReader(support.ScriptedStream(chunks), size)
         r.max_line = 100
 
         def sink(mv):
@@ -117,7 +117,7 @@ def test_dropped_connection_is_eof():
 
 def test_sink_error_stops_writing_but_reading_goes_on():
     async def main():
-        r = data.DataReader(support.ScriptedStream([b"a\r\n" * 100, b".\r\nNOOP\r\n"]), bytearray(64))
+        r = data.DataReader(support.ScriptedStream([b"a\r\n" * 100, b".\r\nNOOP\r\n"]), 64)
 
         def sink(mv):
             raise OSError(28)

@@ -6,6 +6,7 @@
 import asyncio
 
 from gateway import log, wire
+from gateway.compat import drain_can_block
 from gateway.sasl import cram_md5_response
 
 
@@ -161,9 +162,17 @@ class SMTPClient:
             raise SMTPError(421, "4.4.2 %s: connection error (%s): %s" % (self.what, step, e))
 
     async def send(self, data, timeout=None):
+        """Writes data (b"": nothing, only the wait), then waits, bounded,
+        until the peer has taken all that was written. The bound costs a
+        task, so it is set only when something is left to take: a body goes
+        out a chunk at a time."""
         try:
-            self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), timeout or self.command_timeout)
+            if data:
+                self.writer.write(data)
+            if drain_can_block(self.writer):
+                await asyncio.wait_for(self.writer.drain(), timeout or self.command_timeout)
+            else:
+                await self.writer.drain()
         except asyncio.TimeoutError:
             raise SMTPError(421, "4.4.2 %s: not reading what the box sends" % self.what)
         except OSError as e:

@@ -30,22 +30,16 @@ EOF = const(5)  # the peer went away before the terminator
 
 class DataReader(LineReader):
     """The session's line reader, plus the DATA phase read from the same
-    buffer, so nothing the peer pipelined after the final dot is lost."""
+    buffer, so nothing the peer pipelined after the final dot is lost.
+    A server lends the buffer (it keeps them for reuse, so a long running box
+    needs no fresh contiguous block per connection). It must be a whole
+    bytearray, never a memoryview slice: _scan's word loads count on its
+    heap-aligned start, and the ESP32 faults on unaligned ones."""
 
     max_line = 1000  # RFC 5321 4.5.3.1.6, including CRLF
     # What the sink raised; the session clears it before each DATA, since a
     # write it makes itself (the Received: line) may fail first.
     sink_error = None
-
-    def __init__(self, stream, buf):
-        # A buffer from the caller: a server keeps them for reuse, so a long
-        # running box does not need a fresh contiguous block per connection.
-        # A bytearray, never a memoryview slice: _scan's word loads count on
-        # its heap-aligned start, and the ESP32 faults on unaligned ones.
-        self.stream = stream
-        self.buf = buf
-        self.mv = memoryview(buf)
-        self.start = self.end = 0
 
     def has_line(self):
         return self.buf.find(b"\n", self.start, self.end) >= 0

@@ -105,7 +105,7 @@ class SMTPSession:
     max_pending_replies = 16  # replies held back while pipelined commands wait
 
     def __init__(self, reader, writer, handler, peer=None, buf=None):
-        self.reader = data.DataReader(reader, buf or bytearray(self.buffer_size))
+        self.reader = data.DataReader(reader, self.buffer_size, buf)
         self.writer = writer
         self.handler = handler
         self.peer = peer
@@ -123,10 +123,7 @@ class SMTPSession:
         self.rcpts = []
 
     def reply(self, code, text):
-        if isinstance(text, str):  # one line, formatted without a generator
-            self._out.append(b"%d %s\r\n" % (code, text.encode()))
-        else:
-            self._out.append(wire.format_reply(code, text))
+        self._out.append(wire.format_reply(code, text))
 
     def error(self, code, text):
         """A reply to a bad command; too many of them end the session."""

@@ -2,11 +2,8 @@
 # smarthost): MAIL, RCPT, DATA with PIPELINING when offered, SIZE respected,
 # the body streamed from the spool dot-stuffed through one fixed buffer. A
 # module of its own, so an ODMR pull (which sends no mail) never loads it.
-from gateway.compat import const
+from gateway.smtp import dots
 from gateway.smtp.client import SMTPError
-
-_DOT = const(0x2E)
-_LF = const(0x0A)
 
 
 def max_size(client):
@@ -92,18 +89,9 @@ async def _body(client, body):
         n = body.readinto(buf)
         if not n:
             break
-        start = 0
-        if bol and buf[0] == _DOT:
-            client.writer.write(b".")
-        i = buf.find(b"\n.", 0, n)
-        while i >= 0:
-            client.writer.write(mv[start : i + 1])
-            client.writer.write(b".")
-            start = i + 1
-            i = buf.find(b"\n.", start, n)
-        await client.send(mv[start:n], client.data_block_timeout)
-        bol = buf[n - 1] == _LF
-    await client.send(b".\r\n" if bol else b"\r\n.\r\n", client.data_block_timeout)
+        bol = dots.stuff(client.writer.write, buf, mv, n, bol)
+        await client.send(b"", client.data_block_timeout)
+    await client.send(dots.end_of_data(bol), client.data_block_timeout)
 
 
 async def _rset(client):
