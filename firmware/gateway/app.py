@@ -23,7 +23,6 @@ class App:
         self.spool = self.policy = self.mailboxes = self.scheduler = None
         self.servers = []
         self.ring = None
-        self.recovered = None
 
     # --- start-up -------------------------------------------------------
     def attach_log(self):
@@ -45,8 +44,7 @@ class App:
         self.session_buf = session_buffer()
         root = self.board.sd_root
         self.spool = Spool(root + "/spool", self.board.now)  # unix seconds on every board
-        self.recovered = self.spool.recover()
-        log.info("spool: %d kept, %d incomplete removed" % tuple(self.recovered))
+        log.info("spool: %d kept, %d incomplete removed" % self.spool.recover())
         self.policy = Policy(self.cfg)
         self.mailboxes = Mailboxes(root + "/mail", self.policy)
         self.mailboxes.deliver_pending(self.spool)

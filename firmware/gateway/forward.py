@@ -132,7 +132,7 @@ class Forwarder:
                 if code >= 500:
                     return [], refused + ok
                 raise Temporary("DATA %d" % code)
-            await self._body(w, spool, env.id)
+            await self._body(w, spool, env)
             code = (await read_reply(lines))[0]
             if code >= 500:
                 return [], refused + ok
@@ -147,12 +147,12 @@ class Forwarder:
             w.close()
             await w.wait_closed()
 
-    async def _body(self, w, spool, id):
+    async def _body(self, w, spool, env):
         """The spooled message, dot-stuffed, then the terminator."""
         buf = self.buf
         mv = memoryview(buf)
         bol = True
-        with spool.open(id) as body:
+        with spool.open(env.id, env) as body:
             while True:
                 n = body.readinto(buf)
                 if not n:

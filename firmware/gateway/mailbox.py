@@ -19,30 +19,16 @@ import os
 
 from gateway import log
 from gateway.compat import const, fsync, ilistdir
+from gateway.spool import _exists, _remove
 
 _CHUNK = const(512)
 _REC = const(64)  # one seen record: 32 hex key, space, id padded to 30, LF
 _TAIL = const(96)  # enough to hold the trailer
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _mkdir(path):
     try:
         os.mkdir(path)
-    except OSError:
-        pass
-
-
-def _remove(path):
-    try:
-        os.remove(path)
     except OSError:
         pass
 
@@ -142,7 +128,6 @@ class Mailboxes:
         """(body offset, body length, received, dedupe key) of a whole
         message, or None when the file is missing or a partial write."""
         try:
-            size = os.stat(self._path(user, id))[6]
             f = open(self._path(user, id), "rb")
         except OSError:
             return None
@@ -150,6 +135,7 @@ class Mailboxes:
             head = self._header(f)
             if not head or head[0] != id:
                 return None
+            size = f.seek(0, 2)
             tail = min(size, _TAIL)
             f.seek(size - tail)
             n = f.readinto(self.mv[:tail])
@@ -173,7 +159,7 @@ class Mailboxes:
             f.write(("ODMB1 %s %d %s\n" % (id, env.received, key or "-")).encode())
             f.write(ret)
             n = len(ret)
-            with spool.open(id) as body:
+            with spool.open(id, env) as body:
                 while True:
                     k = body.readinto(self.buf)
                     if not k:
@@ -207,11 +193,11 @@ class Mailboxes:
     # finds its own record (same id: carry on) and a re-send finds the first
     # copy's (other id: duplicate).
 
-    def _key(self, spool, id):
+    def _key(self, spool, env):
         msgid = None
         h = hashlib.sha256()
         in_head = True
-        with spool.open(id) as body:
+        with spool.open(env.id, env) as body:
             pending = b""
             while True:
                 n = body.readinto(self.buf)
@@ -337,7 +323,7 @@ class Mailboxes:
                 users.append(user)
         if not done:
             return 0, forwards
-        key = self._key(spool, id)
+        key = self._key(spool, env)
         for user in users:
             self._deliver_one(user, id, env, key, spool)
         spool.done(id, "local", done)

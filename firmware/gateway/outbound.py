@@ -86,7 +86,7 @@ class Outbound:
     async def _send(self, client, id, out):
         env = self.spool.envelope(id)
         rcpts = _out(env)
-        with self.spool.open(id) as body:
+        with self.spool.open(id, env) as body:
             results = await submit.send_message(client, env.mail_from, rcpts, body, env.size)
         sent = [a for a, code, _ in results if 200 <= code < 300]
         failed = [(a, code, text) for a, code, text in results if code >= 500]
@@ -132,7 +132,7 @@ class Outbound:
         except SpoolFull:
             return False
         try:
-            with self.spool.open(env.id) as body:
+            with self.spool.open(env.id, env) as body:
                 dsn.write(draft, self.cfg.get("hostname") or "gateway", env, failed, self.clock(), body, remote)
             draft.commit()
         except BaseException:
@@ -144,11 +144,3 @@ class Outbound:
 
 def _out(env):
     return [a for a, q in env.rcpts if q == "out"]
-
-
-async def flush(cfg, spool, policy, clock=None):
-    """One flush with a fresh retry table. The contract's third argument
-    ("mailboxes_bounce") is the Policy: it says whose bounce goes where."""
-    import time
-
-    return await Outbound(cfg, spool, policy, clock or time.time).flush()

@@ -206,9 +206,6 @@ class _SpoolingHandler(Handler):
         self.queues.add("local")
         return "local"
 
-    def begin(self, session, mail_from, rcpts):
-        return self.spool.begin(mail_from, rcpts)
-
     def delivered(self, session, id):
         # on_delivered(spool) is Mailboxes.deliver_pending: local mail lands in
         # the mailbox at once (and forwarding starts); on_outbound() pokes the

@@ -20,7 +20,7 @@ class Result:
 class PollCycle:
     HANDOFF = 50  # pulled messages between hand-offs to the mailboxes
 
-    def __init__(self, cfg, spool, policy, mailboxes, board, session_buf=None):
+    def __init__(self, cfg, spool, policy, mailboxes, board, session_buf):
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
@@ -29,14 +29,9 @@ class PollCycle:
         # gateway.outbound (with the mail-sending client) is loaded once
         # outgoing mail is queued, then kept: it holds the retry pauses.
         self.outbound = None
-        # The turned line's receive buffer (odmr.session_buffer()), best
-        # made by the caller at start-up, else now; a 4 KB block may not
-        # exist later. Kept for every cycle.
+        # The turned line's receive buffer (odmr.session_buffer()), made by
+        # the app at start-up: a 4 KB block may not exist later.
         self.session_buf = session_buf
-        if session_buf is None and (cfg.get("relay") or {}).get("host"):
-            from gateway.odmr import session_buffer
-
-            self.session_buf = session_buffer()
         import asyncio
 
         asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
@@ -64,7 +59,7 @@ class PollCycle:
         handler = InboundHandler(self.cfg, self.spool, self.policy, self._taken)
         pulled = await odmr.pull(self.cfg, handler, self.session_buf)
         self.board.feed_watchdog()
-        self._deliver(self.spool)
+        self.mailboxes.deliver_pending(self.spool)
         relay_ok = pulled.ok or pulled.code == 0
         error = sent.error if sent else None
         ok = relay_ok and not error
@@ -84,8 +79,4 @@ class PollCycle:
     def _taken(self, spool):
         self.taken += 1
         if self.taken % self.HANDOFF == 0:
-            self._deliver(spool)
-
-    def _deliver(self, spool):
-        if self.mailboxes is not None:
             self.mailboxes.deliver_pending(spool)

@@ -186,12 +186,15 @@ class Spool:
         env.done = set()
         return env
 
-    def open(self, id):
+    def open(self, id, env=None):
+        """The message bytes of record id. A caller holding its envelope
+        passes it: records are write-once, so path and sizes still hold, and
+        the header is not found and parsed again."""
         from gateway import spoolread
 
-        path = spoolread.path(self, id)
-        env = spoolread.Envelope(path)
-        return spoolread.Body(path, env.hlen, env.size)
+        if env is None:
+            env = spoolread.Envelope(spoolread.path(self, id))
+        return spoolread.Body(env.path, env.hlen, env.size)
 
     def counts(self):
         return {q: len(self.ids(q)) for q in _QUEUES}

@@ -22,6 +22,7 @@ class Envelope:
     def __init__(self, path):
         """Parses a record's header; .rcpts are all of them, .done the indices
         already handled. Raises ValueError/OSError on a damaged header."""
+        self.path = path
         with open(path, "rb") as f:
             line = f.readline()
             if line[:8] != _MAGIC + b" ":
@@ -41,9 +42,9 @@ class Envelope:
                     self.mail_from = line[2:-1].decode()
                 else:
                     self.rcpts.append((line[4:-1].decode(), _QUEUES[_LETTERS.index(line[2:3].decode())]))
+            self.size = f.seek(0, 2) - self.hlen - _TRAILER
         if got != self.hlen or not self.rcpts:
             raise ValueError("bad header length")
-        self.size = os.stat(path)[6] - self.hlen - _TRAILER
         self.done = set()
         try:
             f = open(path[: path.rfind(".") + 1] + "d", "rb")
@@ -169,10 +170,10 @@ def done(sp, id, queue, addresses=None):
         # only an orphan progress file, which recover() removes.
         os.remove(p)
         _remove(dpath)
-        sp._made = None
         if sp._next is None or id[:6] != ("%08x" % sp._next)[:6]:
             try:
                 os.rmdir(p[: p.rfind("/")])
+                sp._made = None
             except OSError:
                 pass  # not empty yet
         return
