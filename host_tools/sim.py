@@ -20,27 +20,26 @@ from pathlib import Path
 
 from host_tools import mpy
 
-MAIN = mpy.BOARD_UNIX / "main.py"
-# The box has ~100 KB of heap for .mpy code with 4-byte pointers; here every
-# module is compiled from source and pointers take 8 bytes.
-DEFAULT_HEAP = "256k"
 
 
 def add_parser(sub):
     p = sub.add_parser("sim", help="run the simulated gateway (micropython, a card image as SD card)")
     p.add_argument("--config", required=True, help="gateway config (JSON); its directory plays the internal flash")
     p.add_argument("--sd", required=True, help="card image (odmrgw sd mkfs)")
-    p.add_argument("--heap", default=DEFAULT_HEAP, help=f"MicroPython heap size (default {DEFAULT_HEAP})")
+    p.add_argument("--heap", help="MicroPython heap size (default: the box's budget, %s on a 32-bit build, %s on 64-bit)"
+                   % (mpy.BUDGET_HEAP[32], mpy.BUDGET_HEAP[64]))
     p.add_argument("--once", action="store_true", help="one poll cycle, print its summary, exit 0 or 1")
     p.add_argument("--pty", metavar="PATH", help="put the console on a pseudo-terminal, linked at PATH")
     p.set_defaults(func=run)
 
 
-def command(config, sd, heap=DEFAULT_HEAP, once=False, echo=True):
-    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap}"]
+def command(config, sd, heap=None, once=False, echo=True):
+    """The board's main module runs as .mpy from the firmware cache, like
+    every other module, so the sim's heap is the box's heap."""
+    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap or mpy.budget_heap()}"]
     if not once:
         cmd.append("-i")  # the REPL follows when the console hands over (Ctrl-C)
-    cmd += [str(MAIN), "--config", str(Path(config).resolve()), "--sd", str(Path(sd).resolve())]
+    cmd += ["-m", "main", "--config", str(Path(config).resolve()), "--sd", str(Path(sd).resolve())]
     if once:
         cmd.append("--once")
     if not echo:
@@ -48,8 +47,16 @@ def command(config, sd, heap=DEFAULT_HEAP, once=False, echo=True):
     return cmd
 
 
-def popen(config, sd, heap=DEFAULT_HEAP, once=False, echo=True, **kw):
-    return subprocess.Popen(command(config, sd, heap, once, echo), env=mpy.env(), **kw)
+def where(config):
+    """env and cwd for the board's process. `-m` puts the working directory
+    first on the path, so the board starts in the directory that plays its
+    internal flash, as the box starts in / (a checkout's board/ folder would
+    otherwise shadow the board module)."""
+    return {"env": mpy.env(), "cwd": str(Path(config).resolve().parent)}
+
+
+def popen(config, sd, heap=None, once=False, echo=True, **kw):
+    return subprocess.Popen(command(config, sd, heap, once, echo), **where(config), **kw)
 
 
 def stop(proc, timeout=10):
@@ -72,7 +79,7 @@ def stop(proc, timeout=10):
 
 def run(args):
     if args.once:
-        return subprocess.run(command(args.config, args.sd, args.heap, once=True), env=mpy.env()).returncode
+        return subprocess.run(command(args.config, args.sd, args.heap, once=True), **where(args.config)).returncode
     if args.pty:
         with PtyConsole(args.config, args.sd, args.pty, args.heap) as sim:
             print(f"simulated gateway running; console on {args.pty}")
@@ -86,7 +93,7 @@ def run(args):
 
     old = signal.signal(signal.SIGINT, lambda *a: None)
     try:
-        return subprocess.call(command(args.config, args.sd, args.heap, echo=not sys.stdin.isatty()), env=mpy.env())
+        return subprocess.call(command(args.config, args.sd, args.heap, echo=not sys.stdin.isatty()), **where(args.config))
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -95,7 +102,7 @@ class PtyConsole:
     """The simulated board with its stdin/stdout bridged to a pty linked at
     `link`. A context manager: leaving it stops the process and the bridge."""
 
-    def __init__(self, config, sd, link, heap=DEFAULT_HEAP):
+    def __init__(self, config, sd, link, heap=None):
         self.master, slave = os.openpty()
         tty.setraw(slave)  # before anything flows: no echo, no line editing
         attrs = termios.tcgetattr(slave)

@@ -91,7 +91,7 @@ def test_once_pulls_what_the_relay_holds(tmp_path):
         listing = relay.queue("list")
         assert "0 message(s)" in listing.stdout + listing.stderr
     export = tmp_path / "export"
-    subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "export", image, export, heap=sim.DEFAULT_HEAP),
+    subprocess.run(mpy.command(mpy.BOARD_UNIX / "sdtool.py", "export", image, export, heap="256k"),
                    env=mpy.env(), check=True, timeout=120)
     assert len(list((export / "alice" / "new").iterdir())) == 3
 
