@@ -59,15 +59,20 @@ class Draft:
     """A message being received. Nothing of it is visible until commit()."""
 
     def __init__(self, spool, id, path, header):
+        """header yields the header's lines; each is written and summed as
+        it comes, so no line list or joined copy is ever held (100
+        recipients make 2.5 KB, a block a cut-up heap may not have)."""
         self.spool = spool
         self.id = id
         self.path = path
         self.size = 0
-        self.hcrc = binascii.crc32(header)
+        self.hcrc = 0
         self._check_at = spool.check_every
         self._f = open(path, "wb")
         try:
-            self._f.write(header)
+            for line in header:
+                self._f.write(line)
+                self.hcrc = binascii.crc32(line, self.hcrc)
         except OSError:
             self.abort()
             raise
@@ -224,14 +229,13 @@ class Spool:
     def begin(self, mail_from, rcpts, size=0):
         if not self.room(size):
             raise SpoolFull("card full")
-        lines = [b"F %s\n" % mail_from.encode()]
         ext = ""
+        rest = len(mail_from.encode()) + 3  # "F <from>\n"
         for addr, q in rcpts:
-            i = _QUEUES.index(q)
-            letter = _LETTERS[i : i + 1]  # a slice: s[i] would intern a qstr
-            lines.append(b"R %s %s\n" % (letter.encode(), addr.encode()))
+            letter = _letter(q)
             if letter not in ext:
                 ext = "lo" if ext else letter
+            rest += len(addr.encode()) + 5  # "R <q> <rcpt>\n"
         if not ext:
             raise ValueError("no recipients")
         id = self._new_id()
@@ -241,13 +245,23 @@ class Spool:
                 os.mkdir(d)
             self._made = d
         now = int(self.clock())
-        rest = b"".join(lines)
         # Line one has a fixed-width length field, so its own length is known.
-        first = b"%s %06d %s %d\n" % (_MAGIC, 0, id.encode(), now)
-        header = b"%s %06d %s" % (_MAGIC, len(first) + len(rest), first[15:] + rest)
+        first = len(b"%s %06d %s %d\n" % (_MAGIC, 0, id.encode(), now))
         self._drafts.add(id)
         try:
-            return Draft(self, id, "%s/%s.%s" % (d, id, ext), header)
+            return Draft(self, id, "%s/%s.%s" % (d, id, ext), _header(id, now, first + rest, mail_from, rcpts))
         except OSError:
             self._drafts.discard(id)
             raise
+
+
+def _header(id, now, hlen, mail_from, rcpts):
+    yield b"%s %06d %s %d\n" % (_MAGIC, hlen, id.encode(), now)
+    yield b"F %s\n" % mail_from.encode()
+    for addr, q in rcpts:
+        yield b"R %s %s\n" % (_letter(q).encode(), addr.encode())
+
+
+def _letter(queue):
+    i = _QUEUES.index(queue)
+    return _LETTERS[i : i + 1]  # a slice: s[i] would intern a qstr
