@@ -64,11 +64,13 @@ class App:
         host = self.cfg["listen"]
         from gateway import pop3
 
-        self.servers.append(await pop3.serve(self.cfg, self.mailboxes, host, self.cfg["pop3"]["port"]))
+        pcfg = self.cfg["pop3"]
+        self.servers.append(await pop3.serve(self.cfg, self.mailboxes, host, pcfg["port"], pcfg["sessions"]))
         from gateway import lan
 
         self.servers.append(
-            await lan.serve(self.cfg, self.spool, self.policy, host, self.cfg["smtp"]["port"], self._delivered, self._outbound)
+            await lan.serve(self.cfg, self.spool, self.policy, host, self.cfg["smtp"]["port"], self._delivered, self._outbound,
+                            self.cfg["smtp"]["sessions"])
         )
         log.info("listening on %s: smtp %d, pop3 %d" % (host, self.cfg["smtp"]["port"], self.cfg["pop3"]["port"]))
         from gateway.scheduler import Scheduler

@@ -17,6 +17,7 @@ _NUMBERS = {
     "secs": (0, 1 << 40, "must be a number of seconds (0 or more)"),
     "minutes": (-720, 840, "must be minutes from -720 to 840"),
     "port": (1, 65535, "must be a port number (1-65535)"),
+    "sessions": (1, 16, "must be a number of sessions (1-16)"),
 }
 
 
@@ -53,11 +54,15 @@ def _schema():
             "port": ("port", 25),
             "max_size": ("int", 10240000),
             "allow": ("nets", ["192.168.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "127.0.0.0/8"]),
+            # Office PCs at once; more get 421 4.3.2 before their session
+            # starts. The default fits the heap budget (docs/heap.md).
+            "sessions": ("sessions", 4),
         },
         "pop3": {
             "port": ("port", 110),
             "cert": ("str", ""),  # DER files on the flash (MicroPython's ssl takes no PEM); both set = STLS offered
             "key": ("str", ""),
+            "sessions": ("sessions", 4),  # mail clients at once; more get -ERR [SYS/TEMP]
         },
         "wifi": {  # ESP32 boards without Ethernet
             "ssid": ("str", ""),

@@ -4,13 +4,14 @@
 from gateway.policy import LanHandler, peer_ip
 
 
-async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=None, max_sessions=8):
+async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=None, sessions=4):
     """on_delivered(spool) runs after mail for our own users was accepted
     (Mailboxes.deliver_pending); on_outbound() after outside mail was (the
-    scheduler's poke). A peer outside cfg["smtp"]["allow"] gets 554."""
+    scheduler's poke). A peer outside cfg["smtp"]["allow"] gets 554; one
+    over `sessions` at once (cfg["smtp"]["sessions"] on the box) gets 421."""
     from gateway.smtp.server import serve as smtp_serve
 
     def handler(peer):
         return LanHandler(cfg, spool, policy, peer_ip(peer), on_delivered, on_outbound)
 
-    return await smtp_serve(handler, host, port, max_sessions, with_peer=True)
+    return await smtp_serve(handler, host, port, sessions, with_peer=True)

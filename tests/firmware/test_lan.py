@@ -56,14 +56,14 @@ class Gateway:
     def poke(self):
         self.pokes += 1
 
-    async def start(self):
+    async def start(self, sessions=4):
         import random
 
         for _ in range(50):
             self.port = random.randrange(20000, 60000)
             try:
                 self.srv = await lan.serve(self.cfg, self.spool, self.policy, "127.0.0.1", self.port,
-                                           self.boxes.deliver_pending, self.poke)
+                                           self.boxes.deliver_pending, self.poke, sessions)
                 return
             except OSError:
                 pass
@@ -196,3 +196,35 @@ def test_networks_outside_the_allow_list_are_turned_away():
             gw.srv.close()
 
     support.run(main())
+
+
+def test_a_session_over_capacity_is_refused_before_it_starts_and_a_retry_gets_in():
+    """smtp.sessions office PCs at once: one more gets 421 4.3.2 as its
+    greeting, never a failure half-way; once a session ends, it gets in."""
+    gw = Gateway()
+
+    async def main():
+        await gw.start(sessions=1)  # one: this process holds both ends in 128k
+        try:
+            first = await gw.client()
+            over = await gw.client()
+            assert over.greeting[0] == 421 and over.greeting[1][0].startswith("4.3.2"), over.greeting
+            await over.close()
+            assert await send(first, "bob@example.test", ["alice@example.test"]) == [250, 250, 250]
+            await first.cmd("QUIT")
+            await first.close()
+            for _ in range(100):  # the listener sees the hang-up within a few turns of the loop
+                await asyncio.sleep(0.01)
+                retry = await gw.client()
+                if retry.greeting[0] == 220:
+                    break
+                await retry.close()
+            assert retry.greeting[0] == 220
+            assert await send(retry, "bob@example.test", ["alice@example.test"]) == [250, 250, 250]
+            await retry.cmd("QUIT")
+            await retry.close()
+        finally:
+            gw.srv.close()
+
+    support.run(main())
+    assert len(gw.boxes.listing("alice")) == 2
