@@ -35,18 +35,19 @@ debs:
 run: $(STAMP)
 	$(BIN)/odmrgw demo $(if $(ONCE),--once,)
 
+# tests/budget is the heap budget suite: `make heap`.
 test: $(STAMP) debs
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --ignore=tests/budget tests/host/test_hygiene.py $(PYTEST_ARGS)
 
 # Suites too slow for every CI run (long soak, many more power cuts).
 test-long: $(STAMP) debs
-	ODMRGW_LONG=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	ODMRGW_LONG=1 $(BIN)/pytest -n 2 --ignore=tests/budget $(PYTEST_ARGS)
 
 # The heap budget suite on a 32-bit micropython, the way the ESP32 counts.
 heap: $(STAMP) debs
 	@test -n "$(MICROPYTHON32)" || { echo "make heap: say which binary, MICROPYTHON32=PATH (a 32-bit micropython)"; exit 2; }
 	@test -x "$(MICROPYTHON32)" || { echo "make heap: $(MICROPYTHON32) is not an executable file"; exit 2; }
-	ODMRGW_MICROPYTHON=$(abspath $(MICROPYTHON32)) $(BIN)/pytest -n 2 tests/budget $(PYTEST_ARGS)
+	ODMRGW_MICROPYTHON=$(abspath $(MICROPYTHON32)) $(BIN)/pytest -n 2 tests/budget tests/host/test_hygiene.py $(PYTEST_ARGS)
 
 bench: $(STAMP) debs
 	$(BIN)/python -m tests.bench

@@ -119,9 +119,11 @@ class Office:
     def wait_log(self, what, timeout):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if what in self.text():
+            text = self.text()
+            if what in text:
                 return
-            assert self.proc.poll() is None, "the box ended:\n" + self.text()[-3000:]
+            assert self.proc.poll() is None, "the box ended:\n" + text[-3000:]
+            assert "gateway not started" not in text, text[-3000:]
             time.sleep(0.2)
         raise AssertionError(f"no {what!r} in the box's output within {timeout}s:\n" + self.text()[-3000:])
 
@@ -210,6 +212,12 @@ def office(tmp_path):
     o.close()
 
 
+# Issue 11 is open: on 2026-12-01 the day failed at the budget on both
+# builds, and at 1m on the 64-bit one, with POP3 sessions over mailboxes of
+# 500 messages (MemoryError on 4 KB blocks: the listing holds every id) and
+# the 100-recipient message's hand-off to the mailboxes. Strict: the day
+# passing at the budget fails this marker, so the marker goes with the fix.
+@pytest.mark.xfail(strict=True, reason="issue 11: the office day does not fit the heap budget yet (docs/heap.md)")
 def test_office_day_at_the_budget_heap(office):
     office.fill()
     office.hold_at_relay()

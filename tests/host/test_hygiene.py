@@ -58,12 +58,12 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
     print(f"firmware .mpy total: {total} bytes")
 
 
-# Heap the whole firmware takes once imported from .mpy, as deployed, measured
-# on the unix port. Its 8-byte pointers make code objects roughly 1.5x what
-# they cost on the ESP32's 4-byte ones, so this budget is about 90 KB on the
-# box: it fits a board with PSRAM easily and is tight without (see README).
-# The guard is there so the firmware does not quietly grow past it.
-IMPORT_HEAP_BUDGET = 144 * 1024
+# Heap the whole firmware takes once imported from .mpy, as deployed, on the
+# binary that runs firmware (ODMRGW_MICROPYTHON): 8-byte pointers make code
+# objects about 1.4x what they cost with the ESP32's 4-byte ones. Measured
+# 2026-12-01: 140,224 bytes on the PyPI 64-bit build, 99,504 on the 32-bit
+# one (docs/heap.md). The guard keeps the firmware from quietly growing.
+IMPORT_HEAP_BUDGET = {64: 148 * 1024, 32: 104 * 1024}
 
 
 def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
@@ -84,5 +84,6 @@ def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     used = int(proc.stdout.split()[-1])
-    record_figure("heap after importing all firmware (.mpy)", f"{used} bytes, {len(modules)} modules, unix port 64-bit")
-    assert used < IMPORT_HEAP_BUDGET, f"whole firmware takes {used} bytes of heap, budget {IMPORT_HEAP_BUDGET}"
+    bits = mpy.pointer_bits()
+    record_figure("heap after importing all firmware (.mpy)", f"{used} bytes, {len(modules)} modules, unix port {bits}-bit")
+    assert used < IMPORT_HEAP_BUDGET[bits], f"whole firmware takes {used} bytes of heap, budget {IMPORT_HEAP_BUDGET[bits]}"
