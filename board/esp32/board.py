@@ -226,6 +226,7 @@ def main():
     except config.ConfigError as e:
         print("odmrgw: %s is broken (%s); starting with defaults, fix it at the console" % (CONFIG, e))
         cfg = config.validate({})
+    config = None  # the app drops the module once booted (docs/heap.md)
     board = Board(pins, cfg)
     app = None
     try:

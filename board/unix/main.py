@@ -42,6 +42,7 @@ def main():
         print("config: %s" % e)
         board.umount_sd()
         return 2
+    config = None  # the app drops the module once booted (docs/heap.md)
     app = App(board, cfg, cfg_name)
     app.attach_log()
     try:

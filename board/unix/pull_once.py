@@ -14,6 +14,7 @@ def main():
     board = Board(sys.argv[2])
     root = board.mount_sd()
     from gateway import odmr
+    from gateway.compat import drop_modules
 
     buf = odmr.session_buffer()
     import asyncio
@@ -34,8 +35,8 @@ def main():
             cfg = json.load(f)
         spool = Spool(root + "/spool", board.now)
         spool.recover()
-        odmr.drop_modules(("gateway.spoolread",))
-        out = asyncio.run(odmr.pull(cfg, handler, buf, unload=True))
+        drop_modules(("gateway.spoolread",))
+        out = asyncio.run(odmr.pull(cfg, handler, buf, odmr.CUSTOMER + ("gateway.sasl",)))
         print("OUTCOME", out.code, out.pulled, out.text)
         return 0 if out.ok else 1
     finally:

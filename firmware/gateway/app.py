@@ -3,8 +3,8 @@
 # The board object is the only way in to the hardware: firmware never imports
 # board code. The parts are imported when start() needs them, so a box that
 # only shows its status never loads the SMTP engine.
-from gateway import config, log
-from gateway.compat import mem_alloc, mem_free
+from gateway import log
+from gateway.compat import drop_modules, mem_alloc, mem_free
 
 VERSION = "0.1.0"
 
@@ -57,6 +57,10 @@ class App:
     async def start(self):
         """Everything but the console: card, listeners, scheduler."""
         import asyncio
+
+        # The config is checked and loaded: its code comes back only for a
+        # console command, and the listeners get its 7 KB.
+        drop_modules(("gateway.config",))
         from gateway.smtp import server
 
         server.reserve(self.SMTP_BUFFERS)
@@ -182,11 +186,15 @@ class App:
         self.unsaved = True
 
     def save_config(self):
+        from gateway import config
+
         config.save(self.cfg_path, self.cfg)
         self.unsaved = False
 
     def factory_reset(self):
         import os
+
+        from gateway import config
 
         try:
             os.remove(self.cfg_path)

@@ -65,6 +65,22 @@ try:
     def mem_alloc():
         return gc.mem_alloc()
 
+    def drop_modules(names):
+        # Forgets modules so that gc takes their code back when a phase of
+        # the box is over (a qstr they made stays; a later import loads them
+        # afresh at no further cost). Nothing may hold their objects then,
+        # nor a resident module their names.
+        import sys
+
+        for name in names:
+            if sys.modules.pop(name, None) is not None:
+                dot = name.rfind(".")
+                try:
+                    delattr(sys.modules[name[:dot]], name[dot + 1 :])
+                except (AttributeError, KeyError):
+                    pass
+        gc.collect()
+
 except ImportError:  # CPython
     import os  # cpython-only
     import sys  # cpython-only
@@ -135,3 +151,8 @@ except ImportError:  # CPython
 
     def mem_alloc():
         return None
+
+    def drop_modules(names):
+        # CPython has the memory to keep them, and its tests hold classes
+        # across phases that a reload would make into strangers.
+        pass

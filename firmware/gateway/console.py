@@ -9,8 +9,7 @@
 import json
 import sys
 
-from gateway import config
-from gateway.config import ConfigError
+from gateway.compat import drop_modules
 
 _HANDOVER = (1, 3, 4)  # Ctrl-A raw REPL, Ctrl-C interrupt, Ctrl-D soft reset
 
@@ -57,12 +56,16 @@ class Console:
         fn = getattr(self, "do_" + words[0].replace("-", "_"))
         try:
             return fn(words[1:], line) or []
-        except (ConfigError, ValueError) as e:
+        except ValueError as e:  # config.ConfigError among them
             return ["error: %s" % e]
         except IndexError:
             return ["usage: see help"]
         except Exception as e:  # noqa: BLE001 - a failed command must not end the console
             return ["failed: %r" % (e,)]
+        finally:
+            # A command loads the config checks when it needs them; the
+            # box's heap does not keep their 7 KB between commands.
+            drop_modules(("gateway.config",))
 
     def do_help(self, args, line):
         return HELP.split("\n")
@@ -72,6 +75,7 @@ class Console:
 
     def do_show(self, args, line):
         key = args[0] if args else ""
+        config = _config()
         shown = config.mask(self.app.cfg)
         try:
             value = config.get(shown, key)
@@ -84,13 +88,13 @@ class Console:
     def do_set(self, args, line):
         key = args[0]
         text = line.split(None, 2)[2]
-        return self._change(key, config.parse(key, text))
+        return self._change(key, _config().parse(key, text))
 
     def do_unset(self, args, line):
         return self._change(args[0], None)
 
     def _change(self, key, value):
-        self.app.set_config(config.with_key(self.app.cfg, key, value))
+        self.app.set_config(_config().with_key(self.app.cfg, key, value))
         return ["ok; `save` keeps it, `reboot` puts it to work"]
 
     def do_save(self, args, line):
@@ -174,6 +178,12 @@ class Console:
                     write(chr(c))
 
     _last_cr = False
+
+
+def _config():
+    from gateway import config
+
+    return config
 
 
 def _stdout_write(text):

@@ -2,18 +2,17 @@
 # domains, and on "250" turn the line around: the box greets with 220 and
 # the provider delivers the held mail to the box's SMTP receiver over the
 # same connection, until it says QUIT or hangs up.
-import gc
-import sys
-
 from gateway import log
+from gateway.compat import drop_modules
 
 DEFAULT_PORT = 366
 # The turned line's receive buffer (the receiver's SMTPSession takes any
 # size that holds a command line and a text line; 4 KB as its own).
 BUFFER = 4096
-# What only the customer's half of the session needs, dropped at the turn
-# when pull(unload=True): the receiver's code then fits where it was.
-_CUSTOMER = ("gateway.smtp.client", "gateway.sasl", "gateway.tls")
+# What only the customer's half of the session needs, dropped at the turn:
+# the receiver's code then fits where it was. SASL stays when a resident
+# part shares it (the LAN listener's AUTH).
+CUSTOMER = ("gateway.smtp.client", "gateway.tls")
 # The provider scans its queue before it answers ATRN; Exim's documentation
 # says to wait up to 10 minutes.
 ATRN_TIMEOUT = 600
@@ -71,23 +70,11 @@ def session_buffer():
     return bytearray(BUFFER)
 
 
-def drop_modules(names):
-    """Forgets modules so that gc can take their code back: nothing may
-    hold their objects any more (a later import loads them afresh)."""
-    for name in names:
-        if sys.modules.pop(name, None) is not None:
-            dot = name.rfind(".")
-            try:
-                delattr(sys.modules[name[:dot]], name[dot + 1 :])
-            except (AttributeError, KeyError):
-                pass
-
-
-async def pull(cfg, handler, buf=None, unload=False):
+async def pull(cfg, handler, buf=None, unload=CUSTOMER):
     """One ODMR session with cfg["relay"]; handler is an InboundHandler,
     or a function that makes one (called only once the line has turned).
-    unload=True drops the client's modules at the turn (for a process
-    that does nothing else, like board/unix/pull_once.py).
+    The modules named in `unload` are dropped at the turn (a process that
+    does nothing else, like board/unix/pull_once.py, drops SASL too).
     Never raises for network or protocol trouble: the Outcome says it."""
     from gateway.smtp.client import SMTPClient, SMTPError
 
@@ -123,9 +110,7 @@ async def pull(cfg, handler, buf=None, unload=False):
     log.info("relay: ATRN accepted for %s, serving the delivery" % ",".join(domains))
     reader, writer = client.reader, client.writer
     client = SMTPClient = SMTPError = None
-    if unload:
-        drop_modules(_CUSTOMER)
-    gc.collect()
+    drop_modules(unload)
     if not hasattr(handler, "rcpt"):
         handler = handler()
     n = await _serve(reader, writer, handler, (host, conf.get("port") or DEFAULT_PORT), buf)

@@ -31,17 +31,18 @@ class Summary:
 
 
 class Outbound:
-    """Keeps the per-message retry pauses between flushes (in RAM: after a
-    reboot every message is simply tried at the next cycle)."""
+    """One flush. `retry` holds the per-message pauses between flushes (the
+    caller keeps it, in RAM: after a reboot every message is simply tried at
+    the next cycle)."""
 
-    def __init__(self, cfg, spool, policy, clock):
+    def __init__(self, cfg, spool, policy, clock, retry=None):
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
         self.clock = clock
         poll = cfg.get("poll") or {}
         self.bounce_after = poll.get("bounce_after") or BOUNCE_AFTER
-        self.retry = {}  # id -> (tries, not before)
+        self.retry = {} if retry is None else retry  # id -> (tries, not before)
 
     async def flush(self):
         out = Summary()

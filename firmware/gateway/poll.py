@@ -2,6 +2,14 @@
 # out before new mail comes in), then the ODMR pull, then the hand-off of
 # everything pulled (and any bounce) to the mailboxes.
 from gateway import log
+from gateway.compat import drop_modules
+
+# The flush's code, dropped once it is done: the pull and the sessions
+# beside it get its heap. The client goes with it (odmr.CUSTOMER reloads
+# it): a resident module must never hold the classes of a dropped one.
+_FLUSH = ("gateway.outbound", "gateway.smtp.submit", "gateway.dsn", "gateway.smtp.client", "gateway.tls")
+# The pull's code, dropped when the cycle ends, however the pull ended.
+_PULL = ("gateway.odmr", "gateway.smtp.client", "gateway.tls")
 
 
 class Result:
@@ -26,16 +34,15 @@ class PollCycle:
         self.policy = policy
         self.mailboxes = mailboxes
         self.board = board
-        # gateway.outbound (with the mail-sending client) is loaded once
-        # outgoing mail is queued, then kept: it holds the retry pauses.
-        self.outbound = None
+        # Outbound's pauses between tries (id -> (tries, not before)): kept
+        # here, so its code need not stay loaded between cycles.
+        self.retry = {}
         # The turned line's receive buffer (odmr.session_buffer()), made by
         # the app at start-up: a 4 KB block may not exist later.
         self.session_buf = session_buf
         import asyncio
 
         asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
-        self._outbound()  # mail waiting at start: loaded while the heap is whole
 
     async def run(self):
         try:
@@ -48,8 +55,7 @@ class PollCycle:
         from gateway import odmr
         from gateway.policy import InboundHandler
 
-        outbound = self._outbound()
-        sent = await outbound.flush() if outbound else None
+        sent = await self._flush()
         self.board.feed_watchdog()
         # The mailboxes get the pulled mail every HANDOFF messages and at the
         # end, not one by one (the provider's delivery is not slowed down
@@ -61,20 +67,26 @@ class PollCycle:
         self.board.feed_watchdog()
         self.mailboxes.deliver_pending(self.spool)
         relay_ok = pulled.ok or pulled.code == 0
-        error = sent.error if sent else None
+        error, temporary, sent = sent
         ok = relay_ok and not error
-        retry = (not relay_ok and pulled.retry) or (error is not None and sent.temporary)
-        line = "relay: %s; smarthost: %s" % (pulled.text, sent or "nothing to send")
+        retry = (not relay_ok and pulled.retry) or (error is not None and temporary)
+        line = "relay: %s; smarthost: %s" % (pulled.text, sent)
+        pulled = None
+        drop_modules(_PULL)
         (log.info if ok else log.warn)("poll: " + line)
         return Result(ok, retry, line)
 
-    def _outbound(self):
-        """The Outbound, or None while no outgoing mail was ever queued."""
-        if self.outbound is None and self.spool.ids("out"):
-            from gateway.outbound import Outbound
+    async def _flush(self):
+        """(error, temporary, summary) of the outbound flush, as plain
+        values: nothing of the flush's code is held once it is dropped."""
+        if not self.spool.ids("out"):
+            return None, False, "nothing to send"
+        from gateway.outbound import Outbound
 
-            self.outbound = Outbound(self.cfg, self.spool, self.policy, self.board.now)
-        return self.outbound
+        sent = await Outbound(self.cfg, self.spool, self.policy, self.board.now, self.retry).flush()
+        sent = sent.error, sent.temporary, str(sent)
+        drop_modules(_FLUSH)
+        return sent
 
     def _taken(self, spool):
         self.taken += 1
