@@ -26,8 +26,8 @@ def add_parser(sub):
     p = sub.add_parser("sim", help="run the simulated gateway (micropython, a card image as SD card)")
     p.add_argument("--config", required=True, help="gateway config (JSON); its directory plays the internal flash")
     p.add_argument("--sd", required=True, help="card image (odmrgw sd mkfs)")
-    p.add_argument("--heap", help="MicroPython heap size (default: the box's budget, %s on a 32-bit build, %s on 64-bit)"
-                   % (mpy.BUDGET_HEAP[32], mpy.BUDGET_HEAP[64]))
+    p.add_argument("--heap", help="MicroPython heap size (default %s on a 32-bit build, %s on 64-bit; see docs/heap.md)"
+                   % (mpy.SIM_HEAP[32], mpy.SIM_HEAP[64]))
     p.add_argument("--once", action="store_true", help="one poll cycle, print its summary, exit 0 or 1")
     p.add_argument("--pty", metavar="PATH", help="put the console on a pseudo-terminal, linked at PATH")
     p.set_defaults(func=run)
@@ -36,7 +36,7 @@ def add_parser(sub):
 def command(config, sd, heap=None, once=False, echo=True):
     """The board's main module runs as .mpy from the firmware cache, like
     every other module, so the sim's heap is the box's heap."""
-    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap or mpy.budget_heap()}"]
+    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap or mpy.sim_heap()}"]
     if not once:
         cmd.append("-i")  # the REPL follows when the console hands over (Ctrl-C)
     cmd += ["-m", "main", "--config", str(Path(config).resolve()), "--sd", str(Path(sd).resolve())]

@@ -45,8 +45,8 @@ def main(cfg_path, image, delay=None):
         from gateway.smtp import server
 
         server.reserve(8)  # as the App does: session buffers before the heap is cut up
-        await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"])
-        await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke)
+        await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"], cfg["pop3"]["sessions"])
+        await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke, cfg["smtp"]["sessions"])
         gc.collect()
         print("READY smtp=%d pop3=%d heap=%d" % (cfg["smtp"]["port"], cfg["pop3"]["port"], gc.mem_free()))
         low = gc.mem_free()

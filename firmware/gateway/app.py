@@ -34,6 +34,9 @@ class App:
 
     def open_card(self):
         """Spool recovery, then mailboxes; hands held local mail to them."""
+        # The config is checked and loaded: its code comes back only for a
+        # console command, and the rest of the box gets its 7 KB.
+        drop_modules(("gateway.config",))
         from gateway.spool import Spool
         from gateway.policy import Policy
         from gateway.mailbox import Mailboxes
@@ -57,10 +60,6 @@ class App:
     async def start(self):
         """Everything but the console: card, listeners, scheduler."""
         import asyncio
-
-        # The config is checked and loaded: its code comes back only for a
-        # console command, and the listeners get its 7 KB.
-        drop_modules(("gateway.config",))
         from gateway.smtp import server
 
         server.reserve(self.SMTP_BUFFERS)

@@ -306,27 +306,30 @@ class Mailboxes:
         """(1 if the spool record was completed else 0, forwards pending)."""
         forwards = False
         env = spool.envelope(id)
-        done = []
-        users = []
+        served = 0
+        left = None  # the local recipients not served here, if any: mostly none,
+        users = []  # so 100 served ones never need a list of their own
         for addr, queue in env.rcpts:
             if queue != "local":
                 continue
             if self.policy.forward_for(addr) and not self.kept_here(id, addr):
                 forwards = True  # gateway.forward's job
+                left = (left or []) + [addr]
                 continue
             user = self.policy.user_for(addr)
             if user is None or user not in self.policy.users:
                 log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
+                left = (left or []) + [addr]
                 continue
-            done.append(addr)
+            served += 1
             if user not in users:
                 users.append(user)
-        if not done:
+        if not served:
             return 0, forwards
         key = self._key(spool, env)
         for user in users:
             self._deliver_one(user, id, env, key, spool)
-        spool.done(id, "local", done)
+        spool.done(id, "local", None if left is None else [a for a, q in env.rcpts if q == "local" and a not in left])
         return 1, forwards
 
     def keep_here(self, id, address):

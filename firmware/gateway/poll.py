@@ -52,11 +52,23 @@ class PollCycle:
             return Result(False, True, "cycle failed: %r" % (e,))
 
     async def _run(self):
+        error, temporary, sent = await self._flush()
+        self.board.feed_watchdog()
+        relay_ok, relay_retry, pulled = await self._pull()
+        self.board.feed_watchdog()
+        self.mailboxes.deliver_pending(self.spool)
+        ok = relay_ok and not error
+        retry = (not relay_ok and relay_retry) or (error is not None and temporary)
+        line = "relay: %s; smarthost: %s" % (pulled, sent)
+        (log.info if ok else log.warn)("poll: " + line)
+        return Result(ok, retry, line)
+
+    async def _pull(self):
+        """(ok, retry, summary) of the ODMR pull, as plain values; its code
+        is dropped before the last hand-off, which gets its heap."""
         from gateway import odmr
         from gateway.policy import InboundHandler
 
-        sent = await self._flush()
-        self.board.feed_watchdog()
         # The mailboxes get the pulled mail every HANDOFF messages and at the
         # end, not one by one (the provider's delivery is not slowed down
         # message by message), and the spool's list of pending ids stays
@@ -64,17 +76,10 @@ class PollCycle:
         self.taken = 0
         handler = InboundHandler(self.cfg, self.spool, self.policy, self._taken)
         pulled = await odmr.pull(self.cfg, handler, self.session_buf)
-        self.board.feed_watchdog()
-        self.mailboxes.deliver_pending(self.spool)
-        relay_ok = pulled.ok or pulled.code == 0
-        error, temporary, sent = sent
-        ok = relay_ok and not error
-        retry = (not relay_ok and pulled.retry) or (error is not None and temporary)
-        line = "relay: %s; smarthost: %s" % (pulled.text, sent)
-        pulled = None
+        pulled = pulled.ok or pulled.code == 0, pulled.retry, pulled.text
+        odmr = handler = None
         drop_modules(_PULL)
-        (log.info if ok else log.warn)("poll: " + line)
-        return Result(ok, retry, line)
+        return pulled
 
     async def _flush(self):
         """(error, temporary, summary) of the outbound flush, as plain

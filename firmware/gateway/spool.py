@@ -186,9 +186,12 @@ class Spool:
         from gateway import spoolread
 
         env = spoolread.Envelope(spoolread.path(self, id))
-        # Only the pending recipients, renumbered: nothing in it is done.
-        env.rcpts = env.pending()
-        env.done = set()
+        # Only the pending recipients, renumbered: nothing in it is done. A
+        # record with none done keeps its list (100 recipients: a second
+        # 512-byte block that a cut-up heap may not have).
+        if env.done:
+            env.rcpts = env.pending()
+            env.done = set()
         return env
 
     def open(self, id, env=None):

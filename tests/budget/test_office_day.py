@@ -43,7 +43,7 @@ RETRY_PAUSE = 0.1
 
 
 def _heap():
-    return os.environ.get("ODMRGW_OFFICE_HEAP") or mpy.budget_heap()
+    return os.environ.get("ODMRGW_BUDGET_HEAP") or mpy.budget_heap()
 
 
 class Office:

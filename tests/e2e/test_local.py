@@ -57,8 +57,10 @@ class LocalGateway:
             "domains": ["example.test"],
             "users": {u: {"password": p, "addresses": [f"{u}@example.test"]} for u, p in USERS.items()},
             "catch_all": {},
-            "smtp": {"port": self.smtp_port, "allow": list(allow)},
-            "pop3": {"port": self.pop3_port, **(pop3 or {})},
+            # 8 sessions each, more than the box's defaults: the figures test
+            # measures what 8 + 8 take.
+            "smtp": {"port": self.smtp_port, "allow": list(allow), "sessions": 8},
+            "pop3": {"port": self.pop3_port, "sessions": 8, **(pop3 or {})},
         }
         self.config = tmp_path / "gateway.json"
         self.config.write_text(json.dumps(cfg))
