@@ -18,18 +18,23 @@ def _sender(address):
 
 class RelaySMTP(SMTP):
     """aiosmtpd's server plus the shared failed-login throttle: a blocked IP
-    gets 421 on AUTH, and every 535 is sent late and counted."""
+    gets 421 on AUTH, an AUTH counts as a try while it runs, and every 535
+    is sent late and counted."""
 
     def __init__(self, handler, relay, **kw):
         super().__init__(handler, **kw)
         self.throttle = relay.throttle
 
     async def smtp_AUTH(self, arg):
-        if self.session and self.throttle.blocked(self.session.peer[0]):
+        ip = self.session.peer[0]
+        if not self.throttle.begin(ip):
             await self.push("421 4.7.0 too many failed logins from your address, try later")
             self.transport.close()
             return
-        await super().smtp_AUTH(arg)
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.throttle.end(ip)
 
     async def push(self, status):
         if str(status).startswith("535"):
