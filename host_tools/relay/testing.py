@@ -26,21 +26,26 @@ _LISTENING = re.compile(r"^relay: (\w+) listening on (\S+):(\d+)")
 
 def write_config(path, queue, accounts=(("office", "s3cret", ["example.test"]),), listen=None,
                  tls=None, next_hop=None, limits=None, hostname="relay.test"):
-    """A relay.toml; listeners default to smtp + odmr on port 0."""
+    """A relay.toml; listeners default to smtp + odmr on port 0. An account is
+    (user, secret, domains) or (user, secret, domains, recipients)."""
     listen = listen or {"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0"}
     out = [f'hostname = "{hostname}"', f'queue = "{queue}"', "[listen]"]
     out += [f'{k} = "{v}"' for k, v in listen.items()]
     if tls:
         out += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
-    for user, secret, domains in accounts:
-        out += ["[[account]]", f'user = "{user}"', f'secret = "{secret}"',
-                "domains = [" + ", ".join(f'"{d}"' for d in domains) + "]"]
+    for user, secret, domains, *recipients in accounts:
+        out += ["[[account]]", f'user = "{user}"', f'secret = "{secret}"', f"domains = {_toml_list(domains)}"]
+        out += [f"recipients = {_toml_list(r)}" for r in recipients]
     if next_hop:
         out += ["[outbound]", f'next_hop = "{next_hop}"', "retry_interval = 1"]
     if limits:
         out += ["[limits]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in limits.items()]
     Path(path).write_text("\n".join(out) + "\n")
     return Path(path)
+
+
+def _toml_list(items):
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
 class RelayProcess:
