@@ -43,7 +43,7 @@ def firmware_mpy(tmp_path_factory):
 class Provider:
     """Postfix in front, the relay behind it, and the world (an aiosmtpd sink)."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, stale=""):
         self.world = Sink()
         self.world_listener = self.world.serve()
         intake, self.mx = mpy.free_port(), mpy.free_port()
@@ -61,6 +61,8 @@ class Provider:
         lines = subprocess.run([ODMRGW, "relay", "postfix-config", "--config", conf, "--write", "--maps", maps],
                                capture_output=True, text=True, timeout=60)
         assert lines.returncode == 0, lines.stderr
+        with open(maps / "odmr_recipients", "a") as f:
+            f.write(stale)      # an address the relay no longer knows, as a map not yet regenerated would have
         self.postfix = Postfix(maps, self.mx, f"127.0.0.1:{self.world_listener.port}", main=lines.stdout).start()
         self.relay = RelayProcess(conf).start()
 
@@ -90,8 +92,8 @@ class Provider:
 
 
 @pytest.fixture
-def provider(tmp_path):
-    p = Provider(tmp_path)
+def provider(tmp_path, request):
+    p = Provider(tmp_path, getattr(request, "param", ""))
     yield p
     p.close()
 
@@ -151,3 +153,16 @@ def test_the_relays_bounce_leaves_through_postfix(provider, tmp_path, firmware_m
     assert dsn.get_content_type() == "multipart/report"
     assert [p.get_content_type() for p in dsn.get_payload()][-1] == "text/rfc822-headers"
     assert b"Final-Recipient: rfc822; bob@example.test" in data and b"two dots" not in data
+
+
+@pytest.mark.parametrize("provider", ["carol@example.test\tOK\n"], indirect=True)
+def test_a_recipient_only_a_stale_map_knows_is_refused_by_the_relay_and_bounced_by_postfix_at_once(provider):
+    sent = swaks(provider.mx, "carol@example.test", INCOMING)
+    assert sent.returncode == 0, sent.stdout            # Postfix's map still lists carol
+    # The relay refuses her at RCPT, so Postfix bounces at once (no retries
+    # for days) to the real sender, from its own queue; the relay keeps nothing.
+    provider.wait(lambda: provider.world.messages)
+    ((mail_from, rcpts, data),) = provider.world.messages
+    assert mail_from in ("", "<>") and rcpts == ["sender@outside.test"]
+    assert b"<carol@example.test>: no such recipient here" in data and b"by postfix.test" in data
+    assert provider.queued() == []
