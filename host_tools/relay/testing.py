@@ -440,18 +440,20 @@ class Postfix:
 
     def start(self):
         self.state = Path(tempfile.mkdtemp(prefix="postfix-"))
-        self.state.chmod(0o711)
-        (self.state / "queue").mkdir()
-        (self.state / "data").mkdir()
-        shutil.chown(self.state / "data", "postfix")
-        self.config.mkdir(parents=True, exist_ok=True)
-        (self.config / "main.cf").write_text(self._main_cf())
-        (self.config / "master.cf").write_text("\n".join(self.SERVICES).format(port=f"127.0.0.1:{self.port}") + "\n")
-        run = self._postfix("start")
-        if run.returncode != 0:
-            log = self.log()
+        try:
+            self.state.chmod(0o711)
+            (self.state / "queue").mkdir()
+            (self.state / "data").mkdir()
+            shutil.chown(self.state / "data", "postfix")
+            self.config.mkdir(parents=True, exist_ok=True)
+            (self.config / "main.cf").write_text(self._main_cf())
+            (self.config / "master.cf").write_text("\n".join(self.SERVICES).format(port=f"127.0.0.1:{self.port}") + "\n")
+            run = self._postfix("start")
+            if run.returncode != 0:
+                raise RuntimeError(f"postfix did not start: {run.stdout}{run.stderr}{self.log()[-3000:]}")
+        except BaseException:
             self.stop()
-            raise RuntimeError(f"postfix did not start: {run.stdout}{run.stderr}{log[-3000:]}")
+            raise
         return self
 
     def _postfix(self, *args):

@@ -62,9 +62,11 @@ def run(report):
         lines = subprocess.run([sys.executable, "-m", "host_tools", "relay", "postfix-config", "--config", str(conf),
                                 "--write", "--maps", str(tmp / "postfix")],
                                cwd=mpy.REPO, capture_output=True, text=True, timeout=60, check=True).stdout
-        relay = RelayProcess(conf).start()
-        postfix = Postfix(tmp / "postfix", mx, f"127.0.0.1:{world.port}", main=lines).start()
+        relay = RelayProcess(conf)
+        postfix = Postfix(tmp / "postfix", mx, f"127.0.0.1:{world.port}", main=lines)
         try:
+            relay.start()
+            postfix.start()
             held = tmp / "queue" / "domains" / "example.test"
             t0 = push(mx, "a@example.test", "127.0.0.2")
             complete = until(lambda: held.is_dir() and len(list(held.glob("*.env"))) >= COUNT)

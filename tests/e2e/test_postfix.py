@@ -46,8 +46,15 @@ class Provider:
     def __init__(self, tmp, stale=""):
         self.world = Sink()
         self.world_listener = self.world.serve()
-        intake, self.mx = mpy.free_port(), mpy.free_port()
         self.relay = self.postfix = None
+        try:
+            self._start(tmp, stale)
+        except BaseException:
+            self.close()        # whatever did start is stopped, Postfix above all
+            raise
+
+    def _start(self, tmp, stale):
+        intake, self.mx = mpy.free_port(), mpy.free_port()
         d = tmp / "provider"
         d.mkdir()
         # bob is on the relay's list but has no mailbox on the box: the box
