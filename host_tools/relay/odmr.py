@@ -53,7 +53,7 @@ class OdmrSession:
     async def run(self):
         try:
             if self.relay.throttle.blocked(self.ip):
-                await self.reply(421, f"4.7.0 {self.relay.cfg.hostname} too many failed logins from your address, try later")
+                await self.reply(421, f"4.7.0 {self.relay.cfg.hostname} too many failed or unfinished logins from your address, try later")
                 return
             await self.reply(220, f"{self.relay.cfg.hostname} ESMTP ODMR service ready (RFC 2645)")
             while await self._one_command():
@@ -156,7 +156,7 @@ class OdmrSession:
             return await self._error(538, "5.7.11 encryption required for this mechanism, use CRAM-MD5 or STARTTLS")
         throttle = self.relay.throttle
         if not throttle.begin(self.ip):
-            await self.reply(421, "4.7.0 too many failed logins from your address, try later")
+            await self.reply(421, "4.7.0 too many failed or unfinished logins from your address, try later")
             return False
         try:
             if mech == "CRAM-MD5":

@@ -28,7 +28,7 @@ class RelaySMTP(SMTP):
     async def smtp_AUTH(self, arg):
         ip = self.session.peer[0]
         if not self.throttle.begin(ip):
-            await self.push("421 4.7.0 too many failed logins from your address, try later")
+            await self.push("421 4.7.0 too many failed or unfinished logins from your address, try later")
             return
         try:
             await super().smtp_AUTH(arg)
