@@ -391,7 +391,6 @@ class Postfix:
         "bounce unix - - n - 0 bounce",
         "defer unix - - n - 0 bounce",
         "trace unix - - n - 0 bounce",
-        "verify unix - - n - 1 verify",
         "smtp unix - - n - - smtp",
         "relay unix - - n - - smtp",
         "error unix - - n - - error",
