@@ -39,7 +39,7 @@ async def _parallel_guesses(port, source, guesses=GUESSES):
     connection's last reply code: 535 for a guess that was checked, or the
     code of the step that refused it."""
     conns = [await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)) for _ in range(guesses)]
-    last = [None] * guesses
+    last, last_text = [None] * guesses, {}
     steps = [None, b"EHLO attacker.test", b"AUTH CRAM-MD5", "answer"]
     try:
         for step in steps:
@@ -51,7 +51,6 @@ async def _parallel_guesses(port, source, guesses=GUESSES):
                     w.write(b64encode(f"office {digest}".encode()) + b"\r\n")
                 elif step:
                     w.write(step + b"\r\n")
-            last_text = {}
             for i in going:
                 last[i], last_text[i] = await _reply(conns[i][0])
         return last
