@@ -7,6 +7,7 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -70,10 +71,18 @@ class Config:
     def held_domains(self):
         return {d for a in self.accounts.values() for d in a.domains}
 
+    @cached_property
+    def _accounts_by_domain(self):
+        by_domain = {}
+        for a in self.accounts.values():
+            for d in a.domains:
+                by_domain.setdefault(d, []).append(a)
+        return by_domain
+
     def knows(self, address):
         """Whether some account takes mail for `address` (its domain held,
         and on the account's recipient list when it has one)."""
-        return any(a.accepts(address) for a in self.accounts.values())
+        return any(a.accepts(address) for a in self._accounts_by_domain.get(domain_of(address), ()))
 
     def tls_context(self):
         """Server-side context for STARTTLS and implicit TLS, or None."""
