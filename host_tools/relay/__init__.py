@@ -8,7 +8,7 @@ def add_parser(sub):
     p.add_argument("--config", metavar="FILE", help="the relay's TOML config")
     cmds = p.add_subparsers(dest="relay_cmd")
     q = cmds.add_parser("queue", help="list, show, drop or inject queued messages")
-    q.add_argument("--config", dest="queue_config", metavar="FILE", help="the relay's TOML config")
+    q.add_argument("--config", dest="sub_config", metavar="FILE", help="the relay's TOML config")
     qc = q.add_subparsers(dest="queue_cmd", required=True)
     qc.add_parser("list", help="every queued message, oldest first per box")
     for name, what in (("show", "envelope and text of one message"), ("drop", "delete a message from every box")):
@@ -17,13 +17,19 @@ def add_parser(sub):
     inj.add_argument("file")
     inj.add_argument("--from", dest="sender", help="envelope sender (default: the From: header)")
     inj.add_argument("--to", action="append", help="recipient (repeatable; default: To:/Cc: in held domains)")
+    pf = cmds.add_parser("postfix-config", help="print the Postfix lines that put Postfix in front of this relay")
+    pf.add_argument("--config", dest="sub_config", metavar="FILE", help="the relay's TOML config")
+    pf.add_argument("--maps", default="/etc/postfix", metavar="DIR",
+                    help="where the two map files go (default /etc/postfix)")
+    pf.add_argument("--write", action="store_true", help="write the map files into --maps, print only the main.cf lines")
+    pf.add_argument("--force", action="store_true", help="with --write: replace map files this command did not write")
     p.set_defaults(func=run)
 
 
 def run(args):
     from host_tools.relay.config import ConfigError, load
 
-    path = getattr(args, "queue_config", None) or args.config
+    path = getattr(args, "sub_config", None) or args.config
     if not path:
         raise SystemExit("odmrgw relay: --config FILE is required")
     try:
@@ -34,6 +40,10 @@ def run(args):
         from host_tools.relay import admin
 
         return admin.run(cfg, args)
+    if args.relay_cmd == "postfix-config":
+        from host_tools.relay import postfix
+
+        return postfix.run(cfg, args)
     from host_tools.relay import service
 
     try:

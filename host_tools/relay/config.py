@@ -7,10 +7,12 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 # [limits] keys: name -> (default, converter). Documented in the README, "The desktop relay".
 LIMITS = {
@@ -24,6 +26,8 @@ LIMITS = {
     "auth_max_failures": (5, "int"),        # failed logins per IP within auth_block ...
     "auth_block": (600, "duration"),        # ... before that IP gets 421 for this long
     "max_sessions": (32, "int"),            # concurrent ODMR sessions
+    "bounces_per_sender": (5, "int"),       # bounces to one outside sender within bounce_window ...
+    "bounce_window": (3600, "duration"),    # ... beyond which they are logged, not sent (backscatter)
 }
 
 
@@ -38,6 +42,16 @@ class Account:
     user: str
     secret: str = field(repr=False)
     domains: list
+    # Addresses taken for this account's domains, lower-cased; "@domain" takes
+    # every address of that domain. None: every address of every domain.
+    recipients: set | None = None
+
+    def accepts(self, address):
+        address = address.lower()
+        dom = domain_of(address)
+        if dom not in self.domains:
+            return False
+        return self.recipients is None or address in self.recipients or "@" + dom in self.recipients
 
 
 @dataclass
@@ -56,6 +70,19 @@ class Config:
     @property
     def held_domains(self):
         return {d for a in self.accounts.values() for d in a.domains}
+
+    @cached_property
+    def _accounts_by_domain(self):
+        by_domain = {}
+        for a in self.accounts.values():
+            for d in a.domains:
+                by_domain.setdefault(d, []).append(a)
+        return by_domain
+
+    def knows(self, address):
+        """Whether some account takes mail for `address` (its domain held,
+        and on the account's recipient list when it has one)."""
+        return any(a.accepts(address) for a in self._accounts_by_domain.get(domain_of(address), ()))
 
     def tls_context(self):
         """Server-side context for STARTTLS and implicit TLS, or None."""
@@ -129,7 +156,7 @@ def _accounts(raw):
         where = f"account[{i}]"
         if not isinstance(a, dict):
             raise ConfigError(where, "must be a table")
-        _reject_unknown(where + ".", a, {"user", "secret", "domains"})
+        _reject_unknown(where + ".", a, {"user", "secret", "domains", "recipients"})
         user, secret, domains = a.get("user"), a.get("secret"), a.get("domains")
         if not isinstance(user, str) or not user or any(c.isspace() for c in user):
             raise ConfigError(f"{where}.user", "must be a non-empty name without spaces")
@@ -144,8 +171,23 @@ def _accounts(raw):
             if not isinstance(d, str) or not valid_domain(d.lower()):
                 raise ConfigError(f"{where}.domains", f"{d!r} is not a domain name")
             clean.append(d.lower())
-        accounts[user] = Account(user, secret, clean)
+        recipients = _recipients(f"{where}.recipients", a["recipients"], clean) if "recipients" in a else None
+        accounts[user] = Account(user, secret, clean, recipients)
     return accounts
+
+
+def _recipients(key, raw, domains):
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(key, "must be a non-empty list of addresses (\"@domain\" takes a whole domain)")
+    out = set()
+    for r in raw:
+        local, at, dom = r.lower().rpartition("@") if isinstance(r, str) else ("", "", "")
+        if not at or len(local) > 64 or not valid_domain(dom) or _CONTROL.search(local) or "@" in local:
+            raise ConfigError(key, f"{r!r} is not an address (or \"@domain\")")
+        if dom not in domains:
+            raise ConfigError(key, f"{r!r} is not in this account's domains")
+        out.add(f"{local}@{dom}")
+    return out
 
 
 def load(path):

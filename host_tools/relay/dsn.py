@@ -1,13 +1,27 @@
-"""Delivery status notifications shaped after RFC 3464 (multipart/report)."""
+"""Delivery status notifications shaped after RFC 3464 (multipart/report).
+The original comes back as its header fields only (text/rfc822-headers,
+RFC 6522), never its body: a bounce to a forged sender must not carry the
+spammer's text on to a victim."""
 import email.utils
+import re
 import time
 
 from host_tools.relay.client import canonical
 
+MAX_HEADERS = 16384     # bytes of the original's header fields quoted in a DSN
+_FIELD = re.compile(rb"[!-9;-~]+:|[ \t]")     # a field name and its colon, or a folded line
 
-def _headers_of(message):
-    end = message.find(b"\r\n\r\n")
-    return message if end < 0 else message[: end + 2]
+
+def headers_of(message):
+    """The original's header fields in whole lines: up to the blank line, or
+    to the first line that is not a header field (a message without a blank
+    line must not pass its text off as headers), at most MAX_HEADERS bytes."""
+    end = 0
+    while True:
+        nl = message.find(b"\r\n", end, end + MAX_HEADERS + 2)
+        if nl < 0 or nl + 2 > MAX_HEADERS or not _FIELD.match(message, end, nl) or (end == 0 and message[:1] in b" \t"):
+            return message[:end]
+        end = nl + 2
 
 
 def build(hostname, env, failures, message, why):
@@ -63,4 +77,4 @@ def build(hostname, env, failures, message, why):
         "",
     ]
     tail = f"\r\n--{boundary}--\r\n"
-    return canonical("\r\n".join(parts).encode() + b"\r\n" + _headers_of(message) + tail.encode())
+    return canonical("\r\n".join(parts).encode() + b"\r\n" + headers_of(message) + tail.encode())

@@ -53,7 +53,7 @@ class OdmrSession:
     async def run(self):
         try:
             if self.relay.throttle.blocked(self.ip):
-                await self.reply(421, f"4.7.0 {self.relay.cfg.hostname} too many failed logins from your address, try later")
+                await self.reply(421, f"4.7.0 {self.relay.cfg.hostname} too many failed or unfinished logins from your address, try later")
                 return
             await self.reply(220, f"{self.relay.cfg.hostname} ESMTP ODMR service ready (RFC 2645)")
             while await self._one_command():
@@ -144,29 +144,34 @@ class OdmrSession:
             return await self._error(503, "5.5.1 EHLO first")
         if self.account:
             return await self._error(503, "5.5.1 already authenticated")
-        if self.relay.throttle.blocked(self.ip):
-            await self.reply(421, "4.7.0 too many failed logins from your address, try later")
-            return False
         mech, _, initial = arg.partition(" ")
         mech = mech.upper()
-        if mech == "CRAM-MD5":
-            if initial:
-                return await self._error(501, "5.5.4 CRAM-MD5 takes no initial response")
-            account = await self._cram_md5()
-        elif mech in ("PLAIN", "LOGIN"):
-            if not self.tls:
-                return await self._error(538, "5.7.11 encryption required for this mechanism, use CRAM-MD5 or STARTTLS")
-            account = await (self._plain(initial) if mech == "PLAIN" else self._login(initial))
-        elif not mech:
+        if not mech:
             return await self._error(501, "5.5.4 syntax: AUTH mechanism")
-        else:
+        if mech not in ("CRAM-MD5", "PLAIN", "LOGIN"):
             return await self._error(504, "5.5.4 unrecognized authentication mechanism")
+        if mech == "CRAM-MD5" and initial:
+            return await self._error(501, "5.5.4 CRAM-MD5 takes no initial response")
+        if mech != "CRAM-MD5" and not self.tls:
+            return await self._error(538, "5.7.11 encryption required for this mechanism, use CRAM-MD5 or STARTTLS")
+        throttle = self.relay.throttle
+        if not throttle.begin(self.ip):
+            await self.reply(421, "4.7.0 too many failed or unfinished logins from your address, try later")
+            return False
+        try:
+            if mech == "CRAM-MD5":
+                account = await self._cram_md5()
+            else:
+                account = await (self._plain(initial) if mech == "PLAIN" else self._login(initial))
+            if account is None:
+                throttle.failed(self.ip)
+        finally:
+            throttle.end(self.ip)
         if account is False:
             return True     # the exchange was aborted and already answered
         if account is None:
-            self.relay.throttle.failed(self.ip)
             log.warning("odmr: failed login from %s", self.ip)
-            await asyncio.sleep(self.relay.throttle.delay)
+            await asyncio.sleep(throttle.delay)
             return await self._error(535, "5.7.8 authentication credentials invalid")
         self.account = account
         log.info("odmr: %s authenticated as %s", self.ip, account.user)

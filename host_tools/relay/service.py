@@ -3,11 +3,12 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 import time
 import warnings
 
 from host_tools.relay import dsn, odmr, smtp_in
-from host_tools.relay.auth import Accounts, Throttle
+from host_tools.relay.auth import Accounts, Throttle, Window
 from host_tools.relay.client import Client, canonical
 from host_tools.relay.config import domain_of
 from host_tools.relay.store import OUTBOX, Store, boxes_for, domain_box
@@ -25,6 +26,8 @@ class Relay:
         lim = cfg.limits
         self.throttle = Throttle(lim["auth_fail_delay"], lim["auth_max_failures"], lim["auth_block"])
         self.held = cfg.held_domains
+        self.bounced = Window(lim["bounce_window"])     # bounces sent per outside sender
+        self._bounce_lock = threading.Lock()            # bounce() runs in worker threads
         self.busy = set()               # boxes a session is draining right now
         self.sessions = set()           # running ODMR session tasks
         self._outbox_kick = asyncio.Event()
@@ -45,18 +48,32 @@ class Relay:
     def bounce(self, env, failures, why, message):
         """Send `env`'s sender a DSN for `failures` (address -> Reply-like
         (status, text)). Where it goes: a held domain's queue when the sender
-        is one of ours, else the outbox (next_hop); never for a null sender."""
+        is one of ours, else the outbox (next_hop); never for a null sender.
+        An outside sender gets at most limits.bounces_per_sender within
+        limits.bounce_window: senders are forged, and the rest would be
+        backscatter to whoever was named."""
         if not env.mail_from:
             log.warning("dropping failure report for %s: the sender is null (a bounce is never bounced)", env.id)
             return None
-        report = dsn.build(self.cfg.hostname, env, failures, message, why)
         dom = domain_of(env.mail_from)
         box = domain_box(dom) if dom in self.held else OUTBOX
+        if box == OUTBOX and not self._may_bounce_to(env.mail_from.lower()):
+            log.warning("no bounce for %s to <%s>: %d sent to that sender within %gs already (limits.bounces_per_sender)",
+                        env.id, env.mail_from, self.cfg.limits["bounces_per_sender"], self.cfg.limits["bounce_window"])
+            return None
+        report = dsn.build(self.cfg.hostname, env, failures, message, why)
         id = self.store.commit("", {box: [env.mail_from]}, report, origin=f"dsn for {env.id}")
         log.info("bounce %s for %s to <%s> via %s", id, env.id, env.mail_from, box)
         if box == OUTBOX:
             self._outbox_kick.set()
         return id
+
+    def _may_bounce_to(self, sender):
+        with self._bounce_lock:
+            if self.bounced.count(sender) >= self.cfg.limits["bounces_per_sender"]:
+                return False
+            self.bounced.add(sender)
+            return True
 
     # -- ODMR --------------------------------------------------------------------
     def claim(self, domains):

@@ -18,24 +18,30 @@ def _sender(address):
 
 class RelaySMTP(SMTP):
     """aiosmtpd's server plus the shared failed-login throttle: a blocked IP
-    gets 421 on AUTH, and every 535 is sent late and counted."""
+    gets 421 on AUTH, an AUTH counts as a try while it runs, and every 535
+    is sent late and counted."""
 
     def __init__(self, handler, relay, **kw):
         super().__init__(handler, **kw)
         self.throttle = relay.throttle
 
     async def smtp_AUTH(self, arg):
-        if self.session and self.throttle.blocked(self.session.peer[0]):
-            await self.push("421 4.7.0 too many failed logins from your address, try later")
-            self.transport.close()
+        ip = self.session.peer[0]
+        if not self.throttle.begin(ip):
+            await self.push("421 4.7.0 too many failed or unfinished logins from your address, try later")
             return
-        await super().smtp_AUTH(arg)
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.throttle.end(ip)
 
     async def push(self, status):
         if str(status).startswith("535"):
             self.throttle.failed(self.session.peer[0])
             await asyncio.sleep(self.throttle.delay)
         await super().push(status)
+        if str(status).startswith("421"):
+            self.transport.close()      # 421 means this side is closing (RFC 5321 §3.8)
 
 
 class BaseHandler:
@@ -59,7 +65,12 @@ class BaseHandler:
 
 
 class InboundHandler(BaseHandler):
-    """Mail for the held domains only: never an open relay."""
+    """Mail for the held domains only: never an open relay. With recipient
+    lists, unknown addresses are refused at RCPT, so the sending MTA bounces
+    and the relay never sends backscatter; a session that keeps guessing
+    addresses is closed."""
+
+    MAX_REFUSED = 20    # refused recipients per connection before 421
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -72,11 +83,17 @@ class InboundHandler(BaseHandler):
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if domain_of(address) not in self.relay.held:
-            return f"550 5.7.1 relaying denied: {domain_of(address) or address} is not held here"
+            return self.refuse(session, f"550 5.7.1 relaying denied: {domain_of(address) or address} is not held here")
+        if not self.relay.cfg.knows(address):
+            return self.refuse(session, f"550 5.1.1 <{address}>: no such recipient here")
         if self.too_many(envelope):
             return "452 4.5.3 too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
+
+    def refuse(self, session, reply):
+        session.refused = getattr(session, "refused", 0) + 1
+        return reply if session.refused < self.MAX_REFUSED else "421 4.7.0 too many refused recipients, closing"
 
     async def handle_DATA(self, server, session, envelope):
         data = self.received(server, session) + envelope.original_content

@@ -26,21 +26,26 @@ _LISTENING = re.compile(r"^relay: (\w+) listening on (\S+):(\d+)")
 
 def write_config(path, queue, accounts=(("office", "s3cret", ["example.test"]),), listen=None,
                  tls=None, next_hop=None, limits=None, hostname="relay.test"):
-    """A relay.toml; listeners default to smtp + odmr on port 0."""
+    """A relay.toml; listeners default to smtp + odmr on port 0. An account is
+    (user, secret, domains) or (user, secret, domains, recipients)."""
     listen = listen or {"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0"}
     out = [f'hostname = "{hostname}"', f'queue = "{queue}"', "[listen]"]
     out += [f'{k} = "{v}"' for k, v in listen.items()]
     if tls:
         out += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
-    for user, secret, domains in accounts:
-        out += ["[[account]]", f'user = "{user}"', f'secret = "{secret}"',
-                "domains = [" + ", ".join(f'"{d}"' for d in domains) + "]"]
+    for user, secret, domains, *recipients in accounts:
+        out += ["[[account]]", f'user = "{user}"', f'secret = "{secret}"', f"domains = {_toml_list(domains)}"]
+        out += [f"recipients = {_toml_list(r)}" for r in recipients]
     if next_hop:
         out += ["[outbound]", f'next_hop = "{next_hop}"', "retry_interval = 1"]
     if limits:
         out += ["[limits]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in limits.items()]
     Path(path).write_text("\n".join(out) + "\n")
     return Path(path)
+
+
+def _toml_list(items):
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
 class RelayProcess:
@@ -364,3 +369,141 @@ def tls_files(directory, hostname="relay.test"):
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     return d / "relay.pem", d / "relay-key.pem", d / "ca.pem", ctx
+
+
+class Postfix:
+    """A private Postfix instance (Debian's `postfix`), for the tests and the
+    bench: `postfix -c CONFIG start` with its config in `directory`, smtpd on
+    127.0.0.1:`port` only, and nothing of the system's /etc/postfix. Mail for
+    other domains goes to `relayhost` ("HOST:PORT"; the world, in a test).
+    `main` is more main.cf text (e.g. `odmrgw relay postfix-config`'s lines);
+    `mynetworks` are the clients that may relay (the relay's next_hop traffic).
+
+    The queue and data directories live in a /tmp directory of their own:
+    Postfix's daemons run as the postfix user, which must traverse every
+    parent directory, and pytest's tmp directories are 0700."""
+
+    SERVICES = (        # master.cf: only what smtpd-in, smtp-out and bounces need
+        "{port} inet n - n - - smtpd",
+        "cleanup unix n - n - 0 cleanup",
+        "qmgr unix n - n 300 1 qmgr",
+        "rewrite unix - - n - - trivial-rewrite",
+        "bounce unix - - n - 0 bounce",
+        "defer unix - - n - 0 bounce",
+        "trace unix - - n - 0 bounce",
+        "smtp unix - - n - - smtp",
+        "relay unix - - n - - smtp",
+        "error unix - - n - - error",
+        "retry unix - - n - - error",
+        "discard unix - - n - - discard",
+        "anvil unix - - n - 1 anvil",
+        "scache unix - - n - 1 scache",
+        "postlog unix-dgram n - n - 1 postlogd",
+    )
+
+    def __init__(self, directory, port, relayhost, main="", mynetworks="127.0.0.1/32"):
+        self.config = Path(directory)
+        self.port = port
+        self.relayhost = relayhost
+        self.main = main
+        self.mynetworks = mynetworks
+        self.state = None
+
+    def _main_cf(self):
+        host, _, port = self.relayhost.rpartition(":")
+        return "\n".join([
+            "compatibility_level = 3.6",
+            f"queue_directory = {self.state}/queue",
+            f"data_directory = {self.state}/data",
+            "mail_owner = postfix",
+            "setgid_group = postdrop",
+            "inet_interfaces = 127.0.0.1",
+            "inet_protocols = ipv4",
+            "myhostname = postfix.test",
+            "mydestination =",
+            "local_recipient_maps =",
+            "alias_maps =",
+            "alias_database =",
+            "local_transport = error:5.1.1 no local delivery here",
+            f"mynetworks = {self.mynetworks}",
+            "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
+            f"relayhost = [{host}]:{port}",
+            f"maillog_file = {self.state}/maillog",
+            "maillog_file_prefixes = /tmp",
+            "biff = no",
+            # No DNS on a test machine; every next hop here is an IP literal.
+            "smtp_dns_support_level = disabled",
+            "smtpd_peername_lookup = no",
+            self.main,
+        ]) + "\n"
+
+    def start(self):
+        self.state = Path(tempfile.mkdtemp(prefix="postfix-"))
+        try:
+            self.state.chmod(0o711)
+            (self.state / "queue").mkdir()
+            (self.state / "data").mkdir()
+            shutil.chown(self.state / "data", "postfix")
+            self.config.mkdir(parents=True, exist_ok=True)
+            (self.config / "main.cf").write_text(self._main_cf())
+            (self.config / "master.cf").write_text("\n".join(self.SERVICES).format(port=f"127.0.0.1:{self.port}") + "\n")
+            run = self._postfix("start")
+            if run.returncode != 0:
+                raise RuntimeError(f"postfix did not start: {run.stdout}{run.stderr}{self.log()[-3000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _postfix(self, *args):
+        return subprocess.run(["postfix", "-c", str(self.config), *args], capture_output=True, text=True, timeout=60)
+
+    def log(self):
+        try:
+            return (self.state / "maillog").read_text(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    def _master(self):
+        """The master daemon's pid while it runs (a zombie does not count), else None."""
+        try:
+            pid = int((self.state / "queue" / "pid" / "master.pid").read_text())
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if state != "Z" else None
+
+    def stop(self):
+        """`postfix stop`, waiting (10 s at most) for the master to go; then
+        SIGKILL to that one pid. The state directory is removed."""
+        if not self.state:
+            return
+        if self._master():
+            self._postfix("stop")
+            deadline = time.monotonic() + 10
+            while self._master() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pid = self._master()
+            if pid:
+                os.kill(pid, 9)
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.state = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def swaks(port, to, data, sender="sender@outside.test", source="127.0.0.2", timeout=60):
+    """swaks sending `data` (LF or CRLF lines) from `source` to 127.0.0.1:`port`;
+    the CompletedProcess, with the transcript in .stdout. swaks puts a line
+    end before its final dot itself, so the file gets `data` without its last one."""
+    data = data if isinstance(data, bytes) else data.encode()
+    with tempfile.NamedTemporaryFile("wb", suffix=".eml") as f:
+        f.write(data.removesuffix(b"\n").removesuffix(b"\r"))
+        f.flush()
+        return subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--local-interface", source,
+                               "--from", sender, "--to", to, "--data", "@" + f.name, "--timeout", str(timeout)],
+                              capture_output=True, text=True, timeout=timeout + 30)

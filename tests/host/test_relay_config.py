@@ -58,6 +58,12 @@ def test_the_example_from_the_issue_loads(tmp_path):
     (("[outbound]", "[limits]\nmax_size = -1\n[outbound]"), "limits.max_size"),
     (("[outbound]", "[limits]\nmax_sise = 1\n[outbound]"), "limits.max_sise"),
     (("next_hop = \"127.0.0.1:2526\"", "next_hop = \"127.0.0.1:99999\""), "outbound.next_hop"),
+    (("domains = [\"example.test\"]", "domains = [\"example.test\"]\nrecipients = [\"a@other.test\"]"),
+     "account[0].recipients"),
+    (("domains = [\"example.test\"]", "domains = [\"example.test\"]\nrecipients = [\"a b@example.test\"]"),
+     "account[0].recipients"),
+    (("domains = [\"example.test\"]", "domains = [\"example.test\"]\nrecipients = []"), "account[0].recipients"),
+    (("[outbound]", "[limits]\nbounces_per_sender = 1.5\n[outbound]"), "limits.bounces_per_sender"),
 ])
 def test_mistakes_name_their_key(tmp_path, change, key):
     assert change[0] in EXAMPLE
@@ -78,3 +84,13 @@ def test_a_missing_certificate_is_named(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(p)
     assert e.value.key == "tls.key"
+
+
+def test_recipient_lists_take_addresses_and_whole_domains(tmp_path):
+    text = EXAMPLE.replace('domains = ["example.test"]', 'domains = ["example.test", "branch.test"]\n'
+                           'recipients = ["Alice@Example.test", "@branch.test"]')
+    cfg = load(write(tmp_path, text))
+    assert cfg.accounts["office"].recipients == {"alice@example.test", "@branch.test"}
+    assert cfg.knows("ALICE@example.test") and cfg.knows("x@branch.test")
+    assert not cfg.knows("bob@example.test") and not cfg.knows("alice@outside.test")
+    assert load(write(tmp_path, EXAMPLE)).knows("anyone@example.test")     # no list: the whole domain
