@@ -49,7 +49,7 @@ def serve(port, max_size="10240000", buffer="0"):
         def rcpt(self, session, address):
             return "local"
 
-        def delivered(self, session, id):
+        def delivered(self, session, id, rcpts):
             gc.collect()
             print("QUEUED %s heap=%d peak=%d" % (id, gc.mem_alloc(), micropython.mem_peak()))
 

@@ -179,7 +179,9 @@ def _declared_size(params):
 
 class _SpoolingHandler(Handler):
     """What both listeners share: limits from the config, the spool, the
-    declared size for quota checks, and the hand-offs after the 250."""
+    declared size for quota checks, and the hand-offs after the 250, decided
+    by the queues of the message that got it (not by the handler's state: a
+    pipelined MAIL may already have started the next transaction)."""
 
     def __init__(self, cfg, spool, policy, on_delivered=None, on_outbound=None):
         smtp = cfg.get("smtp") or {}
@@ -192,32 +194,35 @@ class _SpoolingHandler(Handler):
         self.on_delivered = on_delivered
         self.on_outbound = on_outbound
         self.size = 0
-        self.queues = set()
 
     def mail(self, session, address, params):
         self.size = _declared_size(params)
-        self.queues = set()
         return None
 
     def local_rcpt(self, address):
         refusal = self.policy.check_local_rcpt(address, self.size)
         if refusal:
             return refusal
-        self.queues.add("local")
         return "local"
 
-    def delivered(self, session, id):
+    def delivered(self, session, id, rcpts):
         # on_delivered(spool) is Mailboxes.deliver_pending: local mail lands in
         # the mailbox at once (and forwarding starts); on_outbound() pokes the
         # scheduler.
-        if "local" in self.queues and self.on_delivered:
+        if self.on_delivered and _to(rcpts, "local"):
             try:
                 self.on_delivered(self.spool)
             except Exception as e:  # the 250 is out: the mail waits in the spool
                 log.error("delivery of %s failed, kept in the spool: %r" % (id, e))
-        if "out" in self.queues and self.on_outbound:
+        if self.on_outbound and _to(rcpts, "out"):
             self.on_outbound()
-        self.queues = set()
+
+
+def _to(rcpts, queue):
+    for _, q in rcpts:
+        if q == queue:
+            return True
+    return False
 
 
 class InboundHandler(_SpoolingHandler):
@@ -260,5 +265,4 @@ class LanHandler(_SpoolingHandler):
             return self.local_rcpt(address)
         if not session.user:
             return 550, "5.7.1 Relaying denied: authenticate first"
-        self.queues.add("out")
         return "out"

@@ -30,7 +30,7 @@ class Accept(server.Handler):
             return 550, "5.1.1 No such user"
         return "out" if address.startswith("out@") else "local"
 
-    def delivered(self, session, id):
+    def delivered(self, session, id, rcpts):
         self.delivered_ids.append(id)
 
 

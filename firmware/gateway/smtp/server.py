@@ -36,7 +36,8 @@ class Handler:
     # connect(session): None or a refusal; ehlo_keywords(session): extra
     # EHLO lines (None = none); auth_password(session, user): the password
     # or None; mail(session, address, params): None or a refusal;
-    # delivered(session, id): after the 250 went out. One shared default
+    # delivered(session, id, rcpts): after the 250 went out, with the
+    # committed message's [(address, queue)]. One shared default
     # costs less heap than five functions.
     connect = ehlo_keywords = auth_password = mail = delivered = _nothing
 
@@ -114,7 +115,7 @@ class SMTPSession:
         self.errors = 0
         self.mechanisms = ()
         self._out = []
-        self._delivered = []  # ids whose 250 is not out yet
+        self._delivered = []  # (id, rcpts) whose 250 is not out yet: a pipelined MAIL may start the next one
         self._open = True
         self._reset()
 
@@ -142,9 +143,9 @@ class SMTPSession:
         # Hand-offs wait until the 250 is out: the client must not wait for
         # local delivery, and it may send its next commands before that.
         while self._delivered:
-            id = self._delivered.pop(0)
+            id, rcpts = self._delivered.pop(0)
             try:
-                self.handler.delivered(self, id)
+                self.handler.delivered(self, id, rcpts)
             except Exception as e:  # noqa: BLE001 - the message is safe in the spool
                 log.error("smtp: hand-off of %s failed: %r" % (id, e))
 
@@ -330,8 +331,9 @@ class SMTPSession:
         from gateway.spool import SpoolFull
 
         h = self.handler
+        rcpts = self.rcpts
         try:
-            draft = h.begin(self, self.mail_from, self.rcpts)
+            draft = h.begin(self, self.mail_from, rcpts)
         except SpoolFull:
             self._reset()
             self.reply(*_STORAGE)
@@ -373,7 +375,7 @@ class SMTPSession:
             raise
         if status == data.OK:
             self.reply(250, "2.0.0 OK queued as %s" % id)
-            self._delivered.append(id)
+            self._delivered.append((id, rcpts))
             return
         draft.abort()
         if status == data.EOF:
