@@ -16,7 +16,8 @@ ESP32_MODULES = {
 }
 # The app's own package, and the per-board modules that sit beside boot.py.
 OWN = {"gateway", "board", "pins"}
-SOURCES = sorted([*REPO.glob("firmware/**/*.py"), *REPO.glob("board/esp32/**/*.py")])
+# firmware/manifest.py is read by the freezing tool, never imported.
+SOURCES = sorted([*REPO.glob("firmware/gateway/**/*.py"), *REPO.glob("board/esp32/**/*.py")])
 
 
 def _imports(path):
@@ -87,3 +88,26 @@ def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
     bits = mpy.pointer_bits()
     record_figure("heap after importing all firmware (.mpy)", f"{used} bytes, {len(modules)} modules, unix port {bits}-bit")
     assert used < IMPORT_HEAP_BUDGET[bits], f"whole firmware takes {used} bytes of heap, budget {IMPORT_HEAP_BUDGET[bits]}"
+
+
+def test_package_json_lists_exactly_the_gateway_for_mip():
+    """`mpremote mip install` installs what firmware/package.json lists: it
+    must be the whole gateway and nothing that is gone."""
+    import json
+
+    firmware = REPO / "firmware"
+    listed = json.loads((firmware / "package.json").read_text())["urls"]
+    sources = sorted(p.relative_to(firmware).as_posix() for p in (firmware / "gateway").rglob("*.py"))
+    assert [dest for dest, _ in listed] == sources
+    assert all(dest == src for dest, src in listed)
+
+
+def test_manifest_freezes_the_gateway_package():
+    """firmware/manifest.py, read the way MicroPython's manifest tool reads
+    it (its functions as globals), names the package that exists here."""
+    called = []
+    env = {"metadata": lambda **kw: called.append(("metadata", kw)),
+           "package": lambda name, **kw: called.append(("package", name))}
+    exec((REPO / "firmware" / "manifest.py").read_text(), env)
+    packages = [name for what, name in called if what == "package"]
+    assert packages == ["gateway"] and (REPO / "firmware" / "gateway" / "__init__.py").exists()
