@@ -8,7 +8,7 @@
 import time
 
 CONFIG = "/config.json"  # on the internal flash (LittleFS)
-EPOCH_OFFSET = 946684800  # the ESP32 counts from 2000-01-01, the gateway from 1970
+_Y2K = 946684800  # 2000-01-01T00:00:00Z in unix seconds
 SAFE_AFTER = 3  # crash-reboots in a row that start safe mode
 STABLE_AFTER = 600  # seconds of running that prove a boot good (counter back to 0)
 WATCHDOG_MS = 60000  # the main loop feeds it every 2 s; a stuck loop resets the box
@@ -18,6 +18,16 @@ NTP_RETRY = 300
 WIFI_CHECK = 30
 _MAGIC = b"odmr"
 SAFE = [False]
+
+
+def epoch_offset(gmtime=time.gmtime):
+    """Seconds to add to time.time() for unix time: older ESP32 releases
+    count from 2000-01-01, newer ones (and the unix port) from 1970, so the
+    port is asked rather than assumed."""
+    return _Y2K if gmtime(0)[0] == 2000 else 0
+
+
+EPOCH_OFFSET = epoch_offset()
 
 
 # --- crash counter in RTC memory (survives soft and watchdog resets) ---------

@@ -78,7 +78,7 @@ def test_counter_saturates_instead_of_wrapping():
     assert b.safe_mode(False, rtc.memory())
 
 
-def test_epoch_offset_is_2000_to_1970():
+def test_the_clock_is_unix_time_whichever_epoch_the_port_counts_from():
     b = esp32_board()
-    # 2000-01-01T00:00:00Z in unix seconds
-    assert b.EPOCH_OFFSET == 946684800
+    assert b.epoch_offset(lambda t: (2000, 1, 1, 0, 0, 0, 5, 1)) == 946684800  # ESP32 before 1970 epochs
+    assert b.epoch_offset(lambda t: (1970, 1, 1, 0, 0, 0, 3, 1)) == 0

@@ -169,8 +169,13 @@ def test_ctrl_a_and_ctrl_d_also_hand_over_and_eof_just_ends():
         con, _ = make_console()
         with raises(KeyboardInterrupt):
             run(con.run(ScriptedStream([b"help", key]), lambda s: None))
+    # EOF after a command: the answer is out, the prompt is back, and the
+    # console returns instead of raising (the gateway serves on).
     con, _ = make_console()
-    run(con.run(ScriptedStream([b"status\n"]), lambda s: None))
+    out = []
+    assert run(con.run(ScriptedStream([b"status\n"]), out.append)) is None
+    text = "".join(out)
+    assert "uptime" in text and text.endswith("gw> "), text
 
 
 def test_app_on_a_real_card_shows_spool_and_mailboxes():
