@@ -121,8 +121,10 @@ class Policy:
         return self._forwarder
 
     def password(self, user):
+        """The user's password; None for an unknown user and for one with
+        no password, who can never log in."""
         entry = self.users.get(user)
-        return entry.get("password") if entry else None
+        return (entry.get("password") or None) if entry else None
 
     def quota(self, user):
         entry = self.users.get(user)

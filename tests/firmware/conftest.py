@@ -28,11 +28,12 @@ def micropython_exe():
     return str(Path(sys.executable).parent / "micropython")
 
 
-def micropython_env(tmp, mpy_dir):
+def micropython_env(tmp, mpy_dir, test_dir=HERE):
     env = dict(os.environ)
     # The firmware and the board load as .mpy, as on the box: compiling them
     # at import time would take far more heap than the running code needs.
-    env["MICROPYPATH"] = os.pathsep.join([str(HERE), str(mpy_dir), ".frozen"])
+    # test_dir: the test module's own directory (tests/security reuses this).
+    env["MICROPYPATH"] = os.pathsep.join(dict.fromkeys([str(test_dir), str(HERE), str(mpy_dir), ".frozen"]))
     env["FW_TMP"] = str(tmp)
     return env
 
@@ -47,7 +48,7 @@ class MicroPythonItem(pytest.Item):
         heap = os.environ.get("ODMRGW_FW_HEAP", self.heap)
         cmd = [micropython_exe(), "-X", f"heapsize={heap}", str(RUNNER), self.module, self.test]
         try:
-            proc = subprocess.run(cmd, env=micropython_env(tmp, firmware_mpy(self.config)), cwd=tmp,
+            proc = subprocess.run(cmd, env=micropython_env(tmp, firmware_mpy(self.config), self.path.parent), cwd=tmp,
                                   capture_output=True, timeout=self.timeout)
         except subprocess.TimeoutExpired as e:
             raise MicroPythonFailure(f"timed out after {self.timeout}s", (e.stdout or b"") + (e.stderr or b""))

@@ -50,8 +50,8 @@ async def authenticate(session, mech, initial):
             raise sasl.SaslError("not UTF-8")
     else:
         return await _cram_md5(session, initial)
-    secret = session.handler.auth_password(session, user)
-    return user if secret is not None and sasl.equal(secret, password) else None
+    secret = _secret(session, user)
+    return user if secret and sasl.equal(secret, password) else None
 
 
 async def _cram_md5(session, initial):
@@ -62,10 +62,15 @@ async def _cram_md5(session, initial):
     nonce = "%d.%d" % (random.getrandbits(30), ticks_ms())
     challenge = sasl.cram_md5_challenge(session.handler.hostname, nonce)
     user, digest = sasl.cram_md5_parse(await _challenge(session, challenge.decode()))
-    secret = session.handler.auth_password(session, user)
-    if secret is None or not sasl.cram_md5_check(secret, challenge, digest):
-        return None
-    return user
+    secret = _secret(session, user)
+    return user if secret and sasl.cram_md5_check(secret, challenge, digest) else None
+
+
+def _secret(session, user):
+    """The user's password, or "" when there is none. An empty password
+    (the config's default) never logs in, by any mechanism: with CRAM-MD5
+    anyone can key the digest with an empty secret."""
+    return session.handler.auth_password(session, user) or ""
 
 
 async def _challenge(session, text):

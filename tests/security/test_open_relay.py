@@ -1,0 +1,31 @@
+# Attacks that try to send mail through the box to the outside world.
+import support
+from attacker import Office, attack, send
+from gateway import sasl
+
+# Both listeners, the spool and the test's clients in one process.
+MICROPYTHON_HEAP = "160k"
+
+
+def test_a_user_without_a_password_logs_in_by_no_mechanism():
+    # Issue 12, 1: `AUTH PLAIN \0carol\0` and CRAM-MD5 keyed with an empty
+    # secret got 235, and the box relayed to the outside.
+    office = Office()
+
+    async def script(o):
+        c = await o.smtp()
+        assert (await c.cmd("AUTH PLAIN AGNhcm9sAA=="))[0] == 535
+        code, lines = await c.cmd("AUTH CRAM-MD5")
+        assert code == 334
+        assert (await c.cmd(sasl.cram_md5_response("carol", "", lines[0].encode()).decode()))[0] == 535
+        assert (await c.cmd("AUTH LOGIN " + sasl.b64encode(b"carol").decode()))[0] == 334
+        assert (await c.cmd(sasl.b64encode(b"x").decode()))[0] == 535
+        assert await send(c, "carol@example.test", ["victim@outside.test"]) == [250, 550]
+        await c.close()
+        p = await o.pop()
+        await p.pop("USER carol")
+        assert (await p.pop("PASS ")).startswith("-ERR [AUTH]")
+        await p.close()
+
+    attack(office, script)
+    assert office.spool.ids("out") == []
