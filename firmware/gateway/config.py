@@ -36,7 +36,7 @@ def _endpoint(port):
 
 def _schema():
     return {
-        "hostname": ("str", "gateway"),
+        "hostname": ("host", "gateway"),  # goes into Received: lines and EHLO: no spaces or controls
         "listen": ("ip", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
         "domains": ("domains", []),
         "relay": _endpoint(366),
@@ -111,6 +111,14 @@ def _check_net(text):
     return len(parts) == 1 or (parts[1].isdigit() and int(parts[1]) <= 32)
 
 
+def _is_host(text):
+    # Checked as bytes: iterating a str makes one-character strings.
+    for c in text.encode():
+        if not (c == 45 or c == 46 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 95):
+            return False
+    return True
+
+
 def _is_hhmm(text):
     h, _, m = text.partition(":") if isinstance(text, str) else ("", "", "")
     return h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60
@@ -136,6 +144,9 @@ def _check_leaf(kind, key, value):
         low, top, what = _NUMBERS[kind]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
             raise ConfigError(key, what)
+    elif kind == "host":
+        if not isinstance(value, str) or not 0 < len(value) <= 253 or not _is_host(value):
+            raise ConfigError(key, "must be a host name like gw.example.test")
     elif kind == "tls":
         if value not in _TLS_MODES:
             raise ConfigError(key, "must be one of implicit, starttls, none")

@@ -65,6 +65,7 @@ def write(draft, hostname, env, failed, now, body=None, remote=None):
        "This is the mail gateway %s. Your message could not be delivered\r\n"
        "to the recipients below. The reasons are given with each address.\r\n"
        "\r\n") % (hostname, env.mail_from, rfc5322_date(now), env.id, now, hostname, boundary, boundary, hostname))
+    failed = [(addr, code, _ascii(text)) for addr, code, text in failed]
     for addr, code, text in failed:
         w("  <%s>: %d %s\r\n" % (addr, code, text))
     w(("\r\n--%s\r\n"
@@ -82,6 +83,12 @@ def write(draft, hostname, env, failed, now, body=None, remote=None):
         w("\r\n--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n" % boundary)
         _copy_header(body, w)
     w("\r\n--%s--\r\n" % boundary)
+
+
+def _ascii(text):
+    """A server's reply text fit for a header line: a bare CR in it (the
+    reply reader splits on LF only) or any other control becomes "?"."""
+    return bytes(c if 32 <= c < 127 else 63 for c in text.encode()).decode()
 
 
 def _copy_header(body, w):

@@ -250,6 +250,12 @@ class SMTPSession:
         if not arg:
             self.error(501, "5.5.4 Syntax: EHLO hostname")
             return
+        # The name goes into our Received: line and the reply: a bare CR
+        # there forges header lines for every parser and MTA downstream.
+        for c in arg.encode():
+            if c < 32 or c > 126:
+                self.error(501, "5.5.2 EHLO/HELO takes a host name in ASCII, without control characters")
+                return
         self._reset()
         self.helo = arg
         self.esmtp = esmtp
