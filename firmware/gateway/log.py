@@ -1,7 +1,14 @@
 # The firmware's log. Lines go to the console (stdout) and, once the board has
 # attached one, to a sink such as a size-capped ring file on the card.
 # Never pass a secret to these functions.
+#
+# A line that comes again and again (a client repeating one mistake) is
+# written once, then summarised as "... repeated N times" when another line
+# comes or every HELD copies: a flood must not push the lines that matter,
+# such as failed logins, out of the ring.
+HELD = 1000  # identical lines summarised in one at most
 _sink = [None]
+_last = [None, 0]  # the last line written, and its copies held back since
 
 
 def attach(sink):
@@ -9,11 +16,28 @@ def attach(sink):
     _sink[0] = sink
 
 
-def _emit(level, msg):
-    line = "%s %s" % (level, msg)
+def _write(line):
     print(line)
     if _sink[0]:
         _sink[0](line)
+
+
+def _summarise():
+    if _last[1]:
+        _write("%s ... repeated %d times" % (_last[0], _last[1]))
+        _last[1] = 0
+
+
+def _emit(level, msg):
+    line = "%s %s" % (level, msg)
+    if line == _last[0]:
+        _last[1] += 1
+        if _last[1] >= HELD:
+            _summarise()
+        return
+    _summarise()
+    _last[0] = line
+    _write(line)
 
 
 def info(msg):

@@ -52,7 +52,13 @@ class POP3Session:
                     continue
                 if not line:
                     break
-                await self.command(bytes(line).rstrip(b"\r\n").decode("utf-8", "replace"))
+                try:
+                    # MicroPython's decode ignores an errors= argument.
+                    line = bytes(line).rstrip(b"\r\n").decode()
+                except UnicodeError:
+                    await self.bad("-ERR command is not UTF-8 text")
+                    continue
+                await self.command(line)
         except asyncio.TimeoutError:
             try:
                 await self.reply("-ERR autologout: idle for too long")
