@@ -7,12 +7,13 @@
 # "POKE heap=F" when outside mail was queued (the scheduler's poke on the
 # box), and "LOW heap=F" whenever the free heap reaches a new low (checked
 # ten times a second); F is the free heap after a collection. LOGIN_DELAY (seconds) shortens
-# the POP3 delay after a failed login for tests.
+# the delay after a failed login for tests.
 import sys
 
 import asyncio
 from board import Board
 from gateway import config, lan, log, pop3
+from gateway.logins import Logins
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool
@@ -23,7 +24,7 @@ def main(cfg_path, image, delay=None):
 
     cfg = config.load(cfg_path)
     if delay is not None:
-        pop3.POP3Session.LOGIN_DELAY = float(delay)
+        Logins.DELAY = float(delay)
     board = Board(image)
     root = board.mount_sd()
     spool = Spool(root + "/spool", clock=board.now)

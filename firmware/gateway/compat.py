@@ -81,6 +81,12 @@ try:
                     pass
         gc.collect()
 
+    def peer_address(peer):
+        # The unix port reports a raw sockaddr_in, the ESP32 a tuple.
+        if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8 and peer[0] == 2:
+            return "%d.%d.%d.%d" % (peer[4], peer[5], peer[6], peer[7]), peer[2] << 8 | peer[3]
+        return peer
+
 except ImportError:  # CPython
     import os  # cpython-only
     import sys  # cpython-only
@@ -156,3 +162,7 @@ except ImportError:  # CPython
         # CPython has the memory to keep them, and its tests hold classes
         # across phases that a reload would make into strangers.
         pass
+
+    def peer_address(peer):
+        # ("ip", port), as asyncio reports it here.
+        return peer

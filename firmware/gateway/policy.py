@@ -87,6 +87,7 @@ class Policy:
         self.cfg = cfg
         self.mailboxes = None
         self._forwarder = None
+        self._logins = None
 
     def is_local_domain(self, domain):
         return domain.lower().rstrip(".") in self.domains
@@ -119,6 +120,15 @@ class Policy:
 
             self._forwarder = Forwarder(self.cfg, self)
         return self._forwarder
+
+    def logins(self):
+        """The failed-login record SMTP AUTH and POP3 share (gateway.logins),
+        made at the first login."""
+        if self._logins is None:
+            from gateway.logins import Logins
+
+            self._logins = Logins()
+        return self._logins
 
     def password(self, user):
         """The user's password; None for an unknown user and for one with
@@ -258,6 +268,9 @@ class LanHandler(_SpoolingHandler):
 
     def auth_password(self, session, user):
         return self.policy.password(user)
+
+    def logins(self, session):
+        return self.policy.logins()
 
     def rcpt(self, session, address):
         _, dom = split_address(address)

@@ -5,7 +5,7 @@
 import asyncio
 
 from gateway import log, sasl
-from gateway.compat import const
+from gateway.compat import const, peer_address
 from gateway.wire import LineReader, LineTooLong
 
 _LINE = const(256)  # RFC 2449: a command line is at most 255 octets
@@ -18,16 +18,16 @@ _TRANSACTION = ("CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "
 
 class POP3Session:
     TIMEOUT = 600  # RFC 1939 autologout: at least 10 minutes of silence
-    LOGIN_DELAY = 2  # seconds before answering a failed login
     MAX_ERRORS = 10  # bad commands before we hang up
-    MAX_LOGIN_FAILURES = 3
+    # Failed logins: delay, tries per session and lockout in gateway.logins.
 
-    def __init__(self, reader, writer, mailboxes, tls=None):
+    def __init__(self, reader, writer, mailboxes, tls=None, peer=None):
         self.lines = LineReader(reader, _LINE)
         self.writer = writer
         self.mailboxes = mailboxes
         self.policy = mailboxes.policy
         self.tls = tls  # an ssl context when STLS may be offered
+        self.peer = peer  # the client's IP address
         self.user = None  # set by USER, then confirmed by PASS
         self.box = None  # the locked mailbox's user after login
         self.msgs = None  # [(id, size)] snapshot taken at login
@@ -113,14 +113,19 @@ class POP3Session:
         user, self.user = self.user, None
         if user is None:
             return await self.bad("-ERR USER first")
+        logins = self.policy.logins()
+        wait = logins.locked(self.peer)
+        if wait:
+            self.done = True
+            return await self.reply("-ERR [SYS/TEMP] too many failed logins from your address, try again in %d minutes"
+                                    % ((wait + 59) // 60))
         secret = self.policy.password(user)
         if not secret or not sasl.equal(secret, arg):
             self.failures += 1
-            log.warn("pop3: failed login for %r" % user)
-            # The delay makes guessing slow; other sessions run meanwhile.
-            await asyncio.sleep(self.LOGIN_DELAY)
+            logins.failed(self.peer, user, "pop3")
+            await asyncio.sleep(logins.DELAY)
             await self.reply("-ERR [AUTH] wrong user name or password")
-            if self.failures >= self.MAX_LOGIN_FAILURES:
+            if self.failures >= logins.SESSION_TRIES:
                 self.done = True
             return
         if not self.mailboxes.lock(user):
@@ -272,9 +277,10 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
 
     async def client(reader, writer):
         session = None
+        peer = peer_address(writer.get_extra_info("peername"))
         if active[0] < max_sessions:
             try:
-                session = POP3Session(reader, writer, mailboxes, tls)
+                session = POP3Session(reader, writer, mailboxes, tls, peer[0] if isinstance(peer, tuple) else None)
             except MemoryError:
                 log.warn("pop3: no memory for another session")
         try:

@@ -5,6 +5,7 @@ import asyncio
 import support
 from gateway import pop3
 from gateway.compat import ticks_diff, ticks_ms
+from gateway.logins import Logins
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool
@@ -190,7 +191,7 @@ def test_failed_login_is_delayed_and_repeated_failures_hang_up():
         await c.cmd("QUIT")
         await c.close()
 
-    with support.patched(pop3.POP3Session, LOGIN_DELAY=0.3):
+    with support.patched(Logins, DELAY=0.3):
         support.run(served(boxes, session))
 
 

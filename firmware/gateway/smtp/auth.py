@@ -2,6 +2,8 @@
 # checked against handler.auth_password. Imported only when a session sees
 # AUTH, so a receiver that never offers it (the provider's delivery after
 # ATRN) does not carry this code or the SASL module in its heap.
+import asyncio
+
 from gateway import sasl
 from gateway.compat import ticks_ms
 
@@ -21,22 +23,36 @@ async def command(session, arg):
         session.error(504, "5.5.4 Unrecognized authentication type")
         return
     try:
-        user = await authenticate(session, mech, initial.strip())
+        user, ok = await authenticate(session, mech, initial.strip())
     except sasl.SaslError:
         session.error(501, "5.5.2 Cannot decode response")
         return
     except Cancelled:
         session.error(501, "5.0.0 Authentication cancelled")
         return
-    if user is None:
+    # From the verdict to the record of a failure nothing waits, so logins
+    # in flight at once from one address all count against its lockout.
+    logins = session.handler.logins(session)
+    ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+    wait = logins.locked(ip) if logins else 0
+    if wait:
+        session.error(454, "4.7.0 Too many failed logins from your address, try again in %d minutes" % ((wait + 59) // 60))
+        return
+    if not ok:
+        session.login_failures += 1
+        if logins:
+            logins.failed(ip, user, "smtp")
+            await asyncio.sleep(logins.DELAY)
         session.error(535, "5.7.8 Authentication credentials invalid")
+        if logins and session.login_failures >= logins.SESSION_TRIES:
+            session.hang_up(421, "4.7.0 Too many failed logins, closing connection")
         return
     session.user = user
     session.reply(235, "2.7.0 Authentication successful")
 
 
 async def authenticate(session, mech, initial):
-    """The authenticated user name, or None for bad credentials. Raises
+    """(user name, whether the credentials are right). Raises
     sasl.SaslError for undecodable input and Cancelled for "*"."""
     if mech == "PLAIN":
         resp = initial.encode() if initial else await _challenge(session, "")
@@ -51,7 +67,7 @@ async def authenticate(session, mech, initial):
     else:
         return await _cram_md5(session, initial)
     secret = _secret(session, user)
-    return user if secret and sasl.equal(secret, password) else None
+    return user, bool(secret) and sasl.equal(secret, password)
 
 
 async def _cram_md5(session, initial):
@@ -63,7 +79,7 @@ async def _cram_md5(session, initial):
     challenge = sasl.cram_md5_challenge(session.handler.hostname, nonce)
     user, digest = sasl.cram_md5_parse(await _challenge(session, challenge.decode()))
     secret = _secret(session, user)
-    return user if secret and sasl.cram_md5_check(secret, challenge, digest) else None
+    return user, bool(secret) and sasl.cram_md5_check(secret, challenge, digest)
 
 
 def _secret(session, user):

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from gateway import log, wire
-from gateway.compat import ticks_add, ticks_diff, ticks_ms
+from gateway.compat import peer_address, ticks_add, ticks_diff, ticks_ms
 from gateway.smtp import data
 
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
@@ -35,11 +35,12 @@ class Handler:
 
     # connect(session): None or a refusal; ehlo_keywords(session): extra
     # EHLO lines (None = none); auth_password(session, user): the password
-    # or None; mail(session, address, params): None or a refusal;
+    # or None; logins(session): the failed-login record (gateway.logins) or
+    # None; mail(session, address, params): None or a refusal;
     # delivered(session, id, rcpts): after the 250 went out, with the
     # committed message's [(address, queue)]. One shared default
-    # costs less heap than five functions.
-    connect = ehlo_keywords = auth_password = mail = delivered = _nothing
+    # costs less heap than six functions.
+    connect = ehlo_keywords = auth_password = logins = mail = delivered = _nothing
 
     def room(self, session, size):
         """Checked at MAIL: is there space for a message of `size` bytes
@@ -57,14 +58,6 @@ class Handler:
 
 class _Closed(Exception):
     """The session ends: peer gone, timeout, QUIT or the error cap."""
-
-
-def peer_address(peer):
-    """("ip", port) from what asyncio reports: a tuple on CPython and the
-    ESP32, a raw sockaddr_in on the unix port."""
-    if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8 and peer[0] == 2:
-        return "%d.%d.%d.%d" % (peer[4], peer[5], peer[6], peer[7]), peer[2] << 8 | peer[3]
-    return peer
 
 
 def _path(arg, prefix):
@@ -113,6 +106,7 @@ class SMTPSession:
         self.helo = self.user = None
         self.esmtp = False
         self.errors = 0
+        self.login_failures = 0
         self.mechanisms = ()
         self._out = []
         self._delivered = []  # (id, rcpts) whose 250 is not out yet: a pipelined MAIL may start the next one
@@ -131,8 +125,12 @@ class SMTPSession:
         self.reply(code, text)
         self.errors += 1
         if self.errors >= self.max_errors:
-            self.reply(421, "4.7.0 Too many errors, closing connection")
-            self._open = False
+            self.hang_up(421, "4.7.0 Too many errors, closing connection")
+
+    def hang_up(self, code, text):
+        """The last reply: the session ends once it is out."""
+        self.reply(code, text)
+        self._open = False
 
     async def flush(self):
         if self._out:

@@ -1,0 +1,70 @@
+# Failed logins per client address, one record that SMTP AUTH and POP3
+# share, so that changing protocol does not start the count again. After
+# MAX_FAILURES within LOCK_TIME an address is locked out for LOCK_TIME: no
+# password is checked for it then, the right one included. The table has a
+# fixed number of slots, so an attacker with many addresses cannot make it
+# grow; a new address takes an empty or expired slot, else the one with the
+# fewest failures, so a locked address outlasts addresses that tried once.
+import time
+
+from gateway import log
+
+
+def _now():
+    return int(time.time())
+
+
+class Logins:
+    SLOTS = 16
+    MAX_FAILURES = 5  # per address before it is locked out
+    LOCK_TIME = 900  # s a failure is remembered, and a lockout lasts
+    DELAY = 2  # s before a failed login is answered; other sessions run meanwhile
+    SESSION_TRIES = 3  # failed logins before the session is closed
+
+    def __init__(self, clock=_now):
+        self.clock = clock
+        self.addr = [None] * self.SLOTS
+        self.count = bytearray(self.SLOTS)
+        self.last = [0] * self.SLOTS
+
+    def _slot(self, ip):
+        """The slot holding ip's live record, or -1."""
+        for i in range(self.SLOTS):
+            if self.addr[i] == ip:
+                if self.clock() - self.last[i] > self.LOCK_TIME:
+                    self.addr[i] = None
+                    return -1
+                return i
+        return -1
+
+    def locked(self, ip):
+        """Seconds left of ip's lockout; 0 when it may try a password."""
+        i = self._slot(ip)
+        if i < 0 or self.count[i] < self.MAX_FAILURES:
+            return 0
+        return max(1, self.last[i] + self.LOCK_TIME - self.clock())
+
+    def failed(self, ip, user, what):
+        """Counts a failed login of `user` from ip, and logs it."""
+        i = self._slot(ip)
+        if i < 0:
+            i = self._free()
+            self.addr[i] = ip
+            self.count[i] = 0
+        self.count[i] = min(255, self.count[i] + 1)
+        self.last[i] = self.clock()
+        n = self.count[i]
+        log.warn("%s: failed login for %r from %s (%d of %d)" % (what, user[:64], ip, n, self.MAX_FAILURES))
+        if n == self.MAX_FAILURES:
+            log.warn("logins: %s locked out for %d s after %d failed logins" % (ip, self.LOCK_TIME, n))
+
+    def _free(self):
+        now = self.clock()
+        best = 0
+        for i in range(self.SLOTS):
+            if self.addr[i] is None or now - self.last[i] > self.LOCK_TIME:
+                return i
+            c, b = self.count[i], self.count[best]
+            if c < b or c == b and self.last[i] < self.last[best]:
+                best = i
+        return best
