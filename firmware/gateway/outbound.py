@@ -3,7 +3,9 @@
 # A recipient leaves the spool only after the smarthost's 250 for it; a 4xx
 # keeps it, with a growing pause before that message is tried again; a 5xx,
 # or a message older than poll.bounce_after, becomes an RFC 3464 bounce in
-# the sender's own mailbox (spool queue "local").
+# the sender's own mailbox (spool queue "local"). Only a failure with no
+# mailbox to report to (a null sender, or one no longer in the config) is
+# dropped, and that is logged and counted as dropped, never as bounced.
 from gateway import log
 from gateway.smtp import submit
 from gateway.smtp.client import SMTPClient, SMTPError
@@ -14,19 +16,31 @@ RETRY_MIN = 300  # first pause after a 4xx, doubled per try
 RETRY_MAX = 4 * 3600
 
 
+BOUNCED = "bounced"
+DROPPED = "dropped"
+
+
 class Summary:
-    """What a flush did: .sent .deferred .bounced (messages) and .error (the
-    sentence of a failure that stopped it, else None)."""
+    """What a flush did: .sent .deferred .bounced .dropped (messages) and
+    .error (the sentence of a failure that stopped it, else None)."""
 
     def __init__(self):
-        self.sent = self.deferred = self.bounced = 0
+        self.sent = self.deferred = self.bounced = self.dropped = 0
         self.error = None
         self.temporary = True
 
+    def failed(self, fate):
+        if fate == BOUNCED:
+            self.bounced += 1
+        else:
+            self.dropped += 1
+
     def __str__(self):
-        if not (self.sent or self.deferred or self.bounced or self.error):
+        if not (self.sent or self.deferred or self.bounced or self.dropped or self.error):
             return "nothing to send"
         s = "sent %d, deferred %d, bounced %d" % (self.sent, self.deferred, self.bounced)
+        if self.dropped:
+            s += ", dropped %d (no mailbox for the sender, see the log)" % self.dropped
         return s + ("; " + self.error if self.error else "")
 
 
@@ -92,7 +106,8 @@ class Outbound:
         sent = [a for a, code, _ in results if 200 <= code < 300]
         failed = [(a, code, text) for a, code, text in results if code >= 500]
         later = len(results) - len(sent) - len(failed)
-        if failed and not self._bounce(env, failed, (self.cfg.get("smarthost") or {}).get("host")):
+        fate = self._bounce(env, failed, (self.cfg.get("smarthost") or {}).get("host")) if failed else None
+        if failed and not fate:
             later += len(failed)  # no room for the bounce yet: try it all again later
             failed = []
         if sent or failed:
@@ -105,33 +120,39 @@ class Outbound:
         else:
             self.retry.pop(id, None)
             out.sent += 1 if sent else 0
-            out.bounced += 1 if failed else 0
+            if failed:
+                out.failed(fate)
 
     def _give_up(self, env, failed, out):
-        if self._bounce(env, failed, None):
+        fate = self._bounce(env, failed, None)
+        if fate:
             self.spool.done(env.id, "out", [a for a, _, _ in failed])
             self.retry.pop(env.id, None)
-            out.bounced += 1
+            out.failed(fate)
         else:
             out.deferred += 1
 
     def _bounce(self, env, failed, remote):
-        """The DSN into the sender's mailbox; False if it cannot be stored
-        now (card full), in which case the message must stay."""
+        """The DSN into the sender's mailbox: BOUNCED; DROPPED (logged) when
+        there is no mailbox to put it in; None if it cannot be stored now
+        (card full), in which case the message must stay."""
         sender = env.mail_from
         if not sender:
             log.warn("smarthost: %s: a bounce that bounced, dropped (RFC 3464: never bounce a bounce)" % env.id)
-            return True
+            return DROPPED
         if self.policy.user_for(sender) is None:
-            log.warn("smarthost: %s: sender %s is not ours, no bounce for %s" % (env.id, sender, failed[0][0]))
-            return True
+            # The LAN listener takes only a user's own address as sender, so
+            # this is mail queued before that user left the config.
+            log.warn("smarthost: %s: dropped: sender %s has no mailbox here for the bounce (%d %s for %s)" % (
+                env.id, sender, failed[0][1], failed[0][2], failed[0][0]))
+            return DROPPED
         from gateway import dsn
         from gateway.spool import SpoolFull
 
         try:
             draft = self.spool.begin("", [(sender, "local")])
         except SpoolFull:
-            return False
+            return None
         try:
             with self.spool.open(env.id, env) as body:
                 dsn.write(draft, self.cfg.get("hostname") or "gateway", env, failed, self.clock(), body, remote)
@@ -140,7 +161,7 @@ class Outbound:
             draft.abort()
             raise
         log.info("smarthost: %s: bounce for %d recipient(s) to %s" % (env.id, len(failed), sender))
-        return True
+        return BOUNCED
 
 
 def _out(env):

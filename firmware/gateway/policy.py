@@ -272,6 +272,13 @@ class LanHandler(_SpoolingHandler):
     def logins(self, session):
         return self.policy.logins()
 
+    def mail(self, session, address, params):
+        # RFC 6409 6.1: a user sends as themselves. A foreign sender would
+        # also leave no mailbox for the bounce if the smarthost refuses it.
+        if session.user and self.policy.user_for(address) != session.user:
+            return 553, "5.7.1 %s may send only from their own addresses, not <%s>" % (session.user, address)
+        return _SpoolingHandler.mail(self, session, address, params)
+
     def rcpt(self, session, address):
         _, dom = split_address(address)
         if not dom:
