@@ -254,6 +254,8 @@ class LanHandler(_SpoolingHandler):
     """Office PCs: only listed networks may connect; local mail is delivered
     at once; outside mail needs AUTH, so the box is never an open relay."""
 
+    login_timeout = 60  # s between commands before AUTH (a client sends them at once)
+
     def __init__(self, cfg, spool, policy, peer_ip=None, on_delivered=None, on_outbound=None):
         _SpoolingHandler.__init__(self, cfg, spool, policy, on_delivered, on_outbound)
         self.peer_ip = peer_ip

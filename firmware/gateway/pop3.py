@@ -5,7 +5,7 @@
 import asyncio
 
 from gateway import log, sasl
-from gateway.compat import const, peer_address
+from gateway.compat import const, peer_address, ticks_add, ticks_diff, ticks_ms
 from gateway.wire import LineReader, LineTooLong
 
 _LINE = const(256)  # RFC 2449: a command line is at most 255 octets
@@ -18,6 +18,8 @@ _TRANSACTION = ("CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "
 
 class POP3Session:
     TIMEOUT = 600  # RFC 1939 autologout: at least 10 minutes of silence
+    LOGIN_TIMEOUT = 60  # s from connect to a login, whatever is sent meanwhile (CAPA, USER)
+    SESSIONS_PER_ADDRESS = 3  # at once from one client address (serve): one address never takes every slot
     MAX_ERRORS = 10  # bad commands before we hang up
     # Failed logins: delay, tries per session and lockout in gateway.logins.
 
@@ -36,6 +38,7 @@ class POP3Session:
         self.errors = 0
         self.failures = 0
         self.done = False
+        self.login_by = ticks_add(ticks_ms(), int(self.LOGIN_TIMEOUT * 1000))
 
     async def reply(self, text):
         self.writer.write(text.encode() + b"\r\n")
@@ -46,7 +49,7 @@ class POP3Session:
             await self.reply("+OK POP3 gateway ready")
             while not self.done:
                 try:
-                    line = await asyncio.wait_for(self.lines.readline(), self.TIMEOUT)
+                    line = await asyncio.wait_for(self.lines.readline(), self._idle_limit())
                 except LineTooLong:
                     await self.bad("-ERR line too long")
                     continue
@@ -71,6 +74,11 @@ class POP3Session:
             if self.box:
                 self.mailboxes.unlock(self.box)
                 self.box = None
+
+    def _idle_limit(self):
+        if self.box:
+            return self.TIMEOUT
+        return max(0, ticks_diff(self.login_by, ticks_ms())) / 1000
 
     async def bad(self, text):
         self.errors += 1
@@ -269,30 +277,39 @@ class POP3Session:
 
 
 async def serve(cfg, mailboxes, host, port, max_sessions=8):
-    """The POP3 listener; beyond max_sessions, or when the heap has no room
-    for one more session, a client gets -ERR [SYS/TEMP] and is closed. STLS
-    is offered when cfg["pop3"] names a cert and key."""
+    """The POP3 listener for the networks in cfg["smtp"]["allow"]; beyond
+    max_sessions, beyond SESSIONS_PER_ADDRESS from one address, or when the
+    heap has no room for one more session, a client gets -ERR [SYS/TEMP]
+    and is closed. STLS is offered when cfg["pop3"] names a cert and key."""
+    from gateway.slots import Slots
+
     tls = _tls_context(cfg.get("pop3") or {})
-    active = [0]
+    slots = Slots(max_sessions, POP3Session.SESSIONS_PER_ADDRESS)
 
     async def client(reader, writer):
         session = None
         peer = peer_address(writer.get_extra_info("peername"))
-        if active[0] < max_sessions:
+        ip = peer[0] if isinstance(peer, tuple) else None
+        refusal = None if mailboxes.policy.allowed_peer(ip) else "-ERR your network may not use this server"
+        if refusal is None:
+            refusal = slots.take(ip)
+            refusal = refusal and "-ERR [SYS/TEMP] " + refusal
+        if refusal is None:
             try:
-                session = POP3Session(reader, writer, mailboxes, tls, peer[0] if isinstance(peer, tuple) else None)
+                session = POP3Session(reader, writer, mailboxes, tls, ip)
             except MemoryError:
                 log.warn("pop3: no memory for another session")
+                slots.give(ip)
+                refusal = "-ERR [SYS/TEMP] Too many connections, try later"
         try:
             if session is None:
-                writer.write(b"-ERR [SYS/TEMP] too many connections, try later\r\n")
+                writer.write(refusal.encode() + b"\r\n")
                 await writer.drain()
                 return
-            active[0] += 1
             try:
                 await session.run()
             finally:
-                active[0] -= 1
+                slots.give(ip)
         except Exception as e:  # one broken session must never stop the listener
             log.error("pop3: session failed: %r" % e)
         finally:

@@ -63,7 +63,8 @@ def cpython_pop3_seconds(tmp):
     from gateway.policy import Policy
     from gateway.spool import Spool
 
-    cfg = {"users": {"alice": {"password": USERS["alice"], "addresses": ["alice@example.test"]}}}
+    cfg = {"users": {"alice": {"password": USERS["alice"], "addresses": ["alice@example.test"]}},
+           "smtp": {"allow": ["127.0.0.0/8"]}}  # POP3 takes the LAN listener's allow list
     spool = Spool(tmp + "/spool")
     spool.recover()
     boxes = Mailboxes(tmp + "/mail", Policy(cfg))

@@ -83,7 +83,7 @@ def test_parallel_guesses_from_one_address_get_five_verdicts_in_all():
         sessions = []
         for s in streams:
             h = LanHandler(office.cfg, office.spool, office.policy, "127.0.0.9")
-            sessions.append(SMTPSession(s, s, h, ("127.0.0.9", 4000), bytearray(1024)).run())
+            sessions.append(SMTPSession(s, s, h, ("127.0.0.9", 4000), bytearray(600)).run())
         await asyncio.gather(*sessions)
 
     with support.patched(Logins, DELAY=0):

@@ -21,6 +21,9 @@ _REFUSED = (
 
 
 _VERBS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "AUTH")
+# Before AUTH only these renew a session's short idle limit: NOOP, HELP,
+# RSET and friends must not hold a slot open for ever.
+_PROGRESS = ("MAIL", "RCPT", "DATA", "AUTH", "STARTTLS")
 
 
 class Handler:
@@ -29,6 +32,7 @@ class Handler:
     hostname = "gateway"
     max_size = 10240000
     spool = None  # a gateway.spool.Spool, if the handler writes to one
+    login_timeout = None  # s a session that has not authenticated may idle; None: command_timeout
 
     def _nothing(self, session, *args):
         return None
@@ -97,6 +101,7 @@ class SMTPSession:
     data_timeout = 600  # s for the whole DATA phase
     buffer_size = 4096  # the one input buffer; more than a text line
     max_pending_replies = 16  # replies held back while pipelined commands wait
+    sessions_per_address = 2  # at once from one client address (serve): one address never takes every slot
 
     def __init__(self, reader, writer, handler, peer=None, buf=None):
         self.reader = data.DataReader(reader, self.buffer_size, buf)
@@ -150,12 +155,16 @@ class SMTPSession:
     def _expire_in(self, seconds):
         self._deadline = ticks_add(ticks_ms(), int(seconds * 1000))
 
+    def _idle_limit(self):
+        short = self.handler.login_timeout
+        return short if short and not self.user else self.command_timeout
+
     async def _watch(self, task):
         """Cancels the session's task once its deadline has passed, looking
         every quarter of the shorter timeout, so a timeout fires up to a
         quarter late. One such task per session, where asyncio.wait_for
         would make two tasks and a closure per command."""
-        step = min(self.command_timeout, self.data_timeout) / 4
+        step = min(self._idle_limit(), self.command_timeout, self.data_timeout) / 4
         while ticks_diff(self._deadline, ticks_ms()) > 0:
             await asyncio.sleep(step)
         self._expired = True
@@ -165,7 +174,8 @@ class SMTPSession:
         """The next line without CRLF, None if too long. Replies go out first
         unless another whole command is already waiting (RFC 2920)."""
         r = self.reader
-        self._expire_in(self.command_timeout)
+        if self._renew:
+            self._expire_in(self._idle_limit())
         try:
             # A client that pipelines without reading its replies must not
             # make them pile up in the heap: past a few, they go out anyway.
@@ -185,7 +195,8 @@ class SMTPSession:
 
     async def run(self, greet=True):
         self._expired = False
-        self._expire_in(self.command_timeout)
+        self._renew = True
+        self._expire_in(self._idle_limit())
         watch = asyncio.create_task(self._watch(asyncio.current_task()))
         try:
             refusal = self.handler.connect(self)
@@ -223,6 +234,7 @@ class SMTPSession:
             self.error(500, "5.5.2 Line too long or not ASCII")
             return
         verb = verb.upper()
+        self._renew = self.user is not None or verb in _PROGRESS
         # Only known verbs reach getattr: it interns its argument as a qstr,
         # so a stream of made-up verbs would fill the heap for good.
         method = getattr(self, "smtp_" + verb) if verb in _VERBS else None
@@ -429,34 +441,40 @@ def reserve(count=1):
 async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     """An asyncio server: each connection gets SMTPSession(handler_factory())
     (handler_factory(peer) with with_peer=True); beyond max_sessions at once,
-    or when no memory is left for one more, a connection gets 421."""
-    active = [0]
+    beyond SMTPSession.sessions_per_address from one address, or when no
+    memory is left for one more, a connection gets 421."""
+    from gateway.slots import Slots
+
+    slots = Slots(max_sessions, SMTPSession.sessions_per_address)
     spare = _spare
 
     async def client(reader, writer):
         peer = peer_address(writer.get_extra_info("peername"))
+        ip = peer[0] if isinstance(peer, tuple) else peer
         buf = None
-        if active[0] < max_sessions:
+        refusal = slots.take(ip)
+        if refusal is None:
             try:
                 buf = spare.pop() if spare else bytearray(SMTPSession.buffer_size)
             except MemoryError:
                 log.warn("smtp: no memory for another session")
+                slots.give(ip)
+                refusal = "Too many connections, try later"
         if buf is None:
             try:
-                writer.write(b"421 4.3.2 Too many connections, try later\r\n")
+                writer.write(b"421 4.3.2 %s\r\n" % refusal.encode())
                 await writer.drain()
                 writer.close()
                 await writer.wait_closed()
             except OSError:
                 pass
             return
-        active[0] += 1
         try:
             await SMTPSession(reader, writer, handler_factory(peer) if with_peer else handler_factory(), peer, buf).run()
         except Exception as e:  # noqa: BLE001 - one broken session must not stop the server
             log.error("smtp: session from %s ended: %r" % (peer, e))
         finally:
-            active[0] -= 1
+            slots.give(ip)
             spare.append(buf)
 
     return await asyncio.start_server(client, host, port)

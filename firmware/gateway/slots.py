@@ -1,0 +1,31 @@
+# The session slots of one listener: at most `total` sessions at once, and
+# at most `per_address` from one client address, so that one address (an
+# attacker's idle sockets) can never take every slot. One entry per address
+# with a session open: the memory is bounded by `total`, not by the peers.
+
+
+class Slots:
+    def __init__(self, total, per_address):
+        self.total = total
+        self.per_address = per_address
+        self.open = 0
+        self.by_address = {}
+
+    def take(self, ip):
+        """A refusal sentence, or None and the slot is ip's until give(ip)."""
+        n = self.by_address.get(ip, 0)
+        if self.open >= self.total:
+            return "Too many connections, try later"
+        if n >= self.per_address:
+            return "Too many connections from your address, try later"
+        self.by_address[ip] = n + 1
+        self.open += 1
+        return None
+
+    def give(self, ip):
+        n = self.by_address[ip] - 1
+        if n:
+            self.by_address[ip] = n
+        else:
+            del self.by_address[ip]
+        self.open -= 1
