@@ -19,7 +19,6 @@ _TRANSACTION = ("CAPA", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "
 class POP3Session:
     TIMEOUT = 600  # RFC 1939 autologout: at least 10 minutes of silence
     LOGIN_TIMEOUT = 60  # s from connect to a login, whatever is sent meanwhile (CAPA, USER)
-    SESSIONS_PER_ADDRESS = 3  # at once from one client address (serve): one address never takes every slot
     MAX_ERRORS = 10  # bad commands before we hang up
     # Failed logins: delay, tries per session and lockout in gateway.logins.
 
@@ -278,13 +277,13 @@ class POP3Session:
 
 async def serve(cfg, mailboxes, host, port, max_sessions=8):
     """The POP3 listener for the networks in cfg["smtp"]["allow"]; beyond
-    max_sessions, beyond SESSIONS_PER_ADDRESS from one address, or when the
+    max_sessions, beyond half of them from one address, or when the
     heap has no room for one more session, a client gets -ERR [SYS/TEMP]
     and is closed. STLS is offered when cfg["pop3"] names a cert and key."""
     from gateway.slots import Slots
 
     tls = _tls_context(cfg.get("pop3") or {})
-    slots = Slots(max_sessions, POP3Session.SESSIONS_PER_ADDRESS)
+    slots = Slots(max_sessions)
 
     async def client(reader, writer):
         session = None

@@ -1,13 +1,15 @@
 # The session slots of one listener: at most `total` sessions at once, and
-# at most `per_address` from one client address, so that one address (an
+# at most half of them from one client address, so that one address (an
 # attacker's idle sockets) can never take every slot. One entry per address
 # with a session open: the memory is bounded by `total`, not by the peers.
 
 
 class Slots:
-    def __init__(self, total, per_address):
+    SHARE = 2  # one address gets at most total // SHARE slots (at least one)
+
+    def __init__(self, total):
         self.total = total
-        self.per_address = per_address
+        self.per_address = max(1, total // self.SHARE)
         self.open = 0
         self.by_address = {}
 

@@ -253,7 +253,7 @@ def test_extra_connections_get_an_error_not_a_crash():
             await x.cmd("QUIT")
             await x.close()
 
-    support.run(served(boxes, session, 2))
+    support.run(served(boxes, session, 4))  # one address gets half: the third is refused
 
 
 def test_bad_commands_and_states():

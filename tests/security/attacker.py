@@ -107,9 +107,10 @@ class Office:
         raise OSError("no free port")
 
     async def start(self):
-        self.smtp_port = await self._listen(lambda p: lan.serve(self.cfg, self.spool, self.policy, "127.0.0.1", p,
-                                                                   self.boxes.deliver_pending))
-        self.pop3_port = await self._listen(lambda p: pop3.serve(self.cfg, self.boxes, "127.0.0.1", p))
+        cfg = self.cfg  # the session counts as the App passes them
+        self.smtp_port = await self._listen(lambda p: lan.serve(cfg, self.spool, self.policy, "127.0.0.1", p,
+                                                                   self.boxes.deliver_pending, None, cfg["smtp"]["sessions"]))
+        self.pop3_port = await self._listen(lambda p: pop3.serve(cfg, self.boxes, "127.0.0.1", p, cfg["pop3"]["sessions"]))
         return self
 
     def stop(self):

@@ -7,7 +7,6 @@ from gateway import sasl
 from gateway.policy import LanHandler
 from gateway.pop3 import POP3Session
 from gateway.slots import Slots
-from gateway.smtp.server import SMTPSession
 
 # Both listeners, the spool and the test's clients in one process.
 MICROPYTHON_HEAP = "160k"
@@ -21,12 +20,12 @@ def test_one_address_gets_only_its_share_of_the_sessions():
 
     async def script(o):
         held = []
-        for _ in range(SMTPSession.sessions_per_address):
+        for _ in range(o.cfg["smtp"]["sessions"] // 2):
             held.append(await o.smtp(helo=None))
             assert held[-1].greeting[0] == 220
         extra = await o.smtp(helo=None)
         assert extra.greeting == (421, ["4.3.2 Too many connections from your address, try later"])
-        for _ in range(POP3Session.SESSIONS_PER_ADDRESS):
+        for _ in range(o.cfg["pop3"]["sessions"] // 2):
             held.append(await o.pop())
             assert held[-1].greeting.startswith("+OK")
         extra = await o.pop()
@@ -38,7 +37,7 @@ def test_one_address_gets_only_its_share_of_the_sessions():
 
 
 def test_the_slots_of_a_listener_leave_room_for_other_addresses():
-    slots = Slots(4, 2)
+    slots = Slots(4)
     assert slots.take("10.0.0.66") is None and slots.take("10.0.0.66") is None
     assert slots.take("10.0.0.66") == "Too many connections from your address, try later"
     assert slots.take("10.0.0.5") is None and slots.take("10.0.0.6") is None

@@ -101,7 +101,6 @@ class SMTPSession:
     data_timeout = 600  # s for the whole DATA phase
     buffer_size = 4096  # the one input buffer; more than a text line
     max_pending_replies = 16  # replies held back while pipelined commands wait
-    sessions_per_address = 2  # at once from one client address (serve): one address never takes every slot
 
     def __init__(self, reader, writer, handler, peer=None, buf=None):
         self.reader = data.DataReader(reader, self.buffer_size, buf)
@@ -441,11 +440,11 @@ def reserve(count=1):
 async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     """An asyncio server: each connection gets SMTPSession(handler_factory())
     (handler_factory(peer) with with_peer=True); beyond max_sessions at once,
-    beyond SMTPSession.sessions_per_address from one address, or when no
+    beyond half of them from one address (gateway.slots), or when no
     memory is left for one more, a connection gets 421."""
     from gateway.slots import Slots
 
-    slots = Slots(max_sessions, SMTPSession.sessions_per_address)
+    slots = Slots(max_sessions)
     spare = _spare
 
     async def client(reader, writer):
