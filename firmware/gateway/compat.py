@@ -81,6 +81,10 @@ try:
                     pass
         gc.collect()
 
+    def load_cert_chain(ctx, cert, key):
+        # MicroPython's ssl takes the DER files as they are.
+        ctx.load_cert_chain(cert, key)
+
     def peer_address(peer):
         # The unix port reports a raw sockaddr_in, the ESP32 a tuple.
         if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8 and peer[0] == 2:
@@ -166,3 +170,21 @@ except ImportError:  # CPython
     def peer_address(peer):
         # ("ip", port), as asyncio reports it here.
         return peer
+
+    def load_cert_chain(ctx, cert, key):
+        # CPython's ssl reads PEM files only: the box's DER goes through a
+        # private temporary copy.
+        import tempfile
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization as ser
+
+        with open(cert, "rb") as f:
+            pem = x509.load_der_x509_certificate(f.read()).public_bytes(ser.Encoding.PEM)
+        with open(key, "rb") as f:
+            pem += ser.load_der_private_key(f.read(), None).private_bytes(
+                ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+        with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+            f.write(pem)
+            f.flush()
+            ctx.load_cert_chain(f.name)

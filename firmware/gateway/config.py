@@ -36,7 +36,10 @@ def _endpoint(port):
 
 def _schema():
     return {
-        "hostname": ("host", "gateway"),  # goes into Received: lines and EHLO: no spaces or controls
+        "hostname": ("host", "gateway"),
+        # PLAIN, LOGIN and POP3 USER/PASS without TLS, for an old mail client
+        # only: the password then crosses the LAN in clear.
+        "clear_text_logins": ("bool", False),  # goes into Received: lines and EHLO: no spaces or controls
         "listen": ("ip", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
         "domains": ("domains", []),
         "relay": _endpoint(366),
@@ -57,6 +60,8 @@ def _schema():
             # Office PCs at once; more get 421 4.3.2 before their session
             # starts. The default fits the heap budget (docs/heap.md).
             "sessions": ("sessions", 4),
+            "cert": ("str", ""),  # DER files on the flash, as pop3's; both set = STARTTLS offered
+            "key": ("str", ""),
         },
         "pop3": {
             "port": ("port", 110),
@@ -144,6 +149,9 @@ def _check_leaf(kind, key, value):
         low, top, what = _NUMBERS[kind]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
             raise ConfigError(key, what)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, "must be true or false")
     elif kind == "host":
         if not isinstance(value, str) or not 0 < len(value) <= 253 or not _is_host(value):
             raise ConfigError(key, "must be a host name like gw.example.test")
@@ -276,7 +284,7 @@ def parse(key, text):
     (numbers, lists, objects), otherwise the text itself; a comma list for
     list kinds."""
     node, _ = _walk(key)
-    if isinstance(node, tuple) and node[0] in ("str", "user", "tls"):
+    if isinstance(node, tuple) and node[0] in ("str", "user", "tls", "host"):
         return text
     try:
         return json.loads(text)

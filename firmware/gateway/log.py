@@ -12,7 +12,10 @@ _last = [None, 0]  # the last line written, and its copies held back since
 
 
 def attach(sink):
-    """sink(line) is called for every line; None detaches."""
+    """sink(line) is called for every line; None detaches. The old sink
+    gets its summary first, and the new one sees the next line whole."""
+    _summarise()
+    _last[0] = None
     _sink[0] = sink
 
 

@@ -256,9 +256,11 @@ class LanHandler(_SpoolingHandler):
 
     login_timeout = 60  # s between commands before AUTH (a client sends them at once)
 
-    def __init__(self, cfg, spool, policy, peer_ip=None, on_delivered=None, on_outbound=None):
+    def __init__(self, cfg, spool, policy, peer_ip=None, on_delivered=None, on_outbound=None, tls=None):
         _SpoolingHandler.__init__(self, cfg, spool, policy, on_delivered, on_outbound)
         self.peer_ip = peer_ip
+        self.tls = tls
+        self.clear_text = cfg.get("clear_text_logins")
 
     def connect(self, session):
         if not self.policy.allowed_peer(self.peer_ip or session.peer):
@@ -266,7 +268,9 @@ class LanHandler(_SpoolingHandler):
         return None
 
     def ehlo_keywords(self, session):
-        return ["AUTH PLAIN LOGIN CRAM-MD5"]
+        # PLAIN and LOGIN carry the password itself: only inside TLS, unless
+        # the config allows it for an old client. CRAM-MD5 never does.
+        return ["AUTH PLAIN LOGIN CRAM-MD5" if session.secure or self.clear_text else "AUTH CRAM-MD5"]
 
     def auth_password(self, session, user):
         return self.policy.password(user)

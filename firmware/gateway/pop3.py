@@ -104,13 +104,23 @@ class POP3Session:
 
     async def pop_capa(self, arg):
         caps = ["+OK capability list follows", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "EXPIRE NEVER",
-                "IMPLEMENTATION odmrgw", "USER"]
+                "IMPLEMENTATION odmrgw"]
+        if not self._in_clear():
+            caps.append("USER")
         if self.tls and self.box is None:
             caps.append("STLS")
         caps.append(".")
         await self.reply("\r\n".join(caps))
 
+    def _in_clear(self):
+        """True while a password would cross the network in clear and must
+        not be taken: STLS is offered and not done yet (RFC 2595 2.2), and
+        the config's clear_text_logins does not allow it for an old client."""
+        return self.tls is not None and not self.policy.cfg.get("clear_text_logins")
+
     async def pop_user(self, arg):
+        if self._in_clear():
+            return await self.bad("-ERR STLS first: the password would cross the network in clear")
         if not arg:
             return await self.bad("-ERR USER needs a name")
         self.user = arg
@@ -282,7 +292,9 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
     and is closed. STLS is offered when cfg["pop3"] names a cert and key."""
     from gateway.slots import Slots
 
-    tls = _tls_context(cfg.get("pop3") or {})
+    from gateway.servertls import context
+
+    tls = context(cfg.get("pop3") or {}, "pop3")
     slots = Slots(max_sessions)
 
     async def client(reader, writer):
@@ -319,13 +331,3 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
                 pass
 
     return await asyncio.start_server(client, host, port)
-
-
-def _tls_context(pcfg):
-    if not (pcfg.get("cert") and pcfg.get("key")):
-        return None
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pcfg["cert"], pcfg["key"])
-    return ctx

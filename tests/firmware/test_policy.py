@@ -18,9 +18,10 @@ CFG = {
 
 
 class Session:
-    def __init__(self, peer=("127.0.0.1", 40000), user=None):
+    def __init__(self, peer=("127.0.0.1", 40000), user=None, secure=False):
         self.peer = peer
         self.user = user
+        self.secure = secure
 
 
 class Usage:
@@ -124,7 +125,8 @@ def test_lan_refuses_networks_outside_the_allow_list():
 def test_lan_relays_outside_only_when_authenticated():
     p = Policy(CFG)
     h = LanHandler(CFG, None, p)
-    assert "AUTH PLAIN LOGIN CRAM-MD5" in h.ehlo_keywords(Session())
+    assert h.ehlo_keywords(Session()) == ["AUTH CRAM-MD5"]  # PLAIN and LOGIN only inside TLS
+    assert h.ehlo_keywords(Session(secure=True)) == ["AUTH PLAIN LOGIN CRAM-MD5"]
     assert h.auth_password(Session(), "alice") == "alicepw"
     assert h.auth_password(Session(), "mallory") is None
     anon = Session()

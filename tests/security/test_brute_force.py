@@ -10,7 +10,7 @@ from gateway.logins import Logins
 
 # Both listeners, the spool, the test's clients (compiled from source) and,
 # in one test, eight sessions at once, in one process.
-MICROPYTHON_HEAP = "192k"
+MICROPYTHON_HEAP = "256k"
 
 
 def guess(pw):

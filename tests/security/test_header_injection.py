@@ -2,8 +2,9 @@
 import support
 from attacker import Office, attack, send
 
-# Both listeners, the spool and the test's clients in one process.
-MICROPYTHON_HEAP = "160k"
+# Both listeners, the spool and the test's clients (compiled from source)
+# in one process; the box's own budget is the budget suite's (docs/heap.md).
+MICROPYTHON_HEAP = "256k"
 
 INJECTED = "pc1\rX-Injected-By-Helo: yes\rReceived: from trusted.example (10.9.9.9)"
 

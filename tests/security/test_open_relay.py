@@ -4,8 +4,9 @@ from attacker import Office, attack, send
 from gateway import sasl
 from gateway.logins import Logins
 
-# Both listeners, the spool and the test's clients in one process.
-MICROPYTHON_HEAP = "160k"
+# Both listeners, the spool and the test's clients (compiled from source)
+# in one process; the box's own budget is the budget suite's (docs/heap.md).
+MICROPYTHON_HEAP = "256k"
 
 
 def test_a_user_without_a_password_logs_in_by_no_mechanism():

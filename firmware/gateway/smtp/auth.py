@@ -19,6 +19,9 @@ async def command(session, arg):
         return
     mech, _, initial = arg.partition(" ")
     mech = mech.upper()
+    if mech not in session.mechanisms and mech in ("PLAIN", "LOGIN") and not session.secure:
+        session.error(538, "5.7.11 Encryption required: PLAIN and LOGIN only after STARTTLS (CRAM-MD5 works without)")
+        return
     if mech not in session.mechanisms or mech not in ("PLAIN", "LOGIN", "CRAM-MD5"):
         session.error(504, "5.5.4 Unrecognized authentication type")
         return

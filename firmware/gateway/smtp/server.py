@@ -20,7 +20,7 @@ _REFUSED = (
 )
 
 
-_VERBS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "AUTH")
+_VERBS = ("EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "AUTH", "STARTTLS")
 # Before AUTH only these renew a session's short idle limit: NOOP, HELP,
 # RSET and friends must not hold a slot open for ever.
 _PROGRESS = ("MAIL", "RCPT", "DATA", "AUTH", "STARTTLS")
@@ -33,6 +33,7 @@ class Handler:
     max_size = 10240000
     spool = None  # a gateway.spool.Spool, if the handler writes to one
     login_timeout = None  # s a session that has not authenticated may idle; None: command_timeout
+    tls = None  # an ssl server context: STARTTLS is offered (RFC 3207)
 
     def _nothing(self, session, *args):
         return None
@@ -109,6 +110,7 @@ class SMTPSession:
         self.peer = peer
         self.helo = self.user = None
         self.esmtp = False
+        self.secure = False  # inside TLS since STARTTLS
         self.errors = 0
         self.login_failures = 0
         self.mechanisms = ()
@@ -238,7 +240,7 @@ class SMTPSession:
         # so a stream of made-up verbs would fill the heap for good.
         method = getattr(self, "smtp_" + verb) if verb in _VERBS else None
         if method is None:
-            if verb in ("EXPN", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS"):
+            if verb in ("EXPN", "TURN", "ETRN", "ATRN", "BDAT"):
                 self.error(502, "5.5.1 Command not implemented")
             else:
                 self.error(500, "5.5.1 Command unrecognized")
@@ -274,6 +276,8 @@ class SMTPSession:
             self.reply(250, h.hostname)
             return
         lines = ["%s Hello %s" % (h.hostname, arg), "PIPELINING", "SIZE %d" % h.max_size, "8BITMIME", "ENHANCEDSTATUSCODES"]
+        if h.tls and not self.secure:
+            lines.append("STARTTLS")
         for kw in h.ehlo_keywords(self) or ():
             lines.append(kw)
             if kw[:5].upper() == "AUTH ":
@@ -419,6 +423,37 @@ class SMTPSession:
 
     def smtp_HELP(self, arg):
         self.reply(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP" + (" AUTH" if self.mechanisms else ""))
+
+    def smtp_STARTTLS(self, arg):
+        if not self.handler.tls or self.secure:
+            self.error(502 if not self.secure else 503, "5.5.1 STARTTLS not available" + (" inside TLS" if self.secure else ""))
+        elif arg:
+            self.error(501, "5.5.4 Syntax: STARTTLS")
+        elif self.mail_from is not None:
+            self.error(503, "5.5.1 STARTTLS not inside a mail transaction")
+        else:
+            return self._starttls()
+        return None
+
+    async def _starttls(self):
+        from gateway.compat import start_tls
+
+        self.reply(220, "2.0.0 Ready to start TLS")
+        await self.flush()
+        # RFC 3207 4.2: nothing said before TLS counts after it; commands
+        # pipelined behind STARTTLS were sent in clear and are dropped.
+        r = self.reader
+        r.start = r.end = 0
+        try:
+            await start_tls(r.stream, self.writer, self.handler.tls)
+        except (OSError, ValueError) as e:
+            log.warn("smtp: TLS handshake with %s failed: %r" % (self.peer, e))
+            raise _Closed()
+        self.secure = True
+        self.helo = None
+        self.esmtp = False
+        self.mechanisms = ()
+        self._reset()
 
     def smtp_AUTH(self, arg):
         from gateway.smtp import auth
