@@ -36,10 +36,10 @@ def _endpoint(port):
 
 def _schema():
     return {
-        "hostname": ("host", "gateway"),
+        "hostname": ("str", "gateway"),
         # PLAIN, LOGIN and POP3 USER/PASS without TLS, for an old mail client
         # only: the password then crosses the LAN in clear.
-        "clear_text_logins": ("bool", False),  # goes into Received: lines and EHLO: no spaces or controls
+        "clear_text_logins": ("bool", False),
         "listen": ("ip", "0.0.0.0"),  # address the SMTP and POP3 listeners bind to
         "domains": ("domains", []),
         "relay": _endpoint(366),
@@ -116,14 +116,6 @@ def _check_net(text):
     return len(parts) == 1 or (parts[1].isdigit() and int(parts[1]) <= 32)
 
 
-def _is_host(text):
-    # Checked as bytes: iterating a str makes one-character strings.
-    for c in text.encode():
-        if not (c == 45 or c == 46 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 95):
-            return False
-    return True
-
-
 def _is_hhmm(text):
     h, _, m = text.partition(":") if isinstance(text, str) else ("", "", "")
     return h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60
@@ -152,9 +144,6 @@ def _check_leaf(kind, key, value):
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(key, "must be true or false")
-    elif kind == "host":
-        if not isinstance(value, str) or not 0 < len(value) <= 253 or not _is_host(value):
-            raise ConfigError(key, "must be a host name like gw.example.test")
     elif kind == "tls":
         if value not in _TLS_MODES:
             raise ConfigError(key, "must be one of implicit, starttls, none")
@@ -284,7 +273,7 @@ def parse(key, text):
     (numbers, lists, objects), otherwise the text itself; a comma list for
     list kinds."""
     node, _ = _walk(key)
-    if isinstance(node, tuple) and node[0] in ("str", "user", "tls", "host"):
+    if isinstance(node, tuple) and node[0] in ("str", "user", "tls"):
         return text
     try:
         return json.loads(text)
