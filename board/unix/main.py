@@ -61,6 +61,8 @@ def main():
         print("gateway stopped")
     finally:
         app.close()
+        # What the card took, for the whole-box bench (tests/bench/bench_box.py).
+        print("card: %d block writes, %d syncs" % (board.dev.block_writes, board.dev.syncs))
         board.umount_sd()
     return 0
 
