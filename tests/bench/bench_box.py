@@ -36,7 +36,6 @@ USERS = ("alice", "bob")
 # (name, message payload in bytes, count, parallel sessions)
 LOADS = (
     ("10 KB x 2000, 4 sessions", 10 * 1024, 2000, 4),
-    ("10 KB x 2000, 1 session", 10 * 1024, 2000, 1),
     ("1 MB x 50, 1 session", 1 << 20, 50, 1),
 )
 CARD = "192M"
@@ -136,7 +135,7 @@ class Box:
         threading.Thread(target=lambda: [self.lines.append(x.rstrip("\n")) for x in self.proc.stdout], daemon=True).start()
         end = time.monotonic() + START_TIMEOUT
         while not any("listening on" in x for x in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > end:
+            if self.proc.poll() is not None or time.monotonic() > end or any("not started" in x for x in self.lines):
                 self.stop()
                 raise RuntimeError("odmrgw sim did not start:\n" + "\n".join(self.lines[-20:]))
             time.sleep(0.05)
@@ -158,6 +157,38 @@ class Box:
 
     def errors(self):
         return [x for x in self.lines if x.startswith(("E ", "W ", "Traceback"))]
+
+
+class Bare:
+    """The bare receiver (board/unix/smtpd_sim.py): any recipient into the
+    spool, no policy, no mailbox, at the box's heap: what the SMTP engine
+    and the spool cost without the rest of the box."""
+
+    def __init__(self, tmp):
+        self.dir = Path(tempfile.mkdtemp(prefix="bare", dir=tmp))
+        self.image = self.dir / "card.img"
+        subprocess.run([sys.executable, "-m", "host_tools", "sd", "mkfs", str(self.image), "--size", CARD],
+                       check=True, capture_output=True, cwd=mpy.REPO)
+        self.port = mpy.free_port()
+        self.proc = subprocess.Popen(
+            [mpy.micropython_exe(), "-X", f"heapsize={mpy.budget_heap()}", "-m", "smtpd_sim", "serve", str(self.image), str(self.port),
+             str(10 << 20)], env=mpy.env(), cwd=mpy.compiled(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise RuntimeError("smtpd_sim did not start: " + line + self.proc.stdout.read()[-500:])
+        # Its QUEUED lines must not fill the pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def queued(self):
+        """How many messages the spool holds, each once (smtpd_sim check)."""
+        out = subprocess.run([mpy.micropython_exe(), "-X", "heapsize=256k", "-m", "smtpd_sim", "check", str(self.image)],
+                             env=mpy.env(), cwd=mpy.compiled(), capture_output=True, text=True, timeout=600)
+        return sum(1 for x in out.stdout.splitlines() if x.startswith("MSG "))
 
 
 class Peer:
@@ -184,7 +215,7 @@ class Peer:
 
 def one_run(kind, tmp, payload, count, sessions):
     """{rate, accepted, problems, syncs} of one run on a fresh receiver."""
-    rcv = Box(tmp) if kind == "box" else Peer(tmp)
+    rcv = {"box": Box, "bare": Bare, "peer": Peer}[kind](tmp)
     syncs = None
     try:
         dt, accepted, failure = smtp_source(rcv.port, f"{USERS[0]}@example.test", payload, count, sessions)
@@ -196,7 +227,12 @@ def one_run(kind, tmp, payload, count, sessions):
     problems = [f"smtp-source: {failure[0]}"] if failure else []
     if kind == "box":
         problems += rcv.errors()[:3]
-    problems += check_mailboxes(rcv.mailboxes(), USERS[0], accepted)
+    if kind == "bare":
+        queued = rcv.queued()
+        if queued != accepted:
+            problems.append(f"{queued} messages in the spool, {accepted} accepted")
+    else:
+        problems += check_mailboxes(rcv.mailboxes(), USERS[0], accepted)
     shutil.rmtree(rcv.dir, ignore_errors=True)
     return {"rate": accepted / dt, "mbps": accepted * payload / dt / 1e6, "accepted": accepted, "problems": problems,
             "syncs": syncs}
@@ -205,24 +241,28 @@ def one_run(kind, tmp, payload, count, sessions):
 def run(report):
     stop_postfix_daemon()
     exe = mpy.micropython_exe()
-    report("box", f"odmrgw sim, -X heapsize={sim.DEFAULT_HEAP}", f"micropython: {exe}")
+    report("box", f"odmrgw sim, -X heapsize={mpy.budget_heap()}", f"micropython: {exe}, {mpy.pointer_bits()}-bit")
     report("load generator", "Postfix smtp-source -d (one session per -s, no pipelining)")
     tmp = Path(tempfile.mkdtemp(prefix="bench_box"))
     try:
         for name, payload, count, sessions in LOADS:
-            runs = {"box": [], "peer": []}
+            runs = {"box": [], "peer": [], "bare": []}
             for _ in range(ROUNDS):
-                for kind in ("box", "peer"):
+                for kind in runs:
                     runs[kind].append(one_run(kind, tmp, payload, count, sessions))
             unit = "MB/s" if payload >= 1 << 20 else "msg/s"
             key = "mbps" if unit == "MB/s" else "rate"
-            for kind, who in (("box", "box (odmrgw sim, policy + mailbox)"), ("peer", "aiosmtpd, file + fsync, own process")):
+            for kind, who in (("box", "box (odmrgw sim, policy + mailbox)"), ("peer", "aiosmtpd, file + fsync, own process"),
+                              ("bare", "bare receiver (smtpd_sim, spool only)")):
                 rates = [r[key] for r in runs[kind]]
                 report(f"{name}: {who}", f"{statistics.median(rates):.1f} {unit}",
                        "runs " + ", ".join(f"{x:.1f}" for x in rates))
             ratios = [b[key] / p[key] if p[key] else 0 for b, p in zip(runs["box"], runs["peer"])]
             report(f"{name}: ratio box / peer", f"{statistics.median(ratios):.2f}x",
                    f"min {min(ratios):.2f}x, max {max(ratios):.2f}x over {ROUNDS} interleaved rounds; target >= 1.0x")
+            bare = [b[key] / p[key] if p[key] else 0 for b, p in zip(runs["bare"], runs["peer"])]
+            report(f"{name}: ratio bare receiver / peer", f"{statistics.median(bare):.2f}x",
+                   f"min {min(bare):.2f}x, max {max(bare):.2f}x; not the box: no policy, no mailbox")
             syncs = [r["syncs"] / r["accepted"] for r in runs["box"] if r["syncs"] is not None and r["accepted"]]
             if syncs:
                 report(f"{name}: box card syncs per accepted message", f"{statistics.median(syncs):.2f}",
