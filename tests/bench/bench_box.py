@@ -41,6 +41,7 @@ LOADS = (
 CARD = "192M"
 LOAD_TIMEOUT = 900  # s for one smtp-source run; a stuck receiver must not hang the bench
 START_TIMEOUT = 60
+EXPORT_HEAP = "8M"
 
 
 def _smtp_source():
@@ -150,9 +151,13 @@ class Box:
         return int(card[-1].split()[-2]) if card else None
 
     def mailboxes(self):
+        """The card's mailboxes as Maildirs (sdtool export). Its heap is the
+        host's to give: `odmrgw sd export` at its own 256k cannot list a
+        mailbox of 2000 messages (MemoryError in Mailboxes.ids)."""
+        from host_tools import sd
+
         out = self.dir / "export"
-        subprocess.run([sys.executable, "-m", "host_tools", "sd", "export", str(self.image), str(out)],
-                       check=True, capture_output=True, cwd=mpy.REPO)
+        mpy.run(sd.SDTOOL, "export", self.image, out, heap=EXPORT_HEAP, check=True, capture_output=True)
         return out
 
     def errors(self):
