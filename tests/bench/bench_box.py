@@ -111,15 +111,21 @@ def check_mailboxes(root, user, accepted):
     return problems
 
 
+def fresh_card(tmp, prefix):
+    """(a new directory under tmp, a blank card image in it)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    image = folder / "card.img"
+    subprocess.run([sys.executable, "-m", "host_tools", "sd", "mkfs", str(image), "--size", CARD],
+                   check=True, capture_output=True, cwd=mpy.REPO)
+    return folder, image
+
+
 class Box:
     """`odmrgw sim` on a fresh card with the bench's users; the LAN listener
     on a free loopback port."""
 
     def __init__(self, tmp):
-        self.dir = Path(tempfile.mkdtemp(prefix="box", dir=tmp))
-        self.image = self.dir / "card.img"
-        subprocess.run([sys.executable, "-m", "host_tools", "sd", "mkfs", str(self.image), "--size", CARD],
-                       check=True, capture_output=True, cwd=mpy.REPO)
+        self.dir, self.image = fresh_card(tmp, "box")
         self.port = mpy.free_port()
         self.config = self.dir / "flash" / "gateway.json"
         self.config.parent.mkdir()
@@ -170,10 +176,7 @@ class Bare:
     and the spool cost without the rest of the box."""
 
     def __init__(self, tmp):
-        self.dir = Path(tempfile.mkdtemp(prefix="bare", dir=tmp))
-        self.image = self.dir / "card.img"
-        subprocess.run([sys.executable, "-m", "host_tools", "sd", "mkfs", str(self.image), "--size", CARD],
-                       check=True, capture_output=True, cwd=mpy.REPO)
+        self.dir, self.image = fresh_card(tmp, "bare")
         self.port = mpy.free_port()
         self.proc = subprocess.Popen(
             [mpy.micropython_exe(), "-X", f"heapsize={mpy.budget_heap()}", "-m", "smtpd_sim", "serve", str(self.image), str(self.port),
