@@ -30,6 +30,7 @@ class FileBlockDev:
         self._f.seek(0, 2)
         self.blocks = self._f.tell() // _BLOCK
         self.block_writes = 0
+        self.syncs = 0  # FatFs f_sync calls: what the bench counts as fsyncs
         self.cut_after = cut_after
         self.tear = tear
         self.cut = False
@@ -60,6 +61,7 @@ class FileBlockDev:
 
     def ioctl(self, op, arg):
         if op == 3:  # sync
+            self.syncs += 1
             self._f.flush()
         elif op == 4:
             return self.blocks

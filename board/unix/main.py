@@ -59,6 +59,8 @@ def main():
         asyncio.run(app.run(echo="--no-echo" not in sys.argv))
     except KeyboardInterrupt:
         print("gateway stopped")
+        # What the card took, for the whole-box bench (tests/bench/bench_box.py).
+        print("card: %d block writes, %d syncs" % (board.dev.block_writes, board.dev.syncs))
     finally:
         app.close()
         board.umount_sd()

@@ -166,9 +166,10 @@ def _scan_reference(buf, p, e, lim, max_line):
 
 def test_the_word_skipping_scan_matches_a_byte_by_byte_one():
     # Every alignment of start and end, CR and LF at every place in a word,
-    # lines on both sides of the limit.
+    # lines on both sides of the limit; tabs, other controls and 8-bit bytes
+    # beside them (the word test flags every byte below 14, never one above).
     random.seed(11)
-    alphabet = b"aaaaaaaaaaaaaaaaaaa.\r\n\r\n"
+    alphabet = b"aaaaaaaaaaaaaaaaaaa.\r\n\r\n\t\x0b\x0e\x8d\xff\x00"
     for _ in range(1500):
         n = random.randrange(1, 200)
         body = bytes(random.choice(alphabet) for _ in range(n)) + random.choice((b"\r\n", b"\n", b"x\r\n"))

@@ -131,24 +131,35 @@ def _scan(buf, p: int, e: int, lim: int, max_line: int) -> int:
     """Checks the whole lines buf[p:e] up to the first dot line: the index of
     the CR LF before its dot, or -1 if there is none; _BARE for a bare CR or
     LF, _LONG for a line ending past lim (the first line's limit; the next
-    ones get max_line each). Words with neither CR nor LF are skipped four
-    bytes at a time: most of a message is the inside of its lines."""
+    ones get max_line each). Most of a message is the inside of its lines,
+    so aligned words with no byte below 14 (CR and LF; a tab or another
+    control is rare, and only sends its word to the byte loop) are skipped,
+    two at a time, with one test per word: (x - 0x0e0e0e0e) & ~x & 0x80808080
+    is non-zero exactly when some byte of x is below 14."""
     b = ptr8(buf)
     w = ptr32(buf)
     ones = 0x01010101
     highs = ones << 7  # built at run time: 0x80808080 is no small int on a 32-bit port
-    lfs = ones * 10
-    crs = ones * 13
-    neg = -1
+    lows = ones * 14
     while p < e:
-        if (p & 3) == 0 and p + 4 <= e:
-            x = int(w[p >> 2])
-            y = x ^ crs
-            x = x ^ lfs
-            # The has-a-zero-byte test on x (LF) and y (CR).
-            if (((x - ones) & (x ^ neg)) | ((y - ones) & (y ^ neg))) & highs == 0:
-                p += 4
-                continue
+        if (p & 3) == 0:
+            q = p >> 2
+            qe = e >> 2
+            q1 = qe - 1
+            while q < q1:
+                x = int(w[q])
+                y = int(w[q + 1])
+                if ((x - lows) & ~x | (y - lows) & ~y) & highs:
+                    break
+                q += 2
+            while q < qe:
+                x = int(w[q])
+                if (x - lows) & ~x & highs:
+                    break
+                q += 1
+            p = q << 2
+            if p >= e:
+                break
         c = b[p]
         if c == 13:
             if b[p + 1] != 10:
