@@ -37,7 +37,7 @@ run: $(STAMP)
 
 # tests/budget is the heap budget suite: `make heap`.
 test: $(STAMP) debs
-	$(BIN)/pytest -n 2 --ignore=tests/budget tests/host/test_hygiene.py $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --ignore=tests/budget $(PYTEST_ARGS)
 
 # Suites too slow for every CI run (long soak, many more power cuts).
 test-long: $(STAMP) debs

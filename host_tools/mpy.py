@@ -122,6 +122,15 @@ def gateway_sources():
     return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))]
 
 
+def package_json():
+    """firmware/package.json's content for `mpremote mip install`: every
+    gateway module, at its own relative path (docs/freezing.md)."""
+    import json
+
+    urls = [[rel.with_suffix(".py").as_posix()] * 2 for _, rel in gateway_sources()]
+    return json.dumps({"urls": urls, "version": "0.1.0"}, indent=2) + "\n"
+
+
 def board_sources():
     """[(source, .mpy path)] of the unix board's modules."""
     return [(p, Path(p.name).with_suffix(".mpy")) for p in sorted(BOARD_UNIX.glob("*.py"))]

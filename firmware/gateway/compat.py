@@ -174,10 +174,10 @@ except ImportError:  # CPython
     def load_cert_chain(ctx, cert, key):
         # CPython's ssl reads PEM files only: the box's DER goes through a
         # private temporary copy.
-        import tempfile
+        import tempfile  # cpython-only
 
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization as ser
+        from cryptography import x509  # cpython-only
+        from cryptography.hazmat.primitives import serialization as ser  # cpython-only
 
         with open(cert, "rb") as f:
             pem = x509.load_der_x509_certificate(f.read()).public_bytes(ser.Encoding.PEM)

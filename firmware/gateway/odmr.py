@@ -76,7 +76,8 @@ async def pull(cfg, handler, buf=None, unload=CUSTOMER):
     The modules named in `unload` are dropped at the turn (a process that
     does nothing else, like board/unix/pull_once.py, drops SASL too).
     Never raises for network or protocol trouble: the Outcome says it."""
-    from gateway.smtp.client import SMTPClient, SMTPError
+    from gateway.smtp.client import SMTPClient
+    from gateway.wire import SMTPError
 
     conf = cfg.get("relay") or {}
     host = conf.get("host")

@@ -8,7 +8,8 @@
 # dropped, and that is logged and counted as dropped, never as bounced.
 from gateway import log
 from gateway.smtp import submit
-from gateway.smtp.client import SMTPClient, SMTPError
+from gateway.smtp.client import SMTPClient
+from gateway.wire import SMTPError
 
 DEFAULT_PORT = 587
 BOUNCE_AFTER = 5 * 86400  # Postfix's maximal_queue_lifetime

@@ -3,14 +3,7 @@
 # stored on the board (DER, as MicroPython's ssl wants it; the host tools
 # convert PEM) and for the configured server name. Only tls = "none" turns
 # TLS off (gateway.smtp.client logs a warning then and never loads this).
-from gateway.smtp.client import SMTPError, reason
-
-MODES = ("implicit", "starttls", "none")
-
-
-def check_mode(m, what):
-    if m not in MODES:
-        raise SMTPError(554, "5.7.0 %s.tls must be implicit, starttls or none, not %r" % (what, m))
+from gateway.wire import SMTPError, reason
 
 
 def server_name(conf):
@@ -56,17 +49,3 @@ async def upgrade(reader, writer, ctx, name, timeout, what):
     except Exception as e:  # noqa: BLE001 - asyncio's TimeoutError differs by runtime
         raise SMTPError(421, "4.7.0 %s: TLS handshake with %s failed: %s" % (what, name, reason(e) or "timeout"))
 
-
-async def login_in_clear_text(client, user, secret, offered):
-    """AUTH PLAIN (else LOGIN), which send the secret itself: only ever
-    called on a connection that is inside TLS. -> the final (code, lines)."""
-    from gateway.sasl import b64encode, plain_response
-
-    if "PLAIN" in offered:
-        return await client.command("AUTH PLAIN " + plain_response(user, secret).decode(), step="AUTH")
-    code, lines = await client.command("AUTH LOGIN")
-    for value in (user, secret):
-        if code != 334:
-            break
-        code, lines = await client.command(b64encode(value.encode()).decode(), step="AUTH")
-    return code, lines

@@ -13,6 +13,27 @@ class ProtocolError(Exception):
     """A reply we cannot parse; carries a human sentence."""
 
 
+class SMTPError(Exception):
+    """A failed step: .code (the server's, or one we chose for a local
+    failure: 421 network, 554 TLS/config, 502 not offered) and .text, a
+    sentence for the log and the console."""
+
+    def __init__(self, code, text):
+        super().__init__("%d %s" % (code, text))
+        self.code = code
+        self.text = text
+
+    @property
+    def temporary(self):
+        return self.code < 500
+
+
+def reason(e):
+    """An exception's arguments as one line of text (may be empty)."""
+    text = " ".join(str(a) for a in e.args) if e.args else ""
+    return " ".join(text.split())
+
+
 class LineReader:
     """CRLF lines from a stream, in a fixed buffer.
 

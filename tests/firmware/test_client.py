@@ -4,7 +4,8 @@
 import support
 from gateway import sasl
 from gateway.smtp import submit
-from gateway.smtp.client import SMTPClient, SMTPError
+from gateway.smtp.client import SMTPClient
+from gateway.wire import SMTPError
 
 # Runs in the default 64k heap: the firmware loads as .mpy, as on the box.
 

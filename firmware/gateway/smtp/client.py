@@ -8,21 +8,7 @@ import asyncio
 from gateway import log, wire
 from gateway.compat import drain_can_block
 from gateway.sasl import cram_md5_response
-
-
-class SMTPError(Exception):
-    """A failed step: .code (the server's, or one we chose for a local
-    failure: 421 network, 554 TLS/config, 502 not offered) and .text, a
-    sentence for the log and the console."""
-
-    def __init__(self, code, text):
-        super().__init__("%d %s" % (code, text))
-        self.code = code
-        self.text = text
-
-    @property
-    def temporary(self):
-        return self.code < 500
+from gateway.wire import SMTPError, reason
 
 
 class SMTPClient:
@@ -65,7 +51,6 @@ class SMTPClient:
         else:
             from gateway import tls
 
-            tls.check_mode(mode, what)
             ctx = tls.context(conf, what)
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
@@ -77,7 +62,7 @@ class SMTPClient:
                 await client._upgrade(ctx, tls.server_name(conf))
             await client.greeting()
             await client.ehlo(hostname)
-            if mode == "starttls":
+            if ctx and mode != "implicit":  # any other mode but none is starttls: never clear by mistake
                 await client.starttls(ctx, tls.server_name(conf))
                 await client.ehlo(hostname)
             if conf.get("user"):
@@ -136,15 +121,27 @@ class SMTPClient:
             if code == 334:
                 code, lines = await self.command(cram_md5_response(user, secret, lines[0].encode()).decode(), step="AUTH")
         elif self.tls and ("PLAIN" in offered or "LOGIN" in offered):
-            from gateway import tls
-
-            code, lines = await tls.login_in_clear_text(self, user, secret, offered)
+            code, lines = await self._login_sending_the_secret(user, secret, offered)
         else:
             why = "offers no AUTH" if not offered else "offers only %s, which needs TLS" % " ".join(offered)
             raise SMTPError(504, "5.7.4 %s %s; the box will not send the secret" % (self.what, why))
         if code != 235:
             raise SMTPError(code, "%s refused the login of %s: %s" % (self.what, user, " ".join(lines)))
         log.info("%s: logged in as %s" % (self.what, user))
+
+    async def _login_sending_the_secret(self, user, secret, offered):
+        """AUTH PLAIN (else LOGIN), which send the secret itself: only ever
+        called on a connection that is inside TLS. -> the final (code, lines)."""
+        from gateway.sasl import b64encode, plain_response
+
+        if "PLAIN" in offered:
+            return await self.command("AUTH PLAIN " + plain_response(user, secret).decode(), step="AUTH")
+        code, lines = await self.command("AUTH LOGIN")
+        for value in (user, secret):
+            if code != 334:
+                break
+            code, lines = await self.command(b64encode(value.encode()).decode(), step="AUTH")
+        return code, lines
 
     # --- replies and commands ------------------------------------------------
     async def reply(self, timeout=None, step="reply"):
@@ -202,8 +199,3 @@ class SMTPClient:
         except Exception:  # noqa: BLE001 - a broken connection is closed all the same
             pass
 
-
-def reason(e):
-    """An exception's arguments as one line of text (may be empty)."""
-    text = " ".join(str(a) for a in e.args) if e.args else ""
-    return " ".join(text.split())

@@ -3,7 +3,7 @@
 # the body streamed from the spool dot-stuffed through one fixed buffer. A
 # module of its own, so an ODMR pull (which sends no mail) never loads it.
 from gateway.smtp import dots
-from gateway.smtp.client import SMTPError
+from gateway.wire import SMTPError
 
 
 def max_size(client):
