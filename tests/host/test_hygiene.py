@@ -62,9 +62,11 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
 # Heap the whole firmware takes once imported from .mpy, as deployed, on the
 # binary that runs firmware (ODMRGW_MICROPYTHON): 8-byte pointers make code
 # objects about 1.4x what they cost with the ESP32's 4-byte ones. Measured
-# 2026-12-01: 140,224 bytes on the PyPI 64-bit build, 99,504 on the 32-bit
-# one (docs/heap.md). The guard keeps the firmware from quietly growing.
-IMPORT_HEAP_BUDGET = {64: 148 * 1024, 32: 104 * 1024}
+# 2026-12-01, with the security work of issue 12 in: 149,952 bytes on the
+# PyPI 64-bit build, 106,528 on the 32-bit one (docs/heap.md); not all of it
+# is resident at once (phases drop their modules). The guard keeps the
+# firmware from quietly growing.
+IMPORT_HEAP_BUDGET = {64: 150 * 1024, 32: 108 * 1024}
 
 
 def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
