@@ -30,6 +30,7 @@ import pytest
 from host_tools import mpy, sim
 from host_tools.relay.testing import RelayProcess, Sink, write_config
 from tests.budget.officemail import body as wanted_body, message
+from tests.clients import POP3From
 from tests.conftest import record_figure
 
 HERE = os.path.dirname(__file__)
@@ -154,10 +155,10 @@ class Refused(Exception):
     pass
 
 
-def pop3_session(port, user, work):
+def pop3_session(port, user, work, source):
     def attempt():
         try:
-            box = poplib.POP3("127.0.0.1", port, timeout=300)
+            box = POP3From(source, "127.0.0.1", port, timeout=300)
         except poplib.error_proto as e:
             if b"[SYS/TEMP]" in e.args[0]:
                 raise Refused()
@@ -175,7 +176,7 @@ def pop3_session(port, user, work):
 def lan_session(port, n, k):
     def attempt():
         try:
-            s = smtplib.SMTP("127.0.0.1", port, timeout=300)
+            s = smtplib.SMTP("127.0.0.1", port, timeout=300, source_address=("127.0.1.%d" % (n + 1), 0))
         except smtplib.SMTPConnectError as e:
             if e.smtp_code == 421:
                 raise Refused()
@@ -233,10 +234,10 @@ def test_office_day_at_the_budget_heap(office):
 
     office.wait_log("ATRN accepted", 600)
     workers = [
-        threading.Thread(target=run, args=("retr-big", pop3_session, office.pop3_port, "alice", _retr_biggest)),
-        threading.Thread(target=run, args=("list", pop3_session, office.pop3_port, "bob", lambda b: len(b.list()[1]))),
-        threading.Thread(target=run, args=("uidl", pop3_session, office.pop3_port, "carol", lambda b: len(b.uidl()[1]))),
-        threading.Thread(target=run, args=("top", pop3_session, office.pop3_port, "dave", lambda b: b.top(1, 3)[1])),
+        threading.Thread(target=run, args=("retr-big", pop3_session, office.pop3_port, "alice", _retr_biggest, "127.0.2.1")),
+        threading.Thread(target=run, args=("list", pop3_session, office.pop3_port, "bob", lambda b: len(b.list()[1]), "127.0.2.2")),
+        threading.Thread(target=run, args=("uidl", pop3_session, office.pop3_port, "carol", lambda b: len(b.uidl()[1]), "127.0.2.3")),
+        threading.Thread(target=run, args=("top", pop3_session, office.pop3_port, "dave", lambda b: b.top(1, 3)[1], "127.0.2.4")),
     ] + [threading.Thread(target=run, args=(f"lan-{n}", lan_session, office.smtp_port, n, LAN_EACH))
          for n in range(LAN_SESSIONS)]
     for w in workers:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from host_tools import mpy
+from tests.clients import POP3From
 
 SIM = mpy.BOARD_UNIX / "localsrv_sim.py"
 ODMRGW = str(Path(sys.executable).parent / "odmrgw")
@@ -107,7 +108,7 @@ class LocalGateway:
             self.proc.stdout.close()
 
     def pop(self, user="alice", source="127.0.0.1"):
-        c = _POP3From(source, "127.0.0.1", self.pop3_port, timeout=20)
+        c = POP3From(source, "127.0.0.1", self.pop3_port, timeout=20)
         c.user(user)
         c.pass_(USERS[user])
         return c
@@ -117,17 +118,6 @@ class LocalGateway:
         s = smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=20, source_address=(source, 0))
         s.ehlo("pc.example.test")
         return s
-
-
-class _POP3From(poplib.POP3):
-    """poplib's client from a given loopback address (poplib has no source_address)."""
-
-    def __init__(self, source, *args, **kw):
-        self.source = source
-        super().__init__(*args, **kw)
-
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
 
 
 @pytest.fixture
