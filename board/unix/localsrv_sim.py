@@ -13,7 +13,7 @@ import sys
 import asyncio
 from board import Board
 from gateway import config, lan, log, pop3
-from gateway.logins import Logins
+from gateway.guard import Logins
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool

@@ -10,10 +10,10 @@ async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=N
     scheduler's poke). A peer outside cfg["smtp"]["allow"] gets 554; one
     over `sessions` at once (cfg["smtp"]["sessions"] on the box) gets 421.
     STARTTLS is offered when cfg["smtp"] names a cert and key."""
-    from gateway.servertls import context
+    from gateway.compat import server_tls
     from gateway.smtp.server import serve as smtp_serve
 
-    tls = context(cfg.get("smtp") or {}, "smtp")
+    tls = server_tls(cfg.get("smtp") or {}, "smtp")
 
     def handler(peer):
         return LanHandler(cfg, spool, policy, peer_ip(peer), on_delivered, on_outbound, tls)

@@ -122,10 +122,10 @@ class Policy:
         return self._forwarder
 
     def logins(self):
-        """The failed-login record SMTP AUTH and POP3 share (gateway.logins),
+        """The failed-login record SMTP AUTH and POP3 share (gateway.guard),
         made at the first login."""
         if self._logins is None:
-            from gateway.logins import Logins
+            from gateway.guard import Logins
 
             self._logins = Logins()
         return self._logins

@@ -20,7 +20,7 @@ class POP3Session:
     TIMEOUT = 600  # RFC 1939 autologout: at least 10 minutes of silence
     LOGIN_TIMEOUT = 60  # s from connect to a login, whatever is sent meanwhile (CAPA, USER)
     MAX_ERRORS = 10  # bad commands before we hang up
-    # Failed logins: delay, tries per session and lockout in gateway.logins.
+    # Failed logins: delay, tries per session and lockout in gateway.guard.
 
     def __init__(self, reader, writer, mailboxes, tls=None, peer=None):
         self.lines = LineReader(reader, _LINE)
@@ -290,11 +290,11 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
     max_sessions, beyond half of them from one address, or when the
     heap has no room for one more session, a client gets -ERR [SYS/TEMP]
     and is closed. STLS is offered when cfg["pop3"] names a cert and key."""
-    from gateway.slots import Slots
+    from gateway.guard import Slots
 
-    from gateway.servertls import context
+    from gateway.compat import server_tls
 
-    tls = context(cfg.get("pop3") or {}, "pop3")
+    tls = server_tls(cfg.get("pop3") or {}, "pop3")
     slots = Slots(max_sessions)
 
     async def client(reader, writer):

@@ -5,7 +5,7 @@ import asyncio
 import support
 from gateway import pop3
 from gateway.compat import ticks_diff, ticks_ms
-from gateway.logins import Logins
+from gateway.guard import Logins
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool

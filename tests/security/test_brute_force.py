@@ -1,12 +1,12 @@
 # Attacks that guess passwords: fast, pipelined, in parallel, and switching
-# between SMTP and POP3. One record per client address (gateway.logins)
+# between SMTP and POP3. One record per client address (gateway.guard)
 # counts every failure, whichever protocol it came by.
 import asyncio
 
 import support
 from attacker import Office, attack
 from gateway import log, sasl
-from gateway.logins import Logins
+from gateway.guard import Logins
 
 # Both listeners, the spool, the test's clients (compiled from source) and,
 # in one test, eight sessions at once, in one process.

@@ -6,7 +6,7 @@ from attacker import CFG, Office, attack
 from gateway import sasl
 from gateway.policy import LanHandler
 from gateway.pop3 import POP3Session
-from gateway.slots import Slots
+from gateway.guard import Slots
 
 # Both listeners, the spool and the test's clients (compiled from source)
 # in one process; the box's own budget is the budget suite's (docs/heap.md).

@@ -2,7 +2,7 @@
 import support
 from attacker import Office, attack, send
 from gateway import sasl
-from gateway.logins import Logins
+from gateway.guard import Logins
 
 # Both listeners, the spool and the test's clients (compiled from source)
 # in one process; the box's own budget is the budget suite's (docs/heap.md).

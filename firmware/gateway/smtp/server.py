@@ -40,7 +40,7 @@ class Handler:
 
     # connect(session): None or a refusal; ehlo_keywords(session): extra
     # EHLO lines (None = none); auth_password(session, user): the password
-    # or None; logins(session): the failed-login record (gateway.logins) or
+    # or None; logins(session): the failed-login record (gateway.guard) or
     # None; mail(session, address, params): None or a refusal;
     # delivered(session, id, rcpts): after the 250 went out, with the
     # committed message's [(address, queue)]. One shared default
@@ -475,9 +475,9 @@ def reserve(count=1):
 async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     """An asyncio server: each connection gets SMTPSession(handler_factory())
     (handler_factory(peer) with with_peer=True); beyond max_sessions at once,
-    beyond half of them from one address (gateway.slots), or when no
+    beyond half of them from one address (gateway.guard), or when no
     memory is left for one more, a connection gets 421."""
-    from gateway.slots import Slots
+    from gateway.guard import Slots
 
     slots = Slots(max_sessions)
     spare = _spare

@@ -1,10 +1,7 @@
-# Failed logins per client address, one record that SMTP AUTH and POP3
-# share, so that changing protocol does not start the count again. After
-# MAX_FAILURES within LOCK_TIME an address is locked out for LOCK_TIME: no
-# password is checked for it then, the right one included. The table has a
-# fixed number of slots, so an attacker with many addresses cannot make it
-# grow; a new address takes an empty or expired slot, else the one with the
-# fewest failures, so a locked address outlasts addresses that tried once.
+# What one client address may do to the listeners, whatever it sends: the
+# failed-login record SMTP AUTH and POP3 share (Logins), and each listener's
+# session slots (Slots). Both are fixed in size or bounded by the sessions
+# open, never by the number of attackers.
 import time
 
 from gateway import log
@@ -14,6 +11,13 @@ def _now():
     return int(time.time())
 
 
+# Failed logins per client address, one record that SMTP AUTH and POP3
+# share, so that changing protocol does not start the count again. After
+# MAX_FAILURES within LOCK_TIME an address is locked out for LOCK_TIME: no
+# password is checked for it then, the right one included. The table has a
+# fixed number of slots, so an attacker with many addresses cannot make it
+# grow; a new address takes an empty or expired slot, else the one with the
+# fewest failures, so a locked address outlasts addresses that tried once.
 class Logins:
     SLOTS = 16
     MAX_FAILURES = 5  # per address before it is locked out
@@ -68,3 +72,36 @@ class Logins:
             if c < b or c == b and self.last[i] < self.last[best]:
                 best = i
         return best
+
+
+# The session slots of one listener: at most `total` sessions at once, and
+# at most half of them from one client address, so that one address (an
+# attacker's idle sockets) can never take every slot. One entry per address
+# with a session open: the memory is bounded by `total`, not by the peers.
+class Slots:
+    SHARE = 2  # one address gets at most total // SHARE slots (at least one)
+
+    def __init__(self, total):
+        self.total = total
+        self.per_address = max(1, total // self.SHARE)
+        self.open = 0
+        self.by_address = {}
+
+    def take(self, ip):
+        """A refusal sentence, or None and the slot is ip's until give(ip)."""
+        n = self.by_address.get(ip, 0)
+        if self.open >= self.total:
+            return "Too many connections, try later"
+        if n >= self.per_address:
+            return "Too many connections from your address, try later"
+        self.by_address[ip] = n + 1
+        self.open += 1
+        return None
+
+    def give(self, ip):
+        n = self.by_address[ip] - 1
+        if n:
+            self.by_address[ip] = n
+        else:
+            del self.by_address[ip]
+        self.open -= 1
