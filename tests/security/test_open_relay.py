@@ -35,3 +35,23 @@ def test_a_user_without_a_password_logs_in_by_no_mechanism():
     with support.patched(Logins, DELAY=0):
         attack(office, script)
     assert office.spool.ids("out") == []
+
+
+def test_what_held_path_tricks_in_pop3_user_and_rcpt_reach_no_file():
+    # Held in issue 12's run; replayed so it stays that way.
+    office = Office()
+
+    async def script(o):
+        p = await o.pop()
+        for name in ("../alice", "alice/../bob", "/etc/passwd", "..", "alice\x00"):
+            await p.pop("USER " + name)
+            assert (await p.pop("PASS alice-pw")).startswith("-ERR"), name
+        await p.close()
+        c = await o.smtp()
+        for rcpt in ("../alice@example.test", "alice/../bob@example.test", "..@example.test"):
+            assert (await send(c, "x@outside.test", [rcpt]))[1] == 550, rcpt
+        await c.close()
+
+    with support.patched(Logins, DELAY=0, MAX_FAILURES=50, SESSION_TRIES=50):
+        attack(office, script)
+    assert office.spool.ids("local") == [] and office.spool.ids("out") == []

@@ -128,3 +128,30 @@ def test_config_push_signs_with_the_users_ca(sim, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     bad = odmrgw("config", "push", str(tmp_path / "gw.json"), "--port", str(sim.link), "--tls-ca", str(tmp_path / "ca.pem"), ok=False)
     assert bad.returncode != 0 and "--tls-ca and --tls-ca-key go together" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_commands_pipelined_behind_starttls_are_dropped(tmp_path, firmware_mpy):
+    # STARTTLS command injection (CVE-2011-0411 style): what was sent in
+    # clear after STARTTLS must not be answered inside TLS as if it came there.
+    import socket
+
+    ca = trustme.CA()
+    gw = box_with_tls(tmp_path, firmware_mpy, ca)
+    try:
+        gw.start()
+        with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=20) as raw:
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220")
+            raw.sendall(b"EHLO pc\r\n")
+            while not f.readline().startswith(b"250 "):
+                pass
+            raw.sendall(b"STARTTLS\r\nHELP\r\n")
+            assert f.readline().startswith(b"220 2.0.0")
+            tls = client_context(ca).wrap_socket(raw, server_hostname="gw.example.test")
+            tf = tls.makefile("rb")
+            tls.sendall(b"NOOP\r\n")
+            assert tf.readline().startswith(b"250 2.0.0"), "the injected HELP was answered"
+            tls.sendall(b"QUIT\r\n")
+            assert tf.readline().startswith(b"221")
+    finally:
+        gw.stop()
