@@ -16,6 +16,10 @@ class PowerCut(OSError):
     pass
 
 
+class CardError(OSError):
+    """The card cannot be mounted; str() is the sentence for the console."""
+
+
 class FileBlockDev:
     """A block device over an image file, with an optional power cut.
 
@@ -74,13 +78,26 @@ class FileBlockDev:
 
 
 def make_image(path, size):
-    """Create a blank card image of `size` bytes and format it FAT."""
-    with open(path, "wb") as f:
-        f.seek(size - 1)
-        f.write(b"\0")
-    dev = FileBlockDev(path)
-    vfs.VfsFat.mkfs(dev)
-    dev.close()
+    """Create a blank card image of `size` bytes and format it FAT. It is
+    made beside `path` and renamed over it only once formatted, so a failure
+    leaves what was there (or nothing), never an empty or half-made image."""
+    tmp = path + ".mkfs"
+    try:
+        with open(tmp, "wb") as f:
+            f.seek(size - 1)
+            f.write(b"\0")
+        dev = FileBlockDev(tmp)
+        try:
+            vfs.VfsFat.mkfs(dev)
+        finally:
+            dev.close()
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class Board:
@@ -98,8 +115,18 @@ class Board:
         self.started = time.time()
 
     def mount_sd(self):
-        self.dev = FileBlockDev(self.image, self._cut_after, self._tear)
-        vfs.mount(vfs.VfsFat(self.dev), self.sd_root)
+        """Mounts the image at sd_root; CardError says what is wrong with it."""
+        try:
+            self.dev = FileBlockDev(self.image, self._cut_after, self._tear)
+        except OSError as e:
+            why = "no such card image (odmrgw sd mkfs makes one)" if e.errno == 2 else "cannot open it (%s)" % e
+            raise CardError("%s: %s" % (self.image, why))
+        try:
+            vfs.mount(vfs.VfsFat(self.dev), self.sd_root)
+        except OSError:
+            self.dev.close()
+            self.dev = None
+            raise CardError("%s: not a FAT image (odmrgw sd mkfs makes one)" % self.image)
         return self.sd_root
 
     def umount_sd(self):
