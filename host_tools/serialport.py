@@ -1,0 +1,38 @@
+"""The one thing every serial command can get wrong: the port. Each says, in
+one line, which port could not be opened, why, and which ports there are."""
+import os
+
+
+def _ports():
+    from serial.tools import list_ports
+
+    return sorted(p.device for p in list_ports.comports())
+
+
+def hint():
+    ports = _ports()
+    if ports:
+        return "serial ports here: " + ", ".join(ports)
+    return "no serial port is plugged in (a USB cable that only charges shows none); `odmrgw sim --pty PATH` makes one"
+
+
+def problem(port):
+    """Why `port` cannot be opened, as a sentence, or None. Looks without
+    opening it: opening an ESP32's USB serial can reset the board."""
+    if not os.path.exists(port):
+        return f"no serial port {port}; {hint()}"
+    if not os.access(port, os.R_OK | os.W_OK):
+        return f"no permission to open {port} (add yourself to the dialout group, then log in again)"
+    return None
+
+
+def check(port, tool):
+    """SystemExit naming the port, before a command touches anything."""
+    why = problem(port)
+    if why:
+        raise SystemExit(f"{tool}: {why}")
+
+
+def failed(port, tool, error):
+    """SystemExit for an open or a talk with the port that failed anyway."""
+    return SystemExit(f"{tool}: {port}: {error}; {hint()}")
