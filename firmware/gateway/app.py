@@ -29,8 +29,8 @@ class App:
         """Copies every log line into a size-capped file on the card."""
         from gateway.logring import LogRing
 
-        self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE, self.board.now)
-        log.attach(self.ring.write)
+        self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE)
+        log.attach(self.ring.write, self.board.now)
 
     def open_card(self):
         """Spool recovery, then mailboxes; hands held local mail to them."""

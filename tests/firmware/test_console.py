@@ -25,6 +25,7 @@ class DeskBoard:
     """The Board interface with nothing behind it but a directory."""
 
     name = "desk"
+    card_problem = None
 
     def __init__(self):
         self.sd_root = tmpdir()
@@ -126,15 +127,15 @@ def test_status_reboot_and_log():
     assert status["network"] == "none (test)"
     assert status["card"].endswith("3072 of 4096 KiB free")
     assert "not running" in con.execute("poll")[0]
-    app.ring = LogRing(app.board.sd_root + "/log.txt", app.board.now)
-    log.attach(app.ring.write)
+    app.ring = LogRing(app.board.sd_root + "/log.txt")
+    log.attach(app.ring.write, app.board.now)
     try:
         for i in range(30):
             log.info("line %d" % i)
     finally:
         log.attach(None)
     tail = con.execute("log 3")
-    assert tail == ["1100 I line 27", "1100 I line 28", "1100 I line 29"], tail
+    assert tail == ["1970-01-01T00:18:20Z I line 27", "1970-01-01T00:18:20Z I line 28", "1970-01-01T00:18:20Z I line 29"], tail
     assert len(con.execute("log")) == Console.LOG_LINES
     con.execute("reboot")
     assert app.board.reboots == 1
