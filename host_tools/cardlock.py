@@ -29,7 +29,7 @@ class CardLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise CardBusy(f"{self.what}: {self.image} is in use by {holder}; stop it first "
                                f"(two writers on one card lose mail)")
@@ -41,10 +41,14 @@ class CardLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()}\n".encode())
         self.fd = fd
+        self.note(f"process {os.getpid()}")
         return self
+
+    def note(self, holder):
+        """Who holds the lock, for the message a second writer gets."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, holder.encode() + b"\n", 0)
 
     def release(self):
         if self.fd is not None:

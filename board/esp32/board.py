@@ -88,6 +88,7 @@ class Board:
         self.rtc = machine.RTC()
         self.nic = None
         self.wdt = None
+        self.card_problem = None  # a sentence while the card cannot be used
         self._stable = False
         self._next_wifi = 0
         self._next_ntp = 0
@@ -98,7 +99,12 @@ class Board:
 
         arm(self.rtc)
         self.wdt = machine.WDT(timeout=WATCHDOG_MS)
-        self.mount_sd()
+        try:
+            self.mount_sd()
+        except OSError as e:
+            # not a crash: the box stays up, reachable at the console for repair
+            self.card_problem = "no SD card, or not FAT-formatted (%s); insert one formatted FAT32 and reboot" % e
+            print("odmrgw: " + self.card_problem)
         self.start_network()
         self._ntp()
         self.started = self.now()

@@ -110,6 +110,7 @@ class Board:
     def __init__(self, image, cut_after=None, tear=0):
         self.image = image
         self.dev = None
+        self.card_problem = None  # a sentence while the card cannot be used
         self._cut_after = cut_after
         self._tear = tear
         self.started = time.time()

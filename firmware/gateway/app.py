@@ -89,10 +89,13 @@ class App:
         import asyncio
 
         asyncio.create_task(self._watchdog())
-        try:
-            await self.start()
-        except Exception as e:  # noqa: BLE001 - keep the console up whatever broke
-            log.error("gateway not started: %r" % (e,))
+        if self.board.card_problem:
+            log.error("gateway not started: %s" % self.board.card_problem)
+        else:
+            try:
+                await self.start()
+            except Exception as e:  # noqa: BLE001 - keep the console up whatever broke
+                log.error("gateway not started: %r" % (e,))
         if console:
             from gateway.console import Console
 
@@ -149,7 +152,10 @@ class App:
         if self.mailboxes:
             boxes = self.mailboxes.counts()
             rows.append(("mailboxes", ", ".join("%s %d (%d KiB)" % (u, n, b // 1024) for u, (n, b) in sorted(boxes.items())) or "none"))
-        rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
+        if board.card_problem:
+            rows.append(("card", board.card_problem))
+        else:
+            rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
         if mem_free() is not None:
             rows.append(("heap", "%d bytes free, %d used" % (mem_free(), mem_alloc())))
         rows.append(("config", self.cfg_path + (" (unsaved changes)" if self.unsaved else "")))
