@@ -45,7 +45,7 @@ ONCE_TIMEOUT = 120
 MARK = ".odmrgw-demo"
 # What the demo makes in its directory: all it ever removes.
 MADE = ("flash", "card.img", "card.img.lock", "relay.toml", "relay-queue", "relay.log", "gateway.log", "mailboxes",
-        "fetchmailrc", "fetchmail.pid", *(f"{user}.mbox" for user in USERS))
+        "fetchmailrc", "fetchmail.pid", "fetchids", *(f"{user}.mbox" for user in USERS))
 # --ports BASE: BASE and the next four, in this order.
 PORT_NAMES = ("gateway smtp", "gateway pop3", "relay smtp", "relay odmr", "relay submission")
 
@@ -297,7 +297,8 @@ class Demo:
 
     def fetchmailrc(self):
         path = self.dir / "fetchmailrc"
-        lines = [f"poll 127.0.0.1 service {self.pop3_port} protocol POP3 uidl"]
+        # its own idfile: the one in $HOME would mark a later demo's mail as seen
+        lines = [f'set idfile "{self.dir / "fetchids"}"', f"poll 127.0.0.1 service {self.pop3_port} protocol POP3 uidl"]
         for user, (pw, _) in USERS.items():
             mda = f"{sys.executable} -m host_tools.mbox {self.dir / user}.mbox %F"
             lines.append(f'  user "{user}" password "{pw}" sslproto "" keep mda "{mda}"')
