@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from host_tools import mpy
+from host_tools import mpy, serialport
 from host_tools.deploy import Device
 
 REMOTE = "config.json"
@@ -233,10 +233,11 @@ def set_key(port, key, text, restart=True):
 
 
 def run(args):
-    if args.config_cmd == "push":
-        push(args.port, args.file, not args.no_restart, args.tls_ca, args.tls_ca_key)
-    elif args.config_cmd == "pull":
-        pull(args.port, args.file)
-    else:
-        set_key(args.port, args.key, args.value, not args.no_restart)
+    with serialport.talking(args.port, f"odmrgw config {args.config_cmd}"):
+        if args.config_cmd == "push":
+            push(args.port, args.file, not args.no_restart, args.tls_ca, args.tls_ca_key)
+        elif args.config_cmd == "pull":
+            pull(args.port, args.file)
+        else:
+            set_key(args.port, args.key, args.value, not args.no_restart)
     return 0

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from host_tools import mpy
+from host_tools import mpy, serialport
 
 ESP32 = mpy.REPO / "board" / "esp32"
 PINS = ESP32 / "pins"
@@ -177,5 +177,6 @@ def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
 
 
 def run(args):
-    deploy(args.port, args.board, args.force, not args.no_restart)
+    with serialport.talking(args.port, "odmrgw deploy"):
+        deploy(args.port, args.board, args.force, not args.no_restart)
     return 0

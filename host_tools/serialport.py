@@ -1,5 +1,6 @@
 """The one thing every serial command can get wrong: the port. Each says, in
 one line, which port could not be opened, why, and which ports there are."""
+import contextlib
 import os
 
 
@@ -36,3 +37,16 @@ def check(port, tool):
 def failed(port, tool, error):
     """SystemExit for an open or a talk with the port that failed anyway."""
     return SystemExit(f"{tool}: {port}: {error}; {hint()}")
+
+
+@contextlib.contextmanager
+def talking(port, tool):
+    """Around a session with the box: a port that fails or a box that stops
+    answering ends the command with one line, not a traceback."""
+    from mpremote.transport import TransportError
+
+    check(port, tool)
+    try:
+        yield
+    except (TransportError, OSError) as e:
+        raise failed(port, tool, f"{e} (is it the box, running MicroPython? is another program using the port?)")

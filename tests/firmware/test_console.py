@@ -65,7 +65,7 @@ def test_help_lists_every_command():
     for cmd in ("status", "show", "set", "unset", "save", "poll", "queue", "log", "user add", "user del",
                 "user passwd", "reboot", "factory-reset"):
         assert cmd in text, cmd
-    assert con.execute("frobnicate") == ["unknown command 'frobnicate'; try help"]
+    assert con.execute("frobnicate") == ["error: unknown command 'frobnicate'; try help"]
 
 
 def test_show_never_prints_a_secret():
@@ -98,15 +98,16 @@ def test_user_add_passwd_del():
     con, app = make_console()
     assert con.execute("user add alice pw1 alice@example.test info@example.test")[0].startswith("ok")
     assert app.cfg["users"]["alice"] == {"password": "pw1", "addresses": ["alice@example.test", "info@example.test"], "quota": 0}
-    assert con.execute("user add alice x")[0].startswith("user alice exists")
+    assert con.execute("user add alice x")[0].startswith("error: user alice exists")
     con.execute("user passwd alice pw2")
     assert app.cfg["users"]["alice"]["password"] == "pw2"
     assert "pw2" not in json.dumps(con.execute("show users"))
     assert con.execute("user add bob pw bob")[0] == "error: users.bob.addresses: 'bob' is not an address (user@domain)"
     con.execute("user del alice")
     assert app.cfg["users"] == {}
-    assert con.execute("user del alice") == ["no such user 'alice'"]
-    assert con.execute("user") == ["usage: see help"]
+    assert con.execute("user del alice") == ["error: no such user 'alice'"]
+    assert con.execute("user") == ["error: usage: user add NAME PASSWORD [ADDRESS...]; user del NAME; user passwd NAME PASSWORD"]
+    assert con.execute("set smtp.port") == ["error: usage: set key value"]
 
 
 def test_factory_reset_asks_first():
