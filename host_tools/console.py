@@ -75,6 +75,7 @@ def banner(port):
 
 
 def run(args):
+    serialport.check(args.port, "odmrgw console")
     with serialport.talking(args.port, "odmrgw console"):
         if args.command:
             answer = ask(args.port, " ".join(args.command), args.timeout)

@@ -42,6 +42,7 @@ class Device:
     def __init__(self, port):
         from mpremote.transport_serial import SerialTransport
 
+        serialport.check(port)
         self.t = SerialTransport(port, baudrate=115200)
         self.t.enter_raw_repl(soft_reset=False)
 

@@ -38,11 +38,11 @@ def image_problem(path):
 
 
 def parse_size(text):
-    text = text.strip().upper().rstrip("B")
-    unit = text[-1:] if text[-1:] in _UNITS else ""
-    number = text[: len(text) - len(unit)]
+    size = text.strip().upper().rstrip("B")
+    unit = size[-1:] if size[-1:] in _UNITS else ""
+    number = size[: len(size) - len(unit)]
     if not number.isdigit():
-        raise ValueError(f"not a size: {text!r} (try 64M)")
+        raise ValueError(f"--size {text}: not a size (try 64M)")
     return int(number) * _UNITS[unit]
 
 

@@ -27,11 +27,18 @@ def problem(port):
     return None
 
 
-def check(port, tool):
-    """SystemExit naming the port, before a command touches anything."""
+class PortProblem(OSError):
+    """The port cannot be opened; str() is the sentence."""
+
+
+def check(port, tool=None):
+    """Before a command touches anything: SystemExit naming the port, or
+    with no tool PortProblem, for talking() to name the command."""
     why = problem(port)
-    if why:
+    if why and tool:
         raise SystemExit(f"{tool}: {why}")
+    if why:
+        raise PortProblem(why)
 
 
 def failed(port, tool, error):
@@ -45,8 +52,9 @@ def talking(port, tool):
     answering ends the command with one line, not a traceback."""
     from mpremote.transport import TransportError
 
-    check(port, tool)
     try:
         yield
+    except PortProblem as e:
+        raise SystemExit(f"{tool}: {e}")
     except (TransportError, OSError) as e:
         raise failed(port, tool, f"{e} (is it the box, running MicroPython? is another program using the port?)")

@@ -242,6 +242,9 @@ def main():
     except config.ConfigError as e:
         print("odmrgw: %s is broken (%s); starting with defaults, fix it at the console" % (CONFIG, e))
         cfg = config.validate({})
+    missing = config.missing_file(cfg)
+    if missing:  # the rest still works: only what needs that file fails
+        print("odmrgw: %s: %s" % (CONFIG, missing))
     config = None  # the app drops the module once booted (docs/heap.md)
     board = Board(pins, cfg)
     app = None

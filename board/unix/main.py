@@ -55,6 +55,9 @@ def main():
     os.chdir(flash)
     try:
         cfg = config.load(cfg_name)
+        missing = config.missing_file(cfg)
+        if missing:
+            raise missing
     except config.ConfigError as e:
         print("config: %s" % e)
         board.umount_sd()
