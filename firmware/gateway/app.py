@@ -138,6 +138,8 @@ class App:
             ("firmware", "odmrgw %s on board %s" % (VERSION, board.name)),
             ("uptime", _ago(now - board.started)),
             ("network", board.network_status()),
+            ("listening", "smtp %s:%d, pop3 %s:%d" % (self.cfg["listen"], self.cfg["smtp"]["port"], self.cfg["listen"],
+                                                      self.cfg["pop3"]["port"]) if self.servers else "no (gateway not started)"),
         ]
         sched = self.scheduler
         if sched:

@@ -36,6 +36,8 @@ def test_status_shows_the_board(sim):
     assert "odmrgw" in out and "board unix" in out
     for label in ("uptime", "network", "card", "heap", "config"):
         assert label in out, out
+    cfg = json.loads((sim.link.parent / "flash" / "config.json").read_text())
+    assert f"listening smtp 127.0.0.1:{cfg['smtp']['port']}, pop3 127.0.0.1:{cfg['pop3']['port']}" in out, out
 
 
 def test_show_masks_secrets(sim):

@@ -238,4 +238,4 @@ def test_a_board_without_its_card_stays_reachable_and_says_why(tmp_path):
         simboard.wait_for(board.link)
         status = console.ask(str(board.link), "status")
         assert f"card     no card: {missing}: no such card image" in status, status
-        assert "poll     not running" in status
+        assert "poll     not running" in status and "listening no (gateway not started)" in status
