@@ -1,6 +1,7 @@
 """`odmrgw demo` as a new user runs it: it never removes what it did not
 make, `kill` stops everything it started, and what it prints works (the
 passwords, the fetchmail command, fixed ports)."""
+import contextlib
 import email
 import poplib
 import re
@@ -60,11 +61,12 @@ def five_free_ports():
     pytest.skip("no five free ports in a row")
 
 
-def test_kill_stops_everything_and_the_printed_steps_work(tmp_path):
-    base = five_free_ports()
-    work = tmp_path / "demo"
-    proc = subprocess.Popen([*ODMRGW, "--dir", str(work), "--ports", str(base)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+@contextlib.contextmanager
+def serving_demo(*args):
+    """The demo up to its "Ctrl-C stops both." line: (process, what it
+    printed, its lines). Killed afterwards if it is still running."""
+    proc = subprocess.Popen([*ODMRGW, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
     out = []
     try:
         deadline = time.monotonic() + 240
@@ -77,6 +79,38 @@ def test_kill_stops_everything_and_the_printed_steps_work(tmp_path):
                 break
         text = "".join(out)
         assert "Ctrl-C stops both." in text, text
+        yield proc, text, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_closed(*ports):
+    for port in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), 2).close()
+
+
+def test_demo_keeps_serving_until_ctrl_c_then_stops_everything(tmp_path):
+    with serving_demo("--dir", tmp_path / "demo") as (proc, text, _):
+        pop3 = int(re.search(r"over POP3 on 127\.0\.0\.1:(\d+)", text).group(1))
+        # the office PC's note went through the gateway's LAN listener to bob's mailbox
+        assert re.search(r"bob: \d+ message\(s\)", text) and "Team meeting" in text
+        box = poplib.POP3("127.0.0.1", pop3, timeout=30)
+        box.user("bob")
+        box.pass_("bob-pw")
+        assert box.stat()[0] >= 1
+        box.quit()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    assert_closed(pop3)
+
+
+def test_kill_stops_everything_and_the_printed_steps_work(tmp_path):
+    base = five_free_ports()
+    work = tmp_path / "demo"
+    with serving_demo("--dir", work, "--ports", base) as (proc, text, out):
         assert f"over POP3 on 127.0.0.1:{base + 1}" in text and f"inbound SMTP {base + 2}" in text
         for user, (pw, _) in demo.USERS.items():
             assert f"{user} / {pw}" in text
@@ -97,13 +131,7 @@ def test_kill_stops_everything_and_the_printed_steps_work(tmp_path):
             re.findall(r"^Subject: ", mbox, re.M)) >= 2
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for port in range(base, base + 5):
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), 2).close()
+    assert_closed(*range(base, base + 5))
     log = (work / "gateway.log").read_text()
     assert "gw> " not in log
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I simulated board up", log, re.M), log
