@@ -304,7 +304,7 @@ def main():
     except KeyboardInterrupt:
         board.stop()
         if app:
-            app.close()
+            app.stop()
         print("odmrgw: stopped; this is the MicroPython REPL (Ctrl-D restarts the gateway)")
     except Exception as e:  # noqa: BLE001 - anything else is a crash: log it, reboot
         print_exception(e)

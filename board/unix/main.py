@@ -78,7 +78,7 @@ def main():
         # What the card took, for the whole-box bench (tests/bench/bench_box.py).
         print("card: %d block writes, %d syncs" % (board.dev.block_writes, board.dev.syncs))
     finally:
-        app.close()
+        app.stop()
         board.umount_sd()
     return 0
 

@@ -126,6 +126,16 @@ class App:
             log.attach(None)
             self.ring.close()
 
+    def stop(self):
+        """close() once asyncio.run has ended (the console handed over to the
+        REPL). A cancelled listener closes its socket only when its task runs
+        again: without one more turn of the loop a stopped gateway would
+        still accept connections and never greet."""
+        import asyncio
+
+        self.close()
+        asyncio.run(_one_turn())
+
     # --- what the console asks ------------------------------------------
     def status(self):
         """The figures a person at the console asks for, as (label, value) pairs."""
@@ -215,6 +225,12 @@ class App:
         log.warn("reboot requested at the console")
         self.close()
         self.board.reboot()
+
+
+async def _one_turn():
+    import asyncio
+
+    await asyncio.sleep(0)
 
 
 def _ago(seconds):

@@ -203,3 +203,24 @@ def test_a_board_without_its_card_stays_reachable_and_says_why(tmp_path):
         status = console.ask(str(board.link), "status")
         assert f"card     no card: {missing}: no such card image" in status, status
         assert "poll     not running" in status and "listening no (gateway not started)" in status
+
+
+def test_a_stopped_gateway_closes_its_listeners_and_the_console_says_it_is_stopped(tmp_path):
+    """After Ctrl-C the listeners used to stay open in the REPL: connections
+    were accepted and never greeted."""
+    import serial
+
+    from host_tools import console
+
+    board = simboard.start(tmp_path)
+    try:
+        pop3 = json.loads((tmp_path / "flash" / "config.json").read_text())["pop3"]["port"]
+        assert console.banner(str(board.link)).startswith("console of the gateway: type help")
+        with serial.Serial(str(board.link), 115200, timeout=0.1) as s:
+            s.write(b"\x03")
+        simboard.wait_for(board.link, b">>> ")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", pop3), 2).close()
+        assert console.banner(str(board.link)).startswith("the gateway is stopped: this is MicroPython's REPL")
+    finally:
+        board.close()
