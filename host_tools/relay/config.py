@@ -14,7 +14,7 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
-# [limits] keys: name -> (default, converter). Documented in the README, "The desktop relay".
+# [limits] keys: name -> (default, converter). Documented in docs/relay.md.
 LIMITS = {
     "max_size": (10240000, "int"),          # bytes per message (SIZE, 552 above it)
     "max_recipients": (1000, "int"),        # per transaction (452 beyond)
