@@ -8,6 +8,8 @@
 import json
 import os
 
+from gateway.compat import drop_modules
+
 _TLS_MODES = ("implicit", "starttls", "none")
 _SECRETS = ("secret", "password")
 MASK = "***"
@@ -76,7 +78,7 @@ def _schema():
         "ntp": {
             "host": ("str", "pool.ntp.org"),
         },
-        "network": {  # Wi-Fi or Ethernet; every address "" = DHCP (see _check_network)
+        "network": {  # Wi-Fi or Ethernet; every address "" = DHCP (gateway.configcheck)
             "ip": ("addr", ""),  # a static address, e.g. 192.168.1.20
             "netmask": ("addr", ""),
             "gateway": ("addr", ""),
@@ -128,40 +130,15 @@ def _is_hhmm(text):
     return h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60
 
 
-_WINDOW = '{"from": "07:00", "to": "19:00", "interval": 300}'
-
-
-def _check_windows(key, value):
-    """Names the window and the field that is wrong."""
-    if not isinstance(value, list):
-        raise ConfigError(key, "must be a list like [%s]" % _WINDOW)
-    for i, w in enumerate(value):
-        at = "%s[%d]" % (key, i)
-        if not isinstance(w, dict) or sorted(w) != ["from", "interval", "to"]:
-            raise ConfigError(at, "must have from, to and interval, like " + _WINDOW)
-        for field in ("from", "to"):
-            if not _is_hhmm(w[field]):
-                raise ConfigError(at + "." + field, "%s is not a time from 00:00 to 23:59" % json.dumps(w[field]))
-        if not isinstance(w["interval"], int) or isinstance(w["interval"], bool) or w["interval"] <= 0:
-            raise ConfigError(at + ".interval", "must be a positive number of seconds")
-
-
-def _check_network_leaf(kind, key, value):
-    if not isinstance(value, str):
-        raise ConfigError(key, "must be a string")
-    if kind == "addr" and value and ("/" in value or not _check_net(value)):
-        raise ConfigError(key, "must be an IPv4 address like 192.168.1.20, or \"\" for DHCP")
-    if kind == "label" and value and not _is_label(value):
-        raise ConfigError(key, "must be one name of letters, digits and '-' (at most 63), like odmrgw")
-
-
-def _is_label(text):
-    if len(text) > 63 or text[0] == "-" or text[-1] == "-":
-        return False
-    for c in text.encode():  # bytes: iterating a str makes one-character strings
-        if not (c == 45 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122):
-            return False
-    return True
+def _is_window(w):
+    return (
+        isinstance(w, dict)
+        and sorted(w) == ["from", "interval", "to"]
+        and _is_hhmm(w["from"])
+        and _is_hhmm(w["to"])
+        and isinstance(w["interval"], int)
+        and w["interval"] > 0
+    )
 
 
 def _check_leaf(kind, key, value):
@@ -191,9 +168,10 @@ def _check_leaf(kind, key, value):
         if not isinstance(value, str) or "/" in value or not _check_net(value):
             raise ConfigError(key, "must be an IPv4 address like 0.0.0.0")
     elif kind == "addr" or kind == "label":
-        _check_network_leaf(kind, key, value)
+        _checks().network_leaf(kind, key, value)
     elif kind == "windows":
-        _check_windows(key, value)
+        if not isinstance(value, list) or not all(_is_window(w) for w in value):
+            _checks().windows(key, value)  # names the entry and the field
         value = [dict(w) for w in value]
     elif kind == "nets":
         if not _is_str_list(value) or not all(_check_net(v) for v in value):
@@ -228,62 +206,23 @@ def _copy(value):
 
 def validate(cfg):
     """The checked config with defaults filled in; raises ConfigError."""
-    out = _check(_schema(), cfg, "")
-    for domain, user in out["catch_all"].items():
-        if user not in out["users"]:
-            raise ConfigError("catch_all." + domain, "no such user %r" % user)
-    _check_across(out)
-    _check_network(out["network"])
-    return out
+    try:
+        out = _check(_schema(), cfg, "")
+        for domain, user in out["catch_all"].items():
+            if user not in out["users"]:
+                raise ConfigError("catch_all." + domain, "no such user %r" % user)
+        _checks().across(out)
+        return out
+    finally:
+        drop_modules(("gateway.configcheck",))
 
 
-def _check_across(cfg):
-    """Values that are fine alone but fail together, at run time and with
-    a cryptic message, if they get past here."""
-    if cfg["smtp"]["port"] == cfg["pop3"]["port"]:
-        raise ConfigError("pop3.port", "is smtp.port too (%d); each listener needs its own" % cfg["smtp"]["port"])
-    owner = {}
-    for user in sorted(cfg["users"]):
-        for address in cfg["users"][user]["addresses"]:
-            if address in owner:
-                raise ConfigError("users.%s.addresses" % user, "%s is %s's address already" % (address, owner[address]))
-            owner[address] = user
-    known = set(cfg["domains"])
-    for address in owner:
-        known.add(address.rpartition("@")[2])
-    for key, target in cfg["forward"].items():
-        where = "forward." + key
-        if key not in cfg["users"] and key.lower() not in known:
-            raise ConfigError(where, "%r is neither a user nor a domain of domains or of a user's address" % key)
-        host, colon, port = target.partition(":")
-        if not host or " " in target or colon and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(where, "%s is not host or host:port (port 1-65535)" % json.dumps(target))
+def _checks():
+    # The checks across keys and of the network keys live in their own
+    # module, loaded while a config is validated and dropped afterwards.
+    from gateway import configcheck
 
-
-def _check_network(net):
-    """Static addressing takes ip, netmask and gateway together, the gateway
-    on the box's own subnet; DHCP takes none of them."""
-    if not net["ip"]:
-        for k in ("netmask", "gateway", "dns"):
-            if net[k]:
-                raise ConfigError("network." + k, "is only used with a static network.ip (none: DHCP)")
-        return
-    for k in ("netmask", "gateway"):
-        if not net[k]:
-            raise ConfigError("network." + k, "must be set with a static network.ip")
-    mask = _quad(net["netmask"])
-    if mask == 0 or (mask | (mask - 1)) != 0xFFFFFFFF:
-        raise ConfigError("network.netmask", "%s is not a netmask like 255.255.255.0" % net["netmask"])
-    if _quad(net["ip"]) & mask != _quad(net["gateway"]) & mask:
-        raise ConfigError("network.gateway", "%s is not on the subnet of network.ip %s/%s" % (
-            net["gateway"], net["ip"], net["netmask"]))
-
-
-def _quad(text):
-    n = 0
-    for q in text.split("."):
-        n = n << 8 | int(q)
-    return n
+    return configcheck
 
 
 def _exists(path):

@@ -12,7 +12,8 @@ from gateway.logring import LogRing
 # The test process holds the app, console, config and logring (as .mpy) plus
 # this module compiled from source, on 8-byte pointers: 80k was the edge,
 # and `set` ran out there once the config learnt smtp.cert/key and
-# clear_text_logins (issue 12); 84k passed, 88k gives a margin.
+# clear_text_logins (issue 12), and loads the cross-key checks
+# (gateway.configcheck) while it validates; 84k passed, 88k gives a margin.
 MICROPYTHON_HEAP = "88k"
 # and this one adds the spool, mailbox, policy and SMTP engine on a real card,
 # plus the ODMR line's buffer the app makes first. 144k was its bare minimum:
