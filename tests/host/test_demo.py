@@ -82,8 +82,12 @@ def serving_demo(*args):
         yield proc, text, out
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # not kill: the demo's relay and board must go with it
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def assert_closed(*ports):
