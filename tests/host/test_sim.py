@@ -181,12 +181,9 @@ def test_sigterm_stops_the_simulated_board(tmp_path):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(pop3, proc)
+    finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", pop3), 2).close()
     assert not (tmp_path / "card.img.lock").exists()
