@@ -102,7 +102,26 @@ def run(args):
     if args.sd_cmd not in WRITES:
         return sdtool(args.sd_cmd, args.image, *extra).returncode
     with CardLock(args.image, f"odmrgw sd {args.sd_cmd}"):
+        if args.sd_cmd == "mkfs":
+            return mkfs(args.image, size)
         return sdtool(args.sd_cmd, args.image, *extra).returncode
+
+
+def mkfs(image, size):
+    """Formats beside the image and renames over it once done, so a failure
+    leaves what was there (or nothing), never an empty or half-made image."""
+    tmp = f"{image}.mkfs"
+    try:
+        proc = sdtool("mkfs", tmp, size, capture_output=True, text=True)
+        if proc.returncode:
+            why = proc.stderr.strip().removeprefix("odmrgw sd: ")
+            raise SystemExit(f"odmrgw sd mkfs: {image}: {why}")
+        os.replace(tmp, image)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"made {image}:")
+    return sdtool("df", image).returncode
 
 
 def sdtool(cmd, image, *args, **kw):

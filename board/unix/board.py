@@ -16,10 +16,6 @@ class PowerCut(OSError):
     pass
 
 
-class CardError(OSError):
-    """The card cannot be mounted; str() is the sentence for the console."""
-
-
 class FileBlockDev:
     """A block device over an image file, with an optional power cut.
 
@@ -78,26 +74,13 @@ class FileBlockDev:
 
 
 def make_image(path, size):
-    """Create a blank card image of `size` bytes and format it FAT. It is
-    made beside `path` and renamed over it only once formatted, so a failure
-    leaves what was there (or nothing), never an empty or half-made image."""
-    tmp = path + ".mkfs"
-    try:
-        with open(tmp, "wb") as f:
-            f.seek(size - 1)
-            f.write(b"\0")
-        dev = FileBlockDev(tmp)
-        try:
-            vfs.VfsFat.mkfs(dev)
-        finally:
-            dev.close()
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    """Create a blank card image of `size` bytes and format it FAT."""
+    with open(path, "wb") as f:
+        f.seek(size - 1)
+        f.write(b"\0")
+    dev = FileBlockDev(path)
+    vfs.VfsFat.mkfs(dev)
+    dev.close()
 
 
 class Board:
@@ -106,28 +89,18 @@ class Board:
 
     name = "unix"
     sd_root = "/sd"
+    card_problem = None  # a sentence while the card cannot be used (main.py)
 
     def __init__(self, image, cut_after=None, tear=0):
         self.image = image
         self.dev = None
-        self.card_problem = None  # a sentence while the card cannot be used
         self._cut_after = cut_after
         self._tear = tear
         self.started = time.time()
 
     def mount_sd(self):
-        """Mounts the image at sd_root; CardError says what is wrong with it."""
-        try:
-            self.dev = FileBlockDev(self.image, self._cut_after, self._tear)
-        except OSError as e:
-            why = "no such card image (odmrgw sd mkfs makes one)" if e.errno == 2 else "cannot open it (%s)" % e
-            raise CardError("%s: %s" % (self.image, why))
-        try:
-            vfs.mount(vfs.VfsFat(self.dev), self.sd_root)
-        except OSError:
-            self.dev.close()
-            self.dev = None
-            raise CardError("%s: not a FAT image (odmrgw sd mkfs makes one)" % self.image)
+        self.dev = FileBlockDev(self.image, self._cut_after, self._tear)
+        vfs.mount(vfs.VfsFat(self.dev), self.sd_root)
         return self.sd_root
 
     def umount_sd(self):

@@ -14,7 +14,7 @@
 #   --no-console  serve without reading stdin (no prompt in the output)
 import os
 import sys
-from board import Board, CardError
+from board import Board
 
 
 def _arg(name, default=None):
@@ -47,8 +47,9 @@ def main():
     once = "--once" in sys.argv
     try:
         board.mount_sd()  # opens the image before the chdir below
-    except CardError as e:
-        board.card_problem = "no card: %s" % e
+    except OSError as e:
+        why = "no such card image" if e.errno == 2 else "not a FAT image"
+        board.card_problem = "no card: %s: %s (odmrgw sd mkfs makes one)" % (image, why)
         print(board.card_problem)
         if once:
             return 1

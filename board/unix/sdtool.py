@@ -133,9 +133,8 @@ def main(argv):
         try:
             make_image(image, int(args[0]))
         except OSError as e:
-            raise OSError("%s: cannot make a %s FAT image here (%s)" % (image, _human(int(args[0])), _WHY.get(e.errno) or e))
-        print("made %s, formatted:" % image)
-        cmd, args = "df", []
+            raise OSError("cannot make a %s FAT image (%s)" % (_human(int(args[0])), _WHY.get(e.errno) or e))
+        return
     board = Board(image)
     board.mount_sd()
     try:
