@@ -195,7 +195,9 @@ def push(port, file, restart=True, tls_ca=None, tls_ca_key=None):
         except ValueError:
             remote = {}  # a broken config on the box is replaced all the same
         tls = box_certificate(cfg, remote, ca)
-        missing = config.missing_file(cfg, lambda name: name in cas or name in tls or dev.t.fs_exists(name))
+        from gateway.configcheck import missing_file
+
+        missing = missing_file(cfg, lambda name: name in cas or name in tls or dev.t.fs_exists(name))
         if missing:
             raise SystemExit(f"odmrgw config: {file}: {missing}; nothing was written")
         for name, der in cas.items():

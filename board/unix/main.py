@@ -56,7 +56,9 @@ def main():
     os.chdir(flash)
     try:
         cfg = config.load(cfg_name)
-        missing = config.missing_file(cfg)
+        from gateway.configcheck import missing_file
+
+        missing = missing_file(cfg)
         if missing:
             raise missing
     except config.ConfigError as e:

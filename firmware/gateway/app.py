@@ -36,7 +36,7 @@ class App:
         """Spool recovery, then mailboxes; hands held local mail to them."""
         # The config is checked and loaded: its code comes back only for a
         # console command, and the rest of the box gets its 7 KB.
-        drop_modules(("gateway.config",))
+        drop_modules(("gateway.config", "gateway.configcheck"))
         from gateway.spool import Spool
         from gateway.policy import Policy
         from gateway.mailbox import Mailboxes

@@ -91,3 +91,21 @@ def _quad(text):
     for q in text.split("."):
         n = n << 8 | int(q)
     return n
+
+
+# Files a config names on the flash; checked where the flash is at hand
+# (the box at start, `odmrgw config push` on the box), not by validate().
+FILE_KEYS = ("smtp.cert", "smtp.key", "pop3.cert", "pop3.key", "relay.ca", "smarthost.ca")
+
+
+def missing_file(cfg, exists=None):
+    """ConfigError for the first file key naming a file that is not there
+    (on this board's flash, or as exists(name) says), or None."""
+    if exists is None:
+        from gateway.spool import _exists as exists
+    for key in FILE_KEYS:
+        section, _, name = key.partition(".")
+        path = cfg[section][name]
+        if path and not exists(path):
+            return ConfigError(key, "no file %s on the box's flash" % path)
+    return None

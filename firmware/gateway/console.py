@@ -63,7 +63,7 @@ class Console:
         except ValueError as e:  # config.ConfigError among them
             return [self.ERROR + str(e)]
         except IndexError:
-            return [self.ERROR + "usage: " + _usage(words[0])]
+            return [self.ERROR + "usage: see help"]
         except Exception as e:  # noqa: BLE001 - a failed command must not end the console
             return [self.ERROR + "failed: %r" % (e,)]
         finally:
@@ -188,12 +188,6 @@ def _config():
     from gateway import config
 
     return config
-
-
-def _usage(command):
-    """The help lines of a command, without their explanations."""
-    lines = [h.split("  ", 2)[1].strip() for h in HELP.split("\n") if h.startswith("  " + command + " ")]
-    return "; ".join(lines) or "see help"
 
 
 def _stdout_write(text):

@@ -3,7 +3,7 @@
 # person, the machine-readable delivery-status part, and the headers of the
 # original message (never its body: the report stays small).
 from gateway.compat import const
-from gateway.utc import civil
+from gateway.log import civil
 
 _DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")  # 1970-01-01 was a Thursday
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -1,6 +1,6 @@
 # Log time stamps: ISO 8601 in UTC from unix seconds, on every port.
 import support  # noqa: F401 - puts the firmware on the path
-from gateway.utc import iso8601
+from gateway.log import iso8601
 
 
 def test_log_times_are_iso_8601_utc():
