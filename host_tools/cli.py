@@ -3,6 +3,7 @@
 so a slow dependency of one command never slows another."""
 import argparse
 import importlib
+import signal
 import sys
 
 # Module names under host_tools, in the order `odmrgw --help` lists them.
@@ -17,8 +18,15 @@ def build_parser():
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # `kill PID` stops a command the way Ctrl-C does: its finally blocks stop
+    # the relay and the simulated board it started, and free their ports.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

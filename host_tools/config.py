@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from host_tools import mpy
+from host_tools import mpy, serialport
 from host_tools.deploy import Device
 
 REMOTE = "config.json"
@@ -195,6 +195,11 @@ def push(port, file, restart=True, tls_ca=None, tls_ca_key=None):
         except ValueError:
             remote = {}  # a broken config on the box is replaced all the same
         tls = box_certificate(cfg, remote, ca)
+        from gateway.configcheck import missing_file
+
+        missing = missing_file(cfg, lambda name: name in cas or name in tls or dev.t.fs_exists(name))
+        if missing:
+            raise SystemExit(f"odmrgw config: {file}: {missing}; nothing was written")
         for name, der in cas.items():
             print(f"CA {name} ({len(der)} bytes DER)")
             write_atomically(dev, name, der)
@@ -233,10 +238,11 @@ def set_key(port, key, text, restart=True):
 
 
 def run(args):
-    if args.config_cmd == "push":
-        push(args.port, args.file, not args.no_restart, args.tls_ca, args.tls_ca_key)
-    elif args.config_cmd == "pull":
-        pull(args.port, args.file)
-    else:
-        set_key(args.port, args.key, args.value, not args.no_restart)
+    with serialport.talking(args.port, f"odmrgw config {args.config_cmd}"):
+        if args.config_cmd == "push":
+            push(args.port, args.file, not args.no_restart, args.tls_ca, args.tls_ca_key)
+        elif args.config_cmd == "pull":
+            pull(args.port, args.file)
+        else:
+            set_key(args.port, args.key, args.value, not args.no_restart)
     return 0

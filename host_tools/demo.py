@@ -4,16 +4,21 @@ It starts the desktop relay (the provider) and a simulated gateway on a fresh
 card image, both on loopback, hands the relay a few messages for the office
 domain, lets the gateway poll, and shows what was pulled, which mailbox each
 message went to, and how to read them with a POP3 client. Both keep running
-until Ctrl-C; with --once the demo ends after the first cycle. Every process
-it starts is stopped when it ends.
+until Ctrl-C (or SIGTERM); with --once the demo ends after the first cycle.
+Every process it starts is stopped when it ends.
+
+Its directory carries a mark file; the demo only ever removes the files it
+made, and only in a directory with its mark, so `--dir .` wipes nothing.
 """
 import email
+import email.utils
 import json
 import poplib
 import shutil
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -37,46 +42,98 @@ SAMPLES = [
 ]
 POLL_INTERVAL = 60
 ONCE_TIMEOUT = 120
+MARK = ".odmrgw-demo"
+# What the demo makes in its directory: all it ever removes.
+MADE = ("flash", "card.img", "card.img.lock", "relay.toml", "relay-queue", "relay.log", "gateway.log", "mailboxes",
+        "fetchmailrc", "fetchmail.pid", "fetchids", *(f"{user}.mbox" for user in USERS))
+# --ports BASE: BASE and the next four, in this order.
+PORT_NAMES = ("gateway smtp", "gateway pop3", "relay smtp", "relay odmr", "relay submission")
 
 
 def add_parser(sub):
     p = sub.add_parser("demo", help="relay + simulated gateway on loopback: mail flows end to end")
-    p.add_argument("--dir", default=str(DEMO_DIR), help="working directory (wiped at start)")
+    p.add_argument("--dir", default=str(DEMO_DIR), help="working directory: a new or empty one, or an earlier demo's")
     p.add_argument("--once", action="store_true", help="exit after the first poll cycle")
+    p.add_argument("--ports", type=int, metavar="BASE",
+                   help="fixed loopback ports BASE..BASE+4 (%s) instead of free ones" % ", ".join(PORT_NAMES))
     p.set_defaults(func=run)
+
+
+def choose_ports(base):
+    """{name: port}: free ones, or BASE.. when given (each must be free)."""
+    if base is None:
+        return {name: mpy.free_port() for name in PORT_NAMES}
+    if not 1024 <= base <= 65535 - len(PORT_NAMES):
+        raise SystemExit(f"odmrgw demo: --ports {base}: must be 1024 to {65535 - len(PORT_NAMES)}")
+    ports = {name: base + i for i, name in enumerate(PORT_NAMES)}
+    for name, port in ports.items():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise SystemExit(f"odmrgw demo: --ports {base}: port {port} ({name}) is in use")
+    return ports
+
+
+def clear_dir(path):
+    """Makes `path` an empty demo directory, removing only what an earlier
+    demo made there; refuses anything that is not a demo's."""
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"odmrgw demo: --dir {path}: not a directory")
+    if path.is_dir() and not (path / MARK).exists():
+        if any(path.iterdir()):
+            raise SystemExit(f"odmrgw demo: --dir {path}: not empty and not a demo's directory "
+                             f"(no {MARK}); name a new or empty one")
+    for name in MADE if path.is_dir() else ():
+        made = path / name
+        if made.is_dir() and not made.is_symlink():
+            shutil.rmtree(made)
+        elif made.exists() or made.is_symlink():
+            made.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARK).write_text("made by odmrgw demo; it removes only its own files here\n")
 
 
 def say(text=""):
     print(text, flush=True)
 
 
+def message(sender, rcpt, subject, body):
+    """A message as a mail program writes it: Date and Message-ID included."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, rcpt, subject
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2])
+    msg.set_content(body)
+    return msg
+
+
 class Demo:
-    def __init__(self, workdir):
-        self.dir = Path(workdir)
+    def __init__(self, workdir, ports=None):
+        self.dir = Path(workdir).absolute()
         self.relay = None
         self.gateway = None
         self.gateway_log = self.dir / "gateway.log"
         self.flash = self.dir / "flash"
         self.image = self.dir / "card.img"
-        self.smtp_port = mpy.free_port()
-        self.pop3_port = mpy.free_port()
+        self.ports = choose_ports(ports)
+        self.smtp_port = self.ports["gateway smtp"]
+        self.pop3_port = self.ports["gateway pop3"]
 
     # --- set-up -----------------------------------------------------------
     def prepare(self):
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.flash.mkdir(parents=True)
+        clear_dir(self.dir)
+        self.flash.mkdir()
         say(f"working in {self.dir}")
-        sd.sdtool("mkfs", self.image, 64 << 20, check=True, timeout=120)
+        sd.sdtool("mkfs", self.image, 64 << 20, check=True, timeout=120, capture_output=True)
         say(f"  fresh 64 MiB card image: {self.image}")
 
     def start_relay(self):
         from host_tools.relay.testing import RelayProcess, write_config
 
-        cfg = write_config(
-            self.dir / "relay.toml", self.dir / "relay-queue", accounts=[(*ACCOUNT, [DOMAIN])],
-            listen={"smtp": "127.0.0.1:0", "odmr": "127.0.0.1:0", "submission": "127.0.0.1:0"},
-        )
+        listen = {name: f"127.0.0.1:{self.ports['relay ' + name]}" for name in ("smtp", "odmr", "submission")}
+        cfg = write_config(self.dir / "relay.toml", self.dir / "relay-queue", accounts=[(*ACCOUNT, [DOMAIN])],
+                           listen=listen)
         self.relay = RelayProcess(cfg, self.dir / "relay.log").start()
         p = self.relay.ports
         say(f"  desktop relay (the provider): inbound SMTP {p['smtp']}, ODMR {p['odmr']}, submission {p['submission']}")
@@ -102,15 +159,19 @@ class Demo:
         say(f"  gateway config: {path} (relay.tls none: loopback only)")
         return path
 
+    def show_accounts(self):
+        say("  the passwords, all of them test values:")
+        say(f"    relay ODMR and submission account: {ACCOUNT[0]} / {ACCOUNT[1]} (in relay.toml and the gateway config)")
+        for user, (pw, addrs) in USERS.items():
+            say(f"    gateway user {user} / {pw} (POP3, and SMTP AUTH for outside mail): {', '.join(addrs)}")
+        say(f"    anything else @{DOMAIN} goes to {CATCH_ALL}")
+
     def feed(self):
         say()
         say(f"the outside world sends {len(SAMPLES)} messages for {DOMAIN} to the relay:")
         with smtplib.SMTP("127.0.0.1", self.relay.ports["smtp"], timeout=30) as s:
             for sender, rcpt, subject, body in SAMPLES:
-                msg = EmailMessage()
-                msg["From"], msg["To"], msg["Subject"] = sender, rcpt, subject
-                msg.set_content(body)
-                s.send_message(msg)
+                s.send_message(message(sender, rcpt, subject, body))
                 say(f"  {sender:26} -> {rcpt:20} {subject}")
         say(f"the relay now holds {self.relay_count()} message(s) for {DOMAIN}")
 
@@ -122,11 +183,18 @@ class Demo:
     def poll_once(self):
         say()
         say("the gateway polls: outbound flush, ODMR (EHLO, AUTH CRAM-MD5, ATRN), local delivery ...")
-        cmd = sim.command(self.flash / "config.json", self.image, once=True)
-        proc = subprocess.run(cmd, **sim.where(self.flash / "config.json"), capture_output=True, text=True, timeout=ONCE_TIMEOUT)
         with open(self.gateway_log, "a") as log:
-            log.write(proc.stdout + proc.stderr)
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+            proc = sim.popen(self.flash / "config.json", self.image, once=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                out = proc.communicate(timeout=ONCE_TIMEOUT)[0]
+            except subprocess.TimeoutExpired:
+                sim.stop(proc)
+                out = proc.communicate()[0] + f"\n(the cycle took over {ONCE_TIMEOUT}s; stopped)\n"
+            finally:
+                sim.stop(proc)
+            log.write(out)
+        lines = [line for line in out.splitlines() if line.strip()]
         summary = lines[-1] if lines else "(no output)"
         say(f"  gateway: {summary}")
         if proc.returncode:
@@ -155,7 +223,7 @@ class Demo:
 
     def serve(self):
         with open(self.gateway_log, "a") as log:  # the child keeps its own copy
-            self.gateway = sim.popen(self.flash / "config.json", self.image, stdin=subprocess.DEVNULL,
+            self.gateway = sim.popen(self.flash / "config.json", self.image, console=False, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -174,16 +242,13 @@ class Demo:
         delivered on the box at once, with no trip to the provider."""
         say()
         say(f"an office PC sends alice's note to bob through the gateway (LAN SMTP 127.0.0.1:{self.smtp_port}):")
-        msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"] = "alice@example.test", "bob@example.test", "Team meeting"
-        msg.set_content("Bob, the team meeting moves to 3 pm.\n\nAlice\n")
+        msg = message("alice@example.test", "bob@example.test", "Team meeting", "Bob, the team meeting moves to 3 pm.\n\nAlice\n")
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
             s.send_message(msg)
         say("  alice@example.test -> bob@example.test   Team meeting (delivered locally)")
         say("and alice answers Carol; mail for outside domains needs AUTH, and goes out via the provider:")
-        reply = EmailMessage()
-        reply["From"], reply["To"], reply["Subject"] = "alice@example.test", "carol@customer.example", "Re: Order 1043"
-        reply.set_content("Carol,\n\norder 1043 ships on Thursday.\n\nAlice\n")
+        reply = message("alice@example.test", "carol@customer.example", "Re: Order 1043",
+                        "Carol,\n\norder 1043 ships on Thursday.\n\nAlice\n")
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
             s.login("alice", USERS["alice"][0])
             s.send_message(reply)
@@ -232,9 +297,11 @@ class Demo:
 
     def fetchmailrc(self):
         path = self.dir / "fetchmailrc"
-        lines = [f"poll 127.0.0.1 service {self.pop3_port} protocol POP3 uidl"]
+        # its own idfile: the one in $HOME would mark a later demo's mail as seen
+        lines = [f'set idfile "{self.dir / "fetchids"}"', f"poll 127.0.0.1 service {self.pop3_port} protocol POP3 uidl"]
         for user, (pw, _) in USERS.items():
-            lines.append(f'  user "{user}" password "{pw}" sslproto "" keep mda "cat >> {self.dir / user}.mbox"')
+            mda = f"{sys.executable} -m host_tools.mbox {self.dir / user}.mbox %F"
+            lines.append(f'  user "{user}" password "{pw}" sslproto "" keep mda "{mda}"')
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)  # fetchmail insists: it holds passwords
         return path
@@ -247,12 +314,13 @@ class Demo:
 
 
 def run(args):
-    demo = Demo(args.dir)
+    demo = Demo(args.dir, args.ports)
     try:
         say("odmrgw demo: a provider (the desktop relay) and an office gateway (simulated ESP32) on loopback")
         demo.prepare()
         demo.start_relay()
         demo.write_gateway_config()
+        demo.show_accounts()
         demo.feed()
         status = demo.poll_once()
         demo.show_mailboxes()

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from host_tools import mpy
+from host_tools import mpy, serialport
 
 ESP32 = mpy.REPO / "board" / "esp32"
 PINS = ESP32 / "pins"
@@ -42,6 +42,7 @@ class Device:
     def __init__(self, port):
         from mpremote.transport_serial import SerialTransport
 
+        serialport.check(port)
         self.t = SerialTransport(port, baudrate=115200)
         self.t.enter_raw_repl(soft_reset=False)
 
@@ -177,5 +178,6 @@ def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
 
 
 def run(args):
-    deploy(args.port, args.board, args.force, not args.no_restart)
+    with serialport.talking(args.port, "odmrgw deploy"):
+        deploy(args.port, args.board, args.force, not args.no_restart)
     return 0

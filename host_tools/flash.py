@@ -7,10 +7,13 @@ import shlex
 import subprocess
 import sys
 
+from host_tools import serialport
+
 # Where MicroPython's firmware image starts, by chip (its download pages say
 # the same). The ESP32 and S2 keep the second-stage bootloader at 0x1000.
 OFFSETS = {"esp32": 0x1000, "esp32s2": 0x1000, "esp32s3": 0x0, "esp32c3": 0x0, "esp32c6": 0x0}
 BAUD = 460800
+ESP_IMAGE_MAGIC = 0xE9  # the first byte of every ESP firmware image
 
 
 def add_parser(sub):
@@ -39,11 +42,29 @@ def commands(chip, port, firmware, baud=BAUD):
     ]
 
 
+def check_firmware(path):
+    """Before anything is erased: the file must be an ESP firmware image, or
+    a typo would leave the box with no firmware and no config."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError as e:
+        raise SystemExit(f"odmrgw flash: {path}: {e.strerror}; nothing was erased")
+    if first != bytes([ESP_IMAGE_MAGIC]):
+        raise SystemExit(f"odmrgw flash: {path} is not an ESP32 firmware image (it must start with byte 0xE9; "
+                         "the MicroPython download page has the .bin files); nothing was erased")
+
+
 def detect_chip(port):
     """The chip's name as esptool's --chip spells it, e.g. "esp32s3"."""
     from esptool.cmds import detect_chip as detect
+    from esptool.util import FatalError
+    from serial import SerialException
 
-    loader = detect(port)
+    try:
+        loader = detect(port)
+    except (FatalError, SerialException, OSError) as e:
+        raise serialport.failed(port, "odmrgw flash", f"no ESP32 answered ({e}); hold BOOT while it connects")
     try:
         name = loader.CHIP_NAME.lower().replace("-", "")
     finally:
@@ -58,6 +79,7 @@ def show(cmd):
 
 
 def run(args):
+    check_firmware(args.firmware)
     if args.dry_run:
         if args.chip == "auto":
             print("# ask the chip what it is:")
@@ -70,6 +92,7 @@ def run(args):
             for cmd in commands(args.chip, args.port, args.firmware, args.baud):
                 print(show(cmd))
         return 0
+    serialport.check(args.port, "odmrgw flash")
     chip = detect_chip(args.port) if args.chip == "auto" else args.chip
     print(f"chip: {chip}; firmware goes at {hex(OFFSETS[chip])}")
     for cmd in commands(chip, args.port, args.firmware, args.baud):

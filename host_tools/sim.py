@@ -18,8 +18,8 @@ import time
 import tty
 from pathlib import Path
 
-from host_tools import mpy
-
+from host_tools import mpy, sd as sdcard
+from host_tools.cardlock import CardLock
 
 
 def add_parser(sub):
@@ -33,7 +33,7 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def command(config, sd, heap=None, once=False, echo=True):
+def command(config, sd, heap=None, once=False, echo=True, console=True):
     """The board's main module runs as .mpy from the firmware cache, like
     every other module, so the sim's heap is the box's heap."""
     cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap or mpy.sim_heap()}"]
@@ -44,6 +44,8 @@ def command(config, sd, heap=None, once=False, echo=True):
         cmd.append("--once")
     if not echo:
         cmd.append("--no-echo")
+    if not console:
+        cmd.append("--no-console")
     return cmd
 
 
@@ -55,31 +57,55 @@ def where(config):
     return {"env": mpy.env(), "cwd": str(Path(config).resolve().parent)}
 
 
-def popen(config, sd, heap=None, once=False, echo=True, **kw):
-    return subprocess.Popen(command(config, sd, heap, once, echo), **where(config), **kw)
+def popen(config, sd, heap=None, once=False, echo=True, console=True, **kw):
+    """The simulated board as a child holding the card's lock (CardBusy if
+    another process has it); stop() releases it."""
+    lock = CardLock(sd, "odmrgw sim").acquire()
+    try:
+        proc = subprocess.Popen(command(config, sd, heap, once, echo, console), **where(config), pass_fds=(lock.fd,), **kw)
+    except BaseException:
+        lock.release()
+        raise
+    lock.note(f"the simulated board, process {proc.pid}")
+    proc.card_lock = lock
+    return proc
 
 
-def stop(proc, timeout=10):
+def stop(proc, timeout=10, interrupt=True):
     """Stops a simulated board as Ctrl-C would (the card is unmounted
-    cleanly), then harder if it does not go."""
+    cleanly), then harder if it does not go. interrupt=False skips Ctrl-C,
+    for a board whose REPL would wait on a terminal after it."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return proc.returncode
-        proc.send_signal(sig)
-        if proc.stdin and sig == signal.SIGINT:
-            proc.stdin.close()  # the REPL after Ctrl-C reads EOF and ends
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    return proc.wait()
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL) if interrupt else (signal.SIGTERM, signal.SIGKILL)
+    try:
+        for sig in sigs:
+            if proc.poll() is not None:
+                return proc.returncode
+            proc.send_signal(sig)
+            if proc.stdin and sig == signal.SIGINT:
+                proc.stdin.close()  # the REPL after Ctrl-C reads EOF and ends
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return proc.wait()
+    finally:
+        proc.card_lock.release()
+
+
+def check_files(config, sd):
+    """The config must be there (a typo must not run the box on defaults),
+    and the image must be a card."""
+    if not os.path.isfile(config):
+        raise SystemExit(f"odmrgw sim: {config}: no such config file")
+    problem = sdcard.image_problem(sd)
+    if problem:
+        raise SystemExit(f"odmrgw sim: {problem}")
 
 
 def run(args):
-    if args.once:
-        return subprocess.run(command(args.config, args.sd, args.heap, once=True), **where(args.config)).returncode
+    check_files(args.config, args.sd)
     if args.pty:
         with PtyConsole(args.config, args.sd, args.pty, args.heap) as sim:
             print(f"simulated gateway running; console on {args.pty}")
@@ -89,13 +115,30 @@ def run(args):
     # In a terminal: the terminal echoes and edits lines itself. Ctrl-C is
     # the board's (it stops the gateway and opens its REPL), so this process
     # lets it pass; a handler, unlike SIG_IGN, is not inherited by the child.
+    # SIGTERM (see cli) stops the child too.
     import signal
 
     old = signal.signal(signal.SIGINT, lambda *a: None)
     try:
-        return subprocess.call(command(args.config, args.sd, args.heap, echo=not sys.stdin.isatty()), **where(args.config))
+        proc = popen(args.config, args.sd, args.heap, once=args.once, echo=not sys.stdin.isatty())
+        try:
+            return proc.wait()
+        finally:
+            stop(proc, interrupt=False)
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def place_link(link, device):
+    """Links `link` to the pty. Only a symlink (an old pty's) is replaced:
+    anything else at that path is someone's file."""
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise SystemExit(f"odmrgw sim: --pty {link}: a file is there; name a new path (it becomes a symlink)")
+    elif not link.parent.is_dir():
+        raise SystemExit(f"odmrgw sim: --pty {link}: no such directory {link.parent}")
+    link.symlink_to(device)
 
 
 class PtyConsole:
@@ -112,10 +155,15 @@ class PtyConsole:
         os.close(slave)
         os.set_blocking(self.master, False)
         self.link = Path(link)
-        if self.link.is_symlink() or self.link.exists():
-            self.link.unlink()
-        self.link.symlink_to(self.device)
-        self.proc = popen(config, sd, heap, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+        try:
+            place_link(self.link, self.device)
+            self.proc = popen(config, sd, heap, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              bufsize=0)
+        except BaseException:
+            os.close(self.master)
+            if self.link.is_symlink() and os.readlink(self.link) == self.device:
+                self.link.unlink()
+            raise
         self._stop = False
         self._threads = [threading.Thread(target=f, daemon=True) for f in (self._up, self._down)]
         for t in self._threads:

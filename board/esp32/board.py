@@ -18,6 +18,20 @@ NTP_RETRY = 300
 WIFI_CHECK = 30
 _MAGIC = b"odmr"
 SAFE = [False]
+DEFAULT_HOSTNAME = "odmrgw"  # the box answers as odmrgw.local until network.hostname says otherwise
+
+
+# --- network settings from the config (plain functions, tested off the box) ---
+def static_ifconfig(net):
+    """(ip, netmask, gateway, dns) for nic.ifconfig(), or None for DHCP.
+    The validator has made sure a static ip comes with netmask and gateway."""
+    if not net["ip"]:
+        return None
+    return (net["ip"], net["netmask"], net["gateway"], net["dns"] or net["gateway"])
+
+
+def hostname_of(net):
+    return net["hostname"] or DEFAULT_HOSTNAME
 
 
 def epoch_offset(gmtime=time.gmtime):
@@ -88,9 +102,11 @@ class Board:
         self.rtc = machine.RTC()
         self.nic = None
         self.wdt = None
+        self.card_problem = None  # a sentence while the card cannot be used
         self._stable = False
         self._next_wifi = 0
         self._next_ntp = 0
+        self._address = None  # the last address logged
 
     # --- bring-up ---------------------------------------------------------
     def start(self):
@@ -98,7 +114,12 @@ class Board:
 
         arm(self.rtc)
         self.wdt = machine.WDT(timeout=WATCHDOG_MS)
-        self.mount_sd()
+        try:
+            self.mount_sd()
+        except OSError as e:
+            # not a crash: the box stays up, reachable at the console for repair
+            self.card_problem = "no SD card, or not FAT-formatted (%s); insert one formatted FAT32 and reboot" % e
+            print("odmrgw: " + self.card_problem)
         self.start_network()
         self._ntp()
         self.started = self.now()
@@ -117,6 +138,7 @@ class Board:
     def start_network(self):
         import network
 
+        self._set_hostname(network)
         lan = self.pins.LAN
         if lan:
             import machine
@@ -131,11 +153,26 @@ class Board:
                 ref_clk_mode=machine.Pin.OUT,
             )
             self.nic.active(True)
+            self._set_address()
         else:
             self.nic = network.WLAN(network.STA_IF)
             self.nic.active(True)
+            self._set_address()
             self._wifi_connect()
         self._wait_for_address(20)
+
+    def _set_hostname(self, network):
+        # before the interface starts: DHCP sends the name, and the port's
+        # mDNS responder answers for NAME.local
+        try:
+            network.hostname(hostname_of(self.cfg["network"]))
+        except (AttributeError, ValueError, OSError) as e:
+            print("odmrgw: network.hostname not set (%r); find the box by its address" % (e,))
+
+    def _set_address(self):
+        static = static_ifconfig(self.cfg["network"])
+        if static:
+            self.nic.ifconfig(static)  # no DHCP client from here on
 
     def _wifi_connect(self):
         wifi = self.cfg["wifi"]
@@ -175,7 +212,10 @@ class Board:
         kind = "ethernet" if self.pins.LAN else "wifi %s" % self.cfg["wifi"]["ssid"]
         if not nic.isconnected():
             return kind + ": down, reconnecting"
-        return "%s: %s" % (kind, nic.ifconfig()[0])
+        ip, mask, gateway, dns = nic.ifconfig()
+        how = "static" if static_ifconfig(self.cfg["network"]) else "DHCP"
+        return "%s: %s (%s), gateway %s, dns %s, name %s.local" % (
+            kind, ip, how, gateway, dns, hostname_of(self.cfg["network"]))
 
     def feed_watchdog(self):
         """Called every few seconds by the app's main loop. Also the place for
@@ -192,6 +232,18 @@ class Board:
                 self._wifi_connect()
         if self._next_ntp and t >= self._next_ntp and self.nic and self.nic.isconnected():
             self._ntp()
+        self._log_address()
+
+    def _log_address(self):
+        """A DHCP lease can come (or change) long after boot: the log and the
+        serial console say the address whenever it does."""
+        nic = self.nic
+        address = nic.ifconfig()[0] if nic and nic.isconnected() else None
+        if address != self._address:
+            from gateway import log
+
+            self._address = address
+            log.info("network: %s" % self.network_status())
 
     def card_free(self):
         import os
@@ -228,7 +280,7 @@ def main():
     import machine
     import pins
     from gateway import config, log
-    from gateway.app import App
+    from gateway.app import VERSION, App
     from gateway.compat import print_exception
 
     try:
@@ -236,6 +288,11 @@ def main():
     except config.ConfigError as e:
         print("odmrgw: %s is broken (%s); starting with defaults, fix it at the console" % (CONFIG, e))
         cfg = config.validate({})
+    from gateway.configcheck import missing_file
+
+    missing = missing_file(cfg)
+    if missing:  # the rest still works: only what needs that file fails
+        print("odmrgw: %s: %s" % (CONFIG, missing))
     config = None  # the app drops the module once booted (docs/heap.md)
     board = Board(pins, cfg)
     app = None
@@ -243,12 +300,13 @@ def main():
         board.start()
         app = App(board, cfg, CONFIG)
         app.attach_log()
-        log.info("odmrgw on %s, %s" % (board.name, board.network_status()))
+        log.info("odmrgw %s on board %s" % (VERSION, board.name))
+        board._log_address()  # the address, on the console and in the log
         asyncio.run(app.run())
     except KeyboardInterrupt:
         board.stop()
         if app:
-            app.close()
+            app.stop()
         print("odmrgw: stopped; this is the MicroPython REPL (Ctrl-D restarts the gateway)")
     except Exception as e:  # noqa: BLE001 - anything else is a crash: log it, reboot
         print_exception(e)

@@ -89,6 +89,7 @@ class Board:
 
     name = "unix"
     sd_root = "/sd"
+    card_problem = None  # a sentence while the card cannot be used (main.py)
 
     def __init__(self, image, cut_after=None, tear=0):
         self.image = image

@@ -4,10 +4,14 @@
 # the internal flash (the config, the CA file, deployed .mpy files), so the
 # process works in that directory, as the box works in "/".
 #   --once     recover the spool, run one poll cycle, print its one-line
-#              summary, exit 0 (ok) or 1 (failed); 2 for a bad config.
+#              summary, exit 0 (ok) or 1 (failed or no card); 2 for a bad
+#              or missing config.
 #   otherwise  run the gateway with the console on stdin/stdout until Ctrl-C
 #              (or Ctrl-A/Ctrl-D from the console); with -i the MicroPython
 #              REPL follows, which is what mpremote talks to (`odmrgw sim --pty`).
+#              A missing or unformatted card is what a box with no card does:
+#              the console and `status` say so, the rest does not start.
+#   --no-console  serve without reading stdin (no prompt in the output)
 import os
 import sys
 from board import Board
@@ -26,18 +30,37 @@ def _split(path):
 def main():
     cfg_file, image = _arg("--config"), _arg("--sd")
     if not (cfg_file and image):
-        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo]")
+        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console]")
         return 2
     import asyncio
     from gateway import config, log
     from gateway.app import App
 
-    board = Board(image)
-    board.mount_sd()  # opens the image before the chdir below
     flash, cfg_name = _split(cfg_file)
+    try:
+        os.stat(cfg_file)
+    except OSError:
+        # unlike the box, which starts a fresh one on defaults: here a typo
+        print("config: %s: no such file" % cfg_file)
+        return 2
+    board = Board(image)
+    once = "--once" in sys.argv
+    try:
+        board.mount_sd()  # opens the image before the chdir below
+    except OSError as e:
+        why = "no such card image" if e.errno == 2 else "not a FAT image"
+        board.card_problem = "no card: %s: %s (odmrgw sd mkfs makes one)" % (image, why)
+        print(board.card_problem)
+        if once:
+            return 1
     os.chdir(flash)
     try:
         cfg = config.load(cfg_name)
+        from gateway.configcheck import missing_file
+
+        missing = missing_file(cfg)
+        if missing:
+            raise missing
     except config.ConfigError as e:
         print("config: %s" % e)
         board.umount_sd()
@@ -46,23 +69,19 @@ def main():
     app = App(board, cfg, cfg_name)
     app.attach_log()
     try:
-        os.stat(cfg_name)
-    except OSError:
-        log.warn("no %s in %s: running on the defaults" % (cfg_name, flash))
-    try:
-        if "--once" in sys.argv:
+        if once:
             app.open_card()
             result = asyncio.run(app.cycle().run())
             print(result.summary)
             return 0 if result.ok else 1
         log.info("simulated board up: card %s, config %s/%s" % (image, flash, cfg_name))
-        asyncio.run(app.run(echo="--no-echo" not in sys.argv))
+        asyncio.run(app.run(console="--no-console" not in sys.argv, echo="--no-echo" not in sys.argv))
     except KeyboardInterrupt:
         print("gateway stopped")
         # What the card took, for the whole-box bench (tests/bench/bench_box.py).
         print("card: %d block writes, %d syncs" % (board.dev.block_writes, board.dev.syncs))
     finally:
-        app.close()
+        app.stop()
         board.umount_sd()
     return 0
 

@@ -73,9 +73,17 @@ def cmd_get(src, dest):
         _copy(s, d)
 
 
+def _human(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (n, unit)
+        n /= 1024
+
+
 def cmd_df():
     st = os.statvfs(Board.sd_root)
-    print("size %d free %d" % (st[0] * st[2], st[0] * st[3]))
+    size, free = st[0] * st[2], st[0] * st[3]
+    print("%s FAT card: %s used, %s free (%d%%)" % (_human(size), _human(size - free), _human(free), free * 100 // size))
 
 
 def cmd_export(dest):
@@ -113,17 +121,27 @@ def cmd_export(dest):
         print("%s: %d messages" % (user, n))
 
 
+_WHY = {2: "no such file or directory", 17: "already exists", 20: "not a directory", 21: "is a directory",
+        28: "the card is full", 30: "read-only"}
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit("usage: sdtool.py COMMAND IMAGE [ARGS]")
     cmd, image, args = argv[0], argv[1], argv[2:]
     if cmd == "mkfs":
-        make_image(image, int(args[0]))
+        try:
+            make_image(image, int(args[0]))
+        except OSError as e:
+            raise OSError("cannot make a %s FAT image (%s)" % (_human(int(args[0])), _WHY.get(e.errno) or e))
         return
     board = Board(image)
     board.mount_sd()
     try:
         {"ls": cmd_ls, "cat": cmd_cat, "put": cmd_put, "get": cmd_get, "df": cmd_df, "export": cmd_export}[cmd](*args)
+    except OSError as e:
+        # name what the command was working on; errno alone names nothing
+        raise OSError("%s: %s" % (" ".join(args) or image, _WHY.get(e.errno) or e))
     finally:
         board.umount_sd()
 
@@ -131,7 +149,7 @@ def main(argv):
 try:
     main(sys.argv[1:])
 except OSError as e:
-    sys.stderr.write("sd: %s\n" % e)
+    sys.stderr.write("odmrgw sd: %s\n" % e)
     sys.exit(1)
 except KeyError:
     sys.stderr.write("sd: unknown command\n")

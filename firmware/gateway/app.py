@@ -29,14 +29,14 @@ class App:
         """Copies every log line into a size-capped file on the card."""
         from gateway.logring import LogRing
 
-        self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE, self.board.now)
-        log.attach(self.ring.write)
+        self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE)
+        log.attach(self.ring.write, self.board.now)
 
     def open_card(self):
         """Spool recovery, then mailboxes; hands held local mail to them."""
         # The config is checked and loaded: its code comes back only for a
         # console command, and the rest of the box gets its 7 KB.
-        drop_modules(("gateway.config",))
+        drop_modules(("gateway.config", "gateway.configcheck"))
         from gateway.spool import Spool
         from gateway.policy import Policy
         from gateway.mailbox import Mailboxes
@@ -89,10 +89,13 @@ class App:
         import asyncio
 
         asyncio.create_task(self._watchdog())
-        try:
-            await self.start()
-        except Exception as e:  # noqa: BLE001 - keep the console up whatever broke
-            log.error("gateway not started: %r" % (e,))
+        if self.board.card_problem:
+            log.error("gateway not started: %s" % self.board.card_problem)
+        else:
+            try:
+                await self.start()
+            except Exception as e:  # noqa: BLE001 - keep the console up whatever broke
+                log.error("gateway not started: %r" % (e,))
         if console:
             from gateway.console import Console
 
@@ -123,6 +126,16 @@ class App:
             log.attach(None)
             self.ring.close()
 
+    def stop(self):
+        """close() once asyncio.run has ended (the console handed over to the
+        REPL). A cancelled listener closes its socket only when its task runs
+        again: without one more turn of the loop a stopped gateway would
+        still accept connections and never greet."""
+        import asyncio
+
+        self.close()
+        asyncio.run(_one_turn())
+
     # --- what the console asks ------------------------------------------
     def status(self):
         """The figures a person at the console asks for, as (label, value) pairs."""
@@ -135,6 +148,8 @@ class App:
             ("firmware", "odmrgw %s on board %s" % (VERSION, board.name)),
             ("uptime", _ago(now - board.started)),
             ("network", board.network_status()),
+            ("listening", "smtp %s:%d, pop3 %s:%d" % (self.cfg["listen"], self.cfg["smtp"]["port"], self.cfg["listen"],
+                                                      self.cfg["pop3"]["port"]) if self.servers else "no (gateway not started)"),
         ]
         sched = self.scheduler
         if sched:
@@ -149,7 +164,10 @@ class App:
         if self.mailboxes:
             boxes = self.mailboxes.counts()
             rows.append(("mailboxes", ", ".join("%s %d (%d KiB)" % (u, n, b // 1024) for u, (n, b) in sorted(boxes.items())) or "none"))
-        rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
+        if board.card_problem:
+            rows.append(("card", board.card_problem))
+        else:
+            rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
         if mem_free() is not None:
             rows.append(("heap", "%d bytes free, %d used" % (mem_free(), mem_alloc())))
         rows.append(("config", self.cfg_path + (" (unsaved changes)" if self.unsaved else "")))
@@ -207,6 +225,12 @@ class App:
         log.warn("reboot requested at the console")
         self.close()
         self.board.reboot()
+
+
+async def _one_turn():
+    import asyncio
+
+    await asyncio.sleep(0)
 
 
 def _ago(seconds):

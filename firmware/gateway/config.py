@@ -8,6 +8,8 @@
 import json
 import os
 
+from gateway.compat import drop_modules
+
 _TLS_MODES = ("implicit", "starttls", "none")
 _SECRETS = ("secret", "password")
 MASK = "***"
@@ -75,6 +77,13 @@ def _schema():
         },
         "ntp": {
             "host": ("str", "pool.ntp.org"),
+        },
+        "network": {  # Wi-Fi or Ethernet; every address "" = DHCP (gateway.configcheck)
+            "ip": ("addr", ""),  # a static address, e.g. 192.168.1.20
+            "netmask": ("addr", ""),
+            "gateway": ("addr", ""),
+            "dns": ("addr", ""),  # "" with a static ip: the gateway
+            "hostname": ("label", ""),  # the box's name on the LAN (DHCP, mDNS NAME.local); "" = odmrgw
         },
         "users": {
             "*": {
@@ -158,9 +167,11 @@ def _check_leaf(kind, key, value):
     elif kind == "ip":
         if not isinstance(value, str) or "/" in value or not _check_net(value):
             raise ConfigError(key, "must be an IPv4 address like 0.0.0.0")
+    elif kind == "addr" or kind == "label":
+        _checks().network_leaf(kind, key, value)
     elif kind == "windows":
         if not isinstance(value, list) or not all(_is_window(w) for w in value):
-            raise ConfigError(key, 'must be a list like [{"from": "07:00", "to": "19:00", "interval": 300}]')
+            _checks().windows(key, value)  # names the entry and the field
         value = [dict(w) for w in value]
     elif kind == "nets":
         if not _is_str_list(value) or not all(_check_net(v) for v in value):
@@ -195,11 +206,24 @@ def _copy(value):
 
 def validate(cfg):
     """The checked config with defaults filled in; raises ConfigError."""
-    out = _check(_schema(), cfg, "")
-    for domain, user in out["catch_all"].items():
-        if user not in out["users"]:
-            raise ConfigError("catch_all." + domain, "no such user %r" % user)
-    return out
+    try:
+        out = _check(_schema(), cfg, "")
+        for domain, user in out["catch_all"].items():
+            if user not in out["users"]:
+                raise ConfigError("catch_all." + domain, "no such user %r" % user)
+        _checks().across(out)
+        return out
+    finally:
+        drop_modules(("gateway.configcheck",))
+
+
+def _checks():
+    # The checks across keys and of the network keys live in their own
+    # module, loaded while a config is validated and dropped afterwards.
+    from gateway import configcheck
+
+    return configcheck
+
 
 
 def load(path):

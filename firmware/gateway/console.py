@@ -32,7 +32,11 @@ Ctrl-C, Ctrl-A or Ctrl-D stop the gateway and leave the MicroPython REPL."""
 
 
 class Console:
+    """Every failed command answers with a line starting ERROR, so a script
+    (`odmrgw console --port P set ...`) can tell and exit non-zero."""
+
     PROMPT = "gw> "
+    ERROR = "error: "
     COMMANDS = ("help", "status", "show", "set", "unset", "save", "poll", "queue", "log", "user", "reboot", "factory-reset")
     MAX_LINE = 512
     LOG_LINES = 20
@@ -52,16 +56,16 @@ class Console:
         if not words:
             return []
         if words[0] not in self.COMMANDS:  # getattr on typed text would intern it for good
-            return ["unknown command %r; try help" % words[0]]
+            return [self.ERROR + "unknown command %r; try help" % words[0]]
         fn = getattr(self, "do_" + words[0].replace("-", "_"))
         try:
             return fn(words[1:], line) or []
         except ValueError as e:  # config.ConfigError among them
-            return ["error: %s" % e]
+            return [self.ERROR + str(e)]
         except IndexError:
-            return ["usage: see help"]
+            return [self.ERROR + "usage: see help"]
         except Exception as e:  # noqa: BLE001 - a failed command must not end the console
-            return ["failed: %r" % (e,)]
+            return [self.ERROR + "failed: %r" % (e,)]
         finally:
             # A command loads the config checks when it needs them; the
             # box's heap does not keep their 7 KB between commands.
@@ -80,7 +84,7 @@ class Console:
         try:
             value = config.get(shown, key)
         except KeyError:
-            return ["%s is not set" % key]
+            raise ValueError("%s is not set" % key)
         if isinstance(value, dict):
             return ["%s%s = %s" % (key + "." if key else "", k, json.dumps(value[k])) for k in sorted(value)]
         return ["%s = %s" % (key, json.dumps(value))]
@@ -116,10 +120,10 @@ class Console:
         users = self.app.cfg["users"]
         if sub == "add":
             if name in users:
-                return ["user %s exists; use `user passwd`" % name]
+                raise ValueError("user %s exists; use `user passwd`" % name)
             return self._change("users." + name, {"password": args[2], "addresses": args[3:]})
         if name not in users:
-            return ["no such user %r" % name]
+            raise ValueError("no such user %r" % name)
         if sub == "del":
             return self._change("users." + name, None)
         if sub == "passwd":

@@ -3,6 +3,7 @@
 # person, the machine-readable delivery-status part, and the headers of the
 # original message (never its body: the report stays small).
 from gateway.compat import const
+from gateway.log import civil
 
 _DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")  # 1970-01-01 was a Thursday
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -11,22 +12,9 @@ MAX_HEADERS = 16384  # bytes of the original's header copied into the report
 
 
 def rfc5322_date(t):
-    """'Sun, 29 Nov 2026 17:03:44 +0000' from unix seconds, by arithmetic
-    (the ESP32's time functions count from 2000, not 1970)."""
-    t = int(t)
-    days, secs = divmod(t, 86400)
-    # Civil date from a day count (Howard Hinnant's algorithm).
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    y = yoe + era * 400 + (1 if m <= 2 else 0)
-    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (
-        _DAYS[days % 7], d, _MONTHS[m - 1], y, secs // 3600, secs // 60 % 60, secs % 60)
+    """'Sun, 29 Nov 2026 17:03:44 +0000' from unix seconds."""
+    y, m, d, hh, mm, ss, days = civil(t)
+    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (_DAYS[days % 7], d, _MONTHS[m - 1], y, hh, mm, ss)
 
 
 def status_of(code, text):

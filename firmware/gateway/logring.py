@@ -9,11 +9,10 @@ class LogRing:
     SIZE = 64 * 1024
     MAX_TAIL = 200  # lines `tail` returns at most
 
-    def __init__(self, path, clock=None, size=SIZE):
+    def __init__(self, path, size=SIZE):
         self.path = path
         self.old = path + ".1"
         self.half = size // 2
-        self.clock = clock
         self._f = None
         self._len = 0
 
@@ -22,8 +21,6 @@ class LogRing:
             if self._f is None:
                 self._f = open(self.path, "a")
                 self._len = self._f.seek(0, 2)
-            if self.clock:
-                self._len += self._f.write("%d " % self.clock())
             self._len += self._f.write(line)
             self._len += self._f.write("\n")
             self._f.flush()

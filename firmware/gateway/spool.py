@@ -16,7 +16,7 @@
 # body has no checksum of its own: a trailer at the very end of the length
 # that the directory entry holds proves that everything before it is on the
 # card, because f_sync writes the data sectors, then the FAT, and only then
-# the directory entry with the length (README, "crash guarantee"). Records
+# the directory entry with the length (docs/spool.md, "crash guarantee"). Records
 # written by older firmware end in "END1 ... <crc32 body:8>"; recovery still
 # checks those bodies.
 # Progress (recipients handled) goes to a separate append-only file <id>.d,

@@ -56,7 +56,12 @@ def drop(cfg, store, args):
 
 
 def inject(cfg, store, args):
-    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    try:
+        with sys.stdin.buffer if args.file == "-" else open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        print(f"odmrgw relay queue inject: {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     mail_from = args.sender if args.sender is not None else (email.utils.parseaddr(msg.get("From", ""))[1])
     rcpts = args.to or [a for _, a in email.utils.getaddresses(msg.get_all("To", []) + msg.get_all("Cc", [])) if a]

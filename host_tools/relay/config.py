@@ -14,7 +14,7 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
-# [limits] keys: name -> (default, converter). Documented in the README, "The desktop relay".
+# [limits] keys: name -> (default, converter). Documented in docs/relay.md.
 LIMITS = {
     "max_size": (10240000, "int"),          # bytes per message (SIZE, 552 above it)
     "max_recipients": (1000, "int"),        # per transaction (452 beyond)
@@ -91,7 +91,10 @@ class Config:
         import ssl
 
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.cert, self.key)
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as e:  # says "PEM lib (_ssl.c:3905)" and no file name
+            raise ConfigError("tls", f"{self.cert} and {self.key} are not a PEM certificate and its key ({e.reason})")
         return ctx
 
 
@@ -108,8 +111,10 @@ def parse_hostport(key, text):
         raise ConfigError(key, "must be a string like \"127.0.0.1:2525\"")
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not port.isdigit():
         raise ConfigError(key, f"{text!r} is not HOST:PORT (e.g. \"127.0.0.1:2525\")")
+    if int(port) > 65535:
+        raise ConfigError(key, f"port {port} is out of range (0-65535)")
     return host, int(port)
 
 
@@ -245,4 +250,5 @@ def from_dict(raw, path):
 
     cfg = Config(path, hostname.lower(), queue, listen, cert, key, _accounts(raw.get("account")),
                  next_hop, retry, limits)
+    cfg.tls_context()  # a bad certificate is named at load, not at the first listener
     return cfg

@@ -71,6 +71,15 @@ def test_errors_name_the_key():
         ({"listen": "10.0.0.0/8"}, "listen: must be an IPv4 address like 0.0.0.0"),
         ({"listen": "localhost"}, "listen: must be an IPv4 address like 0.0.0.0"),
         ({"poll": {"windows": [{"from": "7", "to": "19:00", "interval": 300}]}},
+         'poll.windows[0].from: "7" is not a time from 00:00 to 23:59'),
+        ({"poll": {"windows": [{"from": "07:00", "to": "19:00", "interval": 300}, {"from": "20:00", "to": "25:00",
+                                                                                 "interval": 300}]}},
+         'poll.windows[1].to: "25:00" is not a time from 00:00 to 23:59'),
+        ({"poll": {"windows": [{"from": "07:00", "to": "19:00", "interval": 0}]}},
+         "poll.windows[0].interval: must be a positive number of seconds"),
+        ({"poll": {"windows": [{"from": "07:00"}]}},
+         'poll.windows[0]: must have from, to and interval, like {"from": "07:00", "to": "19:00", "interval": 300}'),
+        ({"poll": {"windows": "07-19"}},
          'poll.windows: must be a list like [{"from": "07:00", "to": "19:00", "interval": 300}]'),
         ({"poll": {"utc_offset": 900}}, "poll.utc_offset: must be minutes from -720 to 840"),
         ({"poll": {"debounce": -1}}, "poll.debounce: must be a number of seconds (0 or more)"),
@@ -140,8 +149,8 @@ def test_dotted_keys_for_the_console():
     cfg = config.with_key(cfg, "users.bob", {"password": "pw", "addresses": ["bob@a.test"]})
     cfg = config.with_key(cfg, "catch_all.a.test", "bob")
     assert cfg["catch_all"]["a.test"] == "bob"
-    cfg = config.with_key(cfg, "forward.sales.a.test", config.parse("forward.sales.a.test", "10.0.0.5:25"))
-    assert cfg["forward"] == {"sales.a.test": "10.0.0.5:25"}
+    cfg = config.with_key(cfg, "forward.b.test", config.parse("forward.b.test", "10.0.0.5:25"))
+    assert cfg["forward"] == {"b.test": "10.0.0.5:25"}
     cfg = config.with_key(cfg, "smtp.port", None)
     assert cfg["smtp"]["port"] == 25
     with raises(ConfigError) as r:
@@ -149,3 +158,51 @@ def test_dotted_keys_for_the_console():
     assert str(r.value) == "smtp.prot: unknown key"
     with raises(ConfigError):
         config.with_key(cfg, "smtp.max_size", config.parse("smtp.max_size", "lots"))
+
+
+ALICE = {"password": "a", "addresses": ["alice@example.test"]}
+
+
+def test_values_that_only_fail_together_name_their_key():
+    cases = [
+        ({"smtp": {"port": 2525}, "pop3": {"port": 2525}}, "pop3.port: is smtp.port too (2525); each listener needs its own"),
+        ({"users": {"alice": ALICE, "bob": {"addresses": ["alice@example.test"]}}},
+         "users.bob.addresses: alice@example.test is alice's address already"),
+        ({"users": {"alice": ALICE}, "forward": {"alice": "127.0.0.1:notaport"}},
+         'forward.alice: "127.0.0.1:notaport" is not host or host:port (port 1-65535)'),
+        ({"users": {"alice": ALICE}, "forward": {"alice": "10.0.0.5:70000"}},
+         'forward.alice: "10.0.0.5:70000" is not host or host:port (port 1-65535)'),
+        ({"users": {"alice": ALICE}, "forward": {"carol": "10.0.0.5"}},
+         "forward.carol: 'carol' is neither a user nor a domain of domains or of a user's address"),
+        ({"network": {"gateway": "192.168.1.1"}}, "network.gateway: is only used with a static network.ip (none: DHCP)"),
+        ({"network": {"ip": "192.168.1.20", "netmask": "255.255.255.0"}},
+         "network.gateway: must be set with a static network.ip"),
+        ({"network": {"ip": "192.168.1.20", "netmask": "255.0.255.0", "gateway": "192.168.1.1"}},
+         "network.netmask: 255.0.255.0 is not a netmask like 255.255.255.0"),
+        ({"network": {"ip": "192.168.1.20", "netmask": "255.255.255.0", "gateway": "10.0.0.1"}},
+         "network.gateway: 10.0.0.1 is not on the subnet of network.ip 192.168.1.20/255.255.255.0"),
+        ({"network": {"ip": "192.168.1.300"}}, 'network.ip: must be an IPv4 address like 192.168.1.20, or "" for DHCP'),
+        ({"network": {"dns": "10.0.0.0/8"}}, 'network.dns: must be an IPv4 address like 192.168.1.20, or "" for DHCP'),
+        ({"network": {"hostname": "front desk"}},
+         "network.hostname: must be one name of letters, digits and '-' (at most 63), like odmrgw"),
+        ({"network": {"hostname": "gw.example.test"}},
+         "network.hostname: must be one name of letters, digits and '-' (at most 63), like odmrgw"),
+    ]
+    for cfg, message in cases:
+        assert error_for(cfg) == message, (cfg, error_for(cfg))
+
+
+def test_network_takes_dhcp_or_a_whole_static_address():
+    assert config.validate({})["network"] == {"ip": "", "netmask": "", "gateway": "", "dns": "", "hostname": ""}
+    static = {"ip": "192.168.1.20", "netmask": "255.255.255.0", "gateway": "192.168.1.1", "dns": "", "hostname": "office-gw"}
+    assert config.validate({"network": static})["network"] == static
+    forwards = {"alice": "10.0.0.5", "example.test": "10.0.0.6:2525"}
+    assert config.validate({"users": {"alice": ALICE}, "forward": forwards})["forward"] == forwards
+
+
+def test_files_the_config_names_are_looked_for():
+    cfg = config.validate({"pop3": {"cert": "cert.der", "key": "key.der"}, "relay": {"ca": "ca.der"}})
+    from gateway.configcheck import missing_file
+
+    assert str(missing_file(cfg, lambda name: name != "key.der")) == "pop3.key: no file key.der on the box's flash"
+    assert missing_file(cfg, lambda name: True) is None

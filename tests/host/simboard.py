@@ -22,7 +22,8 @@ def make_board_files(tmp_path, cfg=None, card_size=4 << 20):
     cfg.setdefault("pop3", {"port": free_port()})
     (flash / "config.json").write_text(json.dumps(cfg))
     image = tmp_path / "card.img"
-    subprocess.run(mpy.command(SDTOOL, "mkfs", image, card_size), env=mpy.env(), check=True, timeout=60)
+    subprocess.run(mpy.command(SDTOOL, "mkfs", image, card_size), env=mpy.env(), check=True, timeout=60,
+                   stdout=subprocess.DEVNULL)
     return flash / "config.json", image
 
 

@@ -20,11 +20,13 @@ def sim(tmp_path_factory):
     board.close()
 
 
+def run_console(sim, *words):
+    return subprocess.run([sys.executable, "-m", "host_tools", "console", "--port", str(sim.link), *words],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
 def console(sim, *words):
-    proc = subprocess.run(
-        [sys.executable, "-m", "host_tools", "console", "--port", str(sim.link), *words],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
+    proc = run_console(sim, *words)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -34,6 +36,8 @@ def test_status_shows_the_board(sim):
     assert "odmrgw" in out and "board unix" in out
     for label in ("uptime", "network", "card", "heap", "config"):
         assert label in out, out
+    cfg = json.loads((sim.link.parent / "flash" / "config.json").read_text())
+    assert f"listening smtp 127.0.0.1:{cfg['smtp']['port']}, pop3 127.0.0.1:{cfg['pop3']['port']}" in out, out
 
 
 def test_show_masks_secrets(sim):
@@ -43,8 +47,16 @@ def test_show_masks_secrets(sim):
     assert "hush-hush" not in out
 
 
-def test_set_with_a_bad_value_names_the_key(sim):
-    assert console(sim, "set", "smtp.max_size", "-5").strip() == "error: smtp.max_size: must be a positive integer"
+@pytest.mark.parametrize("words, answer", [
+    (["set", "smtp.max_size", "-5"], "error: smtp.max_size: must be a positive integer"),
+    (["set", "smtp.port", "99999"], "error: smtp.port: must be a port number (1-65535)"),
+    (["frobnicate"], "error: unknown command 'frobnicate'; try help"),
+    (["user", "del", "nobody"], "error: no such user 'nobody'"),
+])
+def test_a_failed_command_names_the_problem_and_exits_non_zero(sim, words, answer):
+    proc = run_console(sim, *words)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == answer and proc.stdout == ""
 
 
 def test_set_user_and_save_reaches_the_flash(sim):
@@ -112,7 +124,7 @@ def test_interactive_console_in_a_terminal(sim):
         return None
 
     try:
-        assert b"Connected to MicroPython" in read_until(b"exit this shell")
+        assert b"console of the gateway: type help" in read_until(b"exit this shell")
         os.write(fd, b"status\r")
         assert b"uptime" in read_until(b"gw> ")
         os.write(fd, b"\x1d")  # Ctrl-]

