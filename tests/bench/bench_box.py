@@ -134,7 +134,9 @@ class Box:
             "hostname": "gw.example.test",
             "domains": ["example.test"],
             "users": {u: {"password": f"{u}-pw", "addresses": [f"{u}@example.test"]} for u in USERS},
-            "smtp": {"port": self.port, "allow": ["127.0.0.0/8"], "max_size": 10 << 20},
+            # One address gets half the listener's sessions (gateway.slots), and
+            # smtp-source's sessions all come from 127.0.0.1: 8 admits its 4.
+            "smtp": {"port": self.port, "allow": ["127.0.0.0/8"], "max_size": 10 << 20, "sessions": 8},
             "pop3": {"port": mpy.free_port()},
         }))
         self.lines = []
