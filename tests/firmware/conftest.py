@@ -25,7 +25,9 @@ sys.path.insert(0, str(HERE))
 
 
 def micropython_exe():
-    return str(Path(sys.executable).parent / "micropython")
+    from host_tools import mpy
+
+    return mpy.micropython_exe()  # ODMRGW_MICROPYTHON, else the venv's
 
 
 def micropython_env(tmp, mpy_dir, test_dir=HERE):
