@@ -24,22 +24,23 @@ board = Board(sys.argv[2])
 root = board.mount_sd()
 
 
-def serve(port, max_size="10240000", buffer="0"):
+def serve(port, max_size="10240000", buffer="4096"):
+    # The session's buffer before any code: the receiver's 17 KB of it cut
+    # a 64k heap into pieces smaller than 4 KB.
+    buf = bytearray(int(buffer) or 4096)
+    from gateway.compat import drop_modules
     from gateway.spool import Spool
 
     spool = Spool(root + "/spool", clock=board.now)
     kept, removed = spool.recover()
     # A box that only receives needs the spool's reading side (recovery,
     # listings) at boot only: dropped, its code leaves ~5 KB to the sessions.
-    import gateway
-
-    del sys.modules["gateway.spoolread"], gateway.spoolread
-    gc.collect()
+    drop_modules(("gateway.spoolread",))
     from gateway.smtp import server
 
-    if int(buffer):
-        server.SMTPSession.buffer_size = int(buffer)
-    server.reserve()
+    server.SMTPSession.buffer_size = len(buf)
+    server.reserve(1, (buf,))
+    buf = None
     import asyncio
     import micropython
 

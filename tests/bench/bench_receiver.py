@@ -33,7 +33,7 @@ from tests.e2e.test_receiver_peers import compile_firmware, free_port, make_card
 
 BIG = 50 << 20
 SMALL = 2000
-HEAP = "64k"
+HEAP = mpy.receiver_heap()
 ROUNDS = 3
 # A receiver that runs out of heap mid-session may never answer; the bench
 # must not wait for it forever.

@@ -465,10 +465,12 @@ class SMTPSession:
 _spare = []
 
 
-def reserve(count=1):
+def reserve(count=1, made=()):
     """Makes session buffers now. A box that calls this early, before the
-    heap is cut up into small pieces, can always take a connection."""
-    for _ in range(count):
+    heap is cut up into small pieces, can always take a connection; one
+    that made them before even this module loaded lends them as `made`."""
+    _spare.extend(made)
+    for _ in range(count - len(made)):
         _spare.append(bytearray(SMTPSession.buffer_size))
 
 

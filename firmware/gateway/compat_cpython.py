@@ -1,0 +1,118 @@
+# CPython's stand-ins for what gateway.compat takes from MicroPython, so that
+# tests and host tools can import the firmware. Kept apart: the box never
+# loads this module, so none of its bytecode takes the box's heap.
+import os  # cpython-only
+import sys  # cpython-only
+import time  # cpython-only
+import traceback  # cpython-only
+
+MICROPYTHON = False
+_TICKS_PERIOD = 1 << 30
+
+
+class micropython:  # noqa: N801 - stands in for the module's decorators
+    @staticmethod
+    def viper(f):
+        # A viper function is plain Python here: same code, bytecode speed.
+        return f
+
+
+def ptr8(buf):
+    return buf
+
+
+def ptr32(buf):
+    # Native-endian words, as viper's ptr32 loads them.
+    mv = memoryview(buf)
+    return mv[: len(mv) & ~3].cast("I")
+
+
+def const(x):
+    return x
+
+
+def ticks_ms():
+    return int(time.monotonic() * 1000) % _TICKS_PERIOD
+
+
+def ticks_add(t, delta):
+    return (t + delta) % _TICKS_PERIOD
+
+
+def ticks_diff(a, b):
+    d = (a - b) % _TICKS_PERIOD
+    return d - _TICKS_PERIOD if d >= _TICKS_PERIOD // 2 else d
+
+
+def print_exception(exc, file=None):
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=file or sys.stdout)
+
+
+async def readinto(stream, buf):
+    # CPython's StreamReader has no readinto; one bounded copy per read.
+    data = await stream.read(len(buf))
+    n = len(data)
+    buf[:n] = data
+    return n
+
+
+def mem_free():
+    return None
+
+
+def drain_can_block(writer):
+    # Bounding every drain costs nothing scarce here.
+    return True
+
+
+def ilistdir(path):
+    # MicroPython's os.ilistdir: (name, type, inode) without a list.
+    for e in os.scandir(path):
+        yield (e.name, 0x4000 if e.is_dir() else 0x8000, 0)
+
+
+def fsync(f):
+    f.flush()
+    os.fsync(f.fileno())
+
+
+async def start_tls(reader, writer, ctx):
+    await writer.start_tls(ctx)
+
+
+async def start_tls_client(reader, writer, ctx, server_name, timeout):
+    await writer.start_tls(ctx, server_hostname=server_name, ssl_handshake_timeout=timeout)
+
+
+def mem_alloc():
+    return None
+
+
+def drop_modules(names):
+    # CPython has the memory to keep them, and its tests hold classes
+    # across phases that a reload would make into strangers.
+    pass
+
+
+def peer_address(peer):
+    # ("ip", port), as asyncio reports it here.
+    return peer
+
+
+def load_cert_chain(ctx, cert, key):
+    # CPython's ssl reads PEM files only: the box's DER goes through a
+    # private temporary copy.
+    import tempfile  # cpython-only
+
+    from cryptography import x509  # cpython-only
+    from cryptography.hazmat.primitives import serialization as ser  # cpython-only
+
+    with open(cert, "rb") as f:
+        pem = x509.load_der_x509_certificate(f.read()).public_bytes(ser.Encoding.PEM)
+    with open(key, "rb") as f:
+        pem += ser.load_der_private_key(f.read(), None).private_bytes(
+            ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        ctx.load_cert_chain(f.name)
