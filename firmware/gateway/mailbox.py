@@ -437,7 +437,7 @@ class Mailboxes:
         header = record_header(id, env.received, env.mail_from, [(addr, "local")])
         # The hand-off may use the room the receiver kept for it, down to
         # the spool's reserve (journals, the log).
-        if spool.free_bytes() < spool.reserve + len(header) + env.size + _TRAILER:
+        if spool.free_bytes() < spool.reserve + env.hlen + env.size + _TRAILER:
             raise SpoolFull("no room for a copy")
         path = "%s/%s.m" % (spool.bucket(self._dir(user), id), id)
         draft = Draft(spool, id, path, header, floor=spool.reserve)

@@ -8,9 +8,11 @@ import support
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool, SpoolFull
+from test_mailbox import copy, listed, stored
 
-# Full-card runs fill a FAT image and remount it in one process.
-MICROPYTHON_HEAP = "160k"
+# Full-card runs fill a FAT image and remount it in one process, beside this
+# module and test_mailbox (its helpers) compiled from source.
+MICROPYTHON_HEAP = "192k"
 
 CFG = {
     "users": {
@@ -20,12 +22,6 @@ CFG = {
     "catch_all": {},
 }
 
-
-
-def listed(boxes, user):
-    """The ids a POP3 session would list, oldest first."""
-    got = boxes.listing(user)
-    return [got.uid(i) for i in range(len(got))]
 
 def message(n, size=0):
     return b"Subject: m%d\r\nMessage-ID: <m%d@example.test>\r\n\r\n%s\r\n" % (n, n, b"z" * size)
@@ -79,18 +75,6 @@ def same(boxes, user, id, n, size):
             at += 1
     src.close()
     return ok and at == len(want) + size + 2
-
-
-def stored(boxes, user, id):
-    src = boxes.open_body(user, id, bytearray(512))
-    out = b""
-    while True:
-        p = src.piece()
-        if not p:
-            break
-        out += bytes(p)
-    src.close()
-    return out
 
 
 def test_mail_for_one_user_is_written_straight_into_the_mailbox():
@@ -264,16 +248,6 @@ def test_scan_finishes_an_iterator_left_early():
         assert list(entries) == []
 
 
-def copy(src, dst):
-    buf = bytearray(4096)
-    with open(src, "rb") as a, open(dst, "wb") as b:
-        while True:
-            n = a.readinto(buf)
-            if not n:
-                return
-            b.write(memoryview(buf)[:n])
-
-
 def test_power_cut_while_the_receiver_writes_into_a_mailbox():
     # Every record that committed (got its 250) is listed whole after the
     # cut; the one being written is judged cut short and removed, never shown.
@@ -320,28 +294,9 @@ def test_the_app_opens_a_full_card_and_status_says_so():
 
     card = support.Card(size=1 << 20)
 
-    class FullBoard:
-        name = "test"
-        sd_root = card.root
-        started = 0
-
-        def now(self):
-            return 1000
-
-        def network_status(self):
-            return "none"
-
-        def card_free(self):
-            st = os.statvfs(card.root)
-            return st[0] * st[4]
-
-        def card_size(self):
-            st = os.statvfs(card.root)
-            return st[0] * st[2]
-
     _fill_from_outside(card.root)
     cfg = config.validate({"users": {"alice": {"password": "a", "addresses": ["alice@example.test"]}}})
-    app = App(FullBoard(), cfg, card.root + "/none.json")
+    app = App(card.board, cfg, card.root + "/none.json")
     app.open_card()
     support.run(app.hand_off())
     status = dict(app.status())
