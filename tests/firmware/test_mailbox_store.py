@@ -205,7 +205,7 @@ def test_a_hand_off_that_finds_no_room_waits_and_goes_on_after_expunge():
     spool, boxes = boot(root)
     first = send(spool, message(1))
     both = send(spool, message(2), ("alice@example.test", "bob@example.test"))
-    with support.patched(Spool, reserve=spool.free_bytes() + 1):
+    with support.patched(Spool, reserve=1 << 50):  # no card has that much room
         assert boxes.deliver_pending(spool) == 0
     assert boxes.waiting and spool.ids("local") == [both]
     assert len(boxes.ids("bob")) == 0  # no cut-short copy left behind
