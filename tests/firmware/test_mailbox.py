@@ -64,6 +64,18 @@ def copy(src, dst):
             b.write(memoryview(buf)[:n])
 
 
+def keep_pristine(template):
+    """Unmounts the template card and keeps a copy of its image."""
+    template.unmount()
+    copy(template.image, template.image + ".pristine")
+
+
+def cut_card(template, cut):
+    """The pristine card again, mounted with a power cut after `cut` block writes."""
+    copy(template.image + ".pristine", template.image)
+    return template.remount(cut_after=cut)
+
+
 def setup(root):
     policy = Policy(CFG)
     spool = Spool(root + "/spool")

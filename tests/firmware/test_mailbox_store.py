@@ -8,7 +8,7 @@ import support
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool, SpoolFull
-from test_mailbox import copy, listed, stored
+from test_mailbox import cut_card, keep_pristine, listed, stored
 
 # Full-card runs fill a FAT image and remount it in one process, beside this
 # module and test_mailbox (its helpers) compiled from source.
@@ -256,13 +256,10 @@ def test_power_cut_while_the_receiver_writes_into_a_mailbox():
 
     template = support.Card(size=1 << 20)
     boot(template.root)
-    template.unmount()
-    pristine = template.image + ".pristine"
-    copy(template.image, pristine)
+    keep_pristine(template)
     cut = 1
     while True:
-        copy(pristine, template.image)
-        card = template.remount(cut_after=cut)
+        card = cut_card(template, cut)
         spool, boxes = boot(card.root)
         committed = []
         try:
