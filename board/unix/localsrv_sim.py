@@ -32,7 +32,6 @@ def main(cfg_path, image, delay=None):
     spool.start()
     policy = Policy(cfg)
     boxes = Mailboxes(root + "/mail", policy, spool)
-    log.info("opened: %d delivered from the spool" % boxes.deliver_pending(spool))
 
     def delivered(s):
         boxes.deliver_pending(s)
@@ -49,6 +48,8 @@ def main(cfg_path, image, delay=None):
         server.reserve(8)  # as the App does: session buffers before the heap is cut up
         await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"], cfg["pop3"]["sessions"])
         await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke, cfg["smtp"]["sessions"])
+        # As the App does: what waited in the spool goes on once the listeners are up.
+        log.info("opened: %d delivered from the spool" % boxes.deliver_pending(spool))
         gc.collect()
         print("READY smtp=%d pop3=%d heap=%d" % (cfg["smtp"]["port"], cfg["pop3"]["port"], gc.mem_free()))
         low = gc.mem_free()
