@@ -133,6 +133,8 @@ class Mailboxes:
         self._locked = set()
         self._kept = set()  # (id, address) the forward host refused
         self.waiting = False  # the hand-off stopped for want of room
+        # Records the receiver is still writing: not cut short, not shown.
+        self._drafts = spool._drafts if spool is not None else ()
         if policy is None:
             return
         policy.mailboxes = self
@@ -150,10 +152,6 @@ class Mailboxes:
 
     def _path(self, user, id):
         return "%s/%s/%s/%s.m" % (self.root, user, id[:6], id)
-
-    def _live(self, id):
-        """A record the receiver is still writing (not cut short)."""
-        return self.spool is not None and id in self.spool._drafts
 
     # --- the message file --------------------------------------------------
 
@@ -386,7 +384,7 @@ class Mailboxes:
         with Scan(d) as entries:
             for e in entries:
                 name = e[0]
-                if len(name) == 10 and name[9:] == "m" and not self._live(name[:8]):
+                if len(name) == 10 and name[9:] == "m" and name[:8] not in self._drafts:
                     i = int(name[6:8], 16)
                     m[i >> 3] |= 1 << (i & 7)
         return m
@@ -420,7 +418,7 @@ class Mailboxes:
                 out.sizes.append(len(info[3]) + info[1])
                 if len(out) >= self.MAX_LISTED:
                     break
-            elif not self._live(id):
+            elif id not in self._drafts:
                 log.warn("mailbox: removing %s of %s, cut short" % (id, user))
                 self._unlink(user, id)
         return out

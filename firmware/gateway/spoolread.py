@@ -99,15 +99,6 @@ def bits(sp, bucket, letters, queue=None):
     return out
 
 
-def _count(m):
-    n = 0
-    for x in m:
-        while x:
-            n += x & 1
-            x >>= 1
-    return n
-
-
 def highest(sp):
     """The largest id in the spool, in case the seq file was lost."""
     for b in reversed(buckets(sp.root)):
@@ -123,7 +114,7 @@ def counts(sp):
     for q in _QUEUES:
         out[q] = 0
         for b in buckets(sp.root):
-            out[q] += _count(bits(sp, b, _letter(q), q))
+            out[q] += sum(bin(x).count("1") for x in bits(sp, b, _letter(q), q))
     return out
 
 
@@ -224,7 +215,7 @@ def recover(sp):
                         path(sp, name[:8])
                     except KeyError:
                         _remove(p)  # the progress of a message already gone
-                elif _judge(sp, p, buf):
+                elif _valid(sp, p, buf, sp.verify, True):
                     kept += 1
                 else:
                     _remove(p)
@@ -238,18 +229,12 @@ def recover(sp):
     return kept, removed
 
 
-def _judge(sp, p, buf):
-    try:
-        return _valid(sp, p, buf, sp.verify)
-    except OSError:
-        return True  # unreadable now is not cut short: kept for another look
-
-
-def _valid(sp, path, buf, bodies):
+def _valid(sp, path, buf, bodies, unread=None):
     """A whole committed record: its header parses and sums right, and at
     the end of the length the directory entry gives stands the trailer that
     names this id, body length and header sum, with its own sum right.
-    `bodies`: an older END1 record's body is summed too."""
+    `bodies`: an older END1 record's body is summed too. A read error is no
+    proof of a cut: it raises, or with `unread` given returns that."""
     try:
         env = Envelope(path)
         if env.size < 0 or not env.pending():
@@ -272,6 +257,10 @@ def _valid(sp, path, buf, bodies):
             return int(t[34:42], 16) == _crc(f, buf, env.size)
     except (ValueError, KeyError, IndexError):
         return False
+    except OSError:
+        if unread is None:
+            raise
+        return unread
 
 
 def _crc(f, buf, n):

@@ -15,7 +15,7 @@ from gateway.spool import Spool
 # the third session found no room once POP3 learnt the failed-login record,
 # the per-address slots and STLS-before-USER (issue 12), and again
 # once the mailbox and spool code grew for the scale issue (13).
-MICROPYTHON_HEAP = "160k"
+MICROPYTHON_HEAP = "176k"
 
 CFG = dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"]})  # POP3 takes the LAN listener's allow list
 
