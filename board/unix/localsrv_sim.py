@@ -1,6 +1,7 @@
 # Local delivery on the simulated card, for tests with real mail clients:
 #   micropython localsrv_sim.py CONFIG.json IMAGE [LOGIN_DELAY]
-# Recovers the spool and the mailboxes, delivers held local mail, then serves
+# Opens the spool and the mailboxes as the App does (no message read, mail
+# for one user written straight into its mailbox), delivers held local mail, then serves
 # POP3 (cfg pop3.port) and the LAN SMTP listener (cfg smtp.port) on
 # 127.0.0.1. Prints "READY smtp=N pop3=M heap=F" once both listen,
 # "DELIVERED heap=F" after local mail from the LAN went into the mailboxes,
@@ -28,10 +29,9 @@ def main(cfg_path, image, delay=None):
     board = Board(image)
     root = board.mount_sd()
     spool = Spool(root + "/spool", clock=board.now)
-    kept, removed = spool.recover()
+    spool.start()
     policy = Policy(cfg)
-    boxes = Mailboxes(root + "/mail", policy)
-    log.info("recovered: %d kept, %d removed; %d delivered" % (kept, removed, boxes.deliver_pending(spool)))
+    boxes = Mailboxes(root + "/mail", policy, spool)
 
     def delivered(s):
         boxes.deliver_pending(s)
@@ -48,6 +48,8 @@ def main(cfg_path, image, delay=None):
         server.reserve(8)  # as the App does: session buffers before the heap is cut up
         await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"], cfg["pop3"]["sessions"])
         await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke, cfg["smtp"]["sessions"])
+        # As the App does: what waited in the spool goes on once the listeners are up.
+        log.info("opened: %d delivered from the spool" % boxes.deliver_pending(spool))
         gc.collect()
         print("READY smtp=%d pop3=%d heap=%d" % (cfg["smtp"]["port"], cfg["pop3"]["port"], gc.mem_free()))
         low = gc.mem_free()

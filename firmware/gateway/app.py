@@ -33,7 +33,10 @@ class App:
         log.attach(self.ring.write, self.board.now)
 
     def open_card(self):
-        """Spool recovery, then mailboxes; hands held local mail to them."""
+        """Spool and mailboxes, at a cost that does not grow with the mail
+        held: no message is read here (records are judged when first
+        listed). What waits in the spool is handed on once the listeners
+        are up (hand_off)."""
         # The config is checked and loaded: its code comes back only for a
         # console command, and the rest of the box gets its 7 KB.
         drop_modules(("gateway.config", "gateway.configcheck"))
@@ -47,10 +50,17 @@ class App:
         self.session_buf = session_buffer()
         root = self.board.sd_root
         self.spool = Spool(root + "/spool", self.board.now)  # unix seconds on every board
-        log.info("spool: %d kept, %d incomplete removed" % self.spool.recover())
+        self.spool.start()
         self.policy = Policy(self.cfg)
-        self.mailboxes = Mailboxes(root + "/mail", self.policy)
-        self.mailboxes.deliver_pending(self.spool)
+        self.mailboxes = Mailboxes(root + "/mail", self.policy, self.spool)
+
+    async def hand_off(self):
+        """Mail that waited in the spool at boot goes on to the mailboxes. A
+        failure is logged: the mail stays in the spool for the next cycle."""
+        try:
+            log.info("spool: %d handed to the mailboxes" % self.mailboxes.deliver_pending(self.spool))
+        except Exception as e:  # noqa: BLE001 - the box serves on whatever the card holds
+            log.error("spool: hand-off failed: %r" % (e,))
 
     def cycle(self):
         from gateway.poll import PollCycle
@@ -79,6 +89,7 @@ class App:
         from gateway.scheduler import Scheduler
 
         self.scheduler = Scheduler(self.cfg, self.cycle(), self.board)
+        asyncio.create_task(self.hand_off())
         asyncio.create_task(self.scheduler.run())
 
     async def run(self, console=True, echo=True):
@@ -167,7 +178,10 @@ class App:
         if board.card_problem:
             rows.append(("card", board.card_problem))
         else:
-            rows.append(("card", "%s: %d of %d KiB free" % (board.sd_root, board.card_free() // 1024, board.card_size() // 1024)))
+            free = board.card_free()
+            full = self.spool and free < self.spool.min_free
+            rows.append(("card", "%s: %d of %d KiB free%s" % (board.sd_root, free // 1024, board.card_size() // 1024,
+                                                             " - FULL: new mail is refused until mail is deleted" if full else "")))
         if mem_free() is not None:
             rows.append(("heap", "%d bytes free, %d used" % (mem_free(), mem_alloc())))
         rows.append(("config", self.cfg_path + (" (unsaved changes)" if self.unsaved else "")))
@@ -183,7 +197,7 @@ class App:
         if not self.spool:
             return lines
         for queue in ("out", "local"):
-            for id in self.spool.ids(queue):
+            for id in self.spool.ids(queue, "", self.QUEUE_LINES + 1):
                 if len(lines) >= self.QUEUE_LINES:
                     return lines + ["..."]
                 env = self.spool.envelope(id)

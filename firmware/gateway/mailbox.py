@@ -1,29 +1,40 @@
-# Per-user mailboxes on the card, filled from the spool's "local" queue.
+# Per-user mailboxes on the card.
 #
 # Layout under root (sd_root + "/mail"), one directory per user:
-#   <user>/<id>.msg      one message; <id> is the spool id, which is also the
-#                        POP3 UIDL (unique, never reused, stable across boots)
-#   <user>/seen.<n>      duplicate index for period n (fixed 64-byte records)
-#   <user>/dele          POP3 UPDATE journal: the ids being deleted
+#   <user>/<bucket>/<id>.m   one message: a spool record (format: spool.py),
+#                            256 ids to a bucket like the spool, so no FAT
+#                            directory scan grows with the mailbox. <id> is
+#                            the spool id, which is also the POP3 UIDL
+#                            (unique, never reused, stable across boots)
+#   <user>/seen.<n>          duplicate index for period n (fixed 64-byte records)
+#   <user>/journal           POP3 UPDATE journal, made with the mailbox and
+#                            rewritten in place: a full card still has its room
 #
-# A message file is self-validating, like a Postfix queue file: a header line
-# names the id, a trailer after the body repeats the id and the body length,
-# and a file whose size does not add up is a partial write. FAT is not safe
-# against power loss and its rename is no atomic commit, so nothing here
-# relies on rename: the file is written in place under its final name, made
-# durable, and only then is the spool told `done`. A crash before that leaves
-# the spool record pending, and the next pass either finds the file whole
-# (skip) or finds it partial (rewrite). Nothing lost, nothing doubled.
+# Mail for exactly one mailbox is written there by the receiver itself
+# (route(), Spool.begin): the record's commit is the delivery, so the message
+# is stored once and the LAN path costs the commit and the dedupe record.
+# Anything else (several users, a forward that fell back, a config change
+# since the 250) waits in the spool's "local" queue and the hand-off
+# (deliver_pending) copies it in as the same kind of record, then marks the
+# spool `done`. FAT's rename is no atomic commit, so nothing relies on it: a
+# copy is written under its final name and judged by its trailer, and a crash
+# before `done` finds it whole (skip) or cut short (rewrite). Nothing lost,
+# nothing doubled. Boot reads no message: a record is judged when a POP3
+# listing first reaches it, and one cut short by a power cut is removed then.
+import binascii
 import hashlib
 import os
+from array import array
 
 from gateway import log
-from gateway.compat import const, fsync, ilistdir
-from gateway.spool import _exists, _remove
+from gateway.compat import const, drop_modules, fsync
+from gateway.spool import _MAGIC, Body, Scan, _exists, _remove, buckets
 
 _CHUNK = const(512)
 _REC = const(64)  # one seen record: 32 hex key, space, id padded to 30, LF
-_TAIL = const(96)  # enough to hold the trailer
+_TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
+_ID_LINE = const(9)  # one journal line: 8 hex digits and LF
+_EMPTY = b"DELE 0000 00000000\n"  # the journal's head when nothing is pending
 
 
 def _mkdir(path):
@@ -36,9 +47,10 @@ def _mkdir(path):
 class BodyLines:
     """Lines of a stored message, as memoryview pieces of a fixed buffer.
     A line longer than the buffer comes in several pieces; `.start` says
-    whether the piece just returned begins a line (for dot-stuffing)."""
+    whether the piece just returned begins a line (for dot-stuffing).
+    `prefix` (the Return-Path line) comes first, as a piece of its own."""
 
-    def __init__(self, f, length, buf):
+    def __init__(self, f, length, buf, prefix=b""):
         self.f = f
         self.left = length
         self.buf = buf
@@ -46,9 +58,13 @@ class BodyLines:
         self.a = self.b = 0
         self.start = True
         self._next_start = True
+        self.prefix = prefix
 
     def piece(self):
         self.start = self._next_start
+        if self.prefix:
+            piece, self.prefix = memoryview(self.prefix), None
+            return piece
         i = self.buf.find(b"\n", self.a, self.b)
         if i < 0 and self.left:
             if self.a:
@@ -74,10 +90,29 @@ class BodyLines:
         self.f.close()
 
 
+class Listing:
+    """What one POP3 session shows: ids and sizes in two arrays, 8 bytes a
+    message, oldest first."""
+
+    def __init__(self):
+        self.ids = array("I")
+        self.sizes = array("I")
+
+    def __len__(self):
+        return len(self.ids)
+
+    def uid(self, i):
+        return "%08x" % self.ids[i]
+
+    def size(self, i):
+        return self.sizes[i]
+
+
 class Mailboxes:
     """Every user's mailbox. Registers itself with the policy so quota checks
-    at RCPT see what is stored. With policy None the store is only read (the
-    `sd export` tool): no registration, no recovery."""
+    at RCPT see what is stored, and with the spool (when given) so mail for
+    one user is written straight into that mailbox. With policy None the
+    store is only read (the `sd export` tool): no registration, no recovery."""
 
     # A provider re-send after a lost 250 comes back with a new spool id but
     # the same Message-ID and body; it is dropped when seen within this time.
@@ -85,20 +120,26 @@ class Mailboxes:
     # A POP3 session lists at most this many (oldest first); the rest show
     # up once those are deleted. Keeps the per-session listing small.
     MAX_LISTED = 300
-    # The hand-off takes this many spool ids at a time (see _batch).
+    # The hand-off takes this many spool ids at a time.
     BATCH = 16
 
-    def __init__(self, root, policy):
+    def __init__(self, root, policy, spool=None):
         self.root = root
         self.policy = policy
+        self.spool = spool
         self.buf = bytearray(_CHUNK)
         self.mv = memoryview(self.buf)
         self._usage = {}
         self._locked = set()
         self._kept = set()  # (id, address) the forward host refused
+        self.waiting = False  # the hand-off stopped for want of room
+        # Records the receiver is still writing: not cut short, not shown.
+        self._drafts = spool._drafts if spool is not None else ()
         if policy is None:
             return
         policy.mailboxes = self
+        if spool is not None:
+            spool.mailboxes = self
         _mkdir(root)
         for user in policy.users:
             _mkdir(self._dir(user))
@@ -107,81 +148,99 @@ class Mailboxes:
     def _dir(self, user):
         return self.root + "/" + user
 
+    home = _dir
+
     def _path(self, user, id):
-        return "%s/%s/%s.msg" % (self.root, user, id)
+        return "%s/%s/%s/%s.m" % (self.root, user, id[:6], id)
 
     # --- the message file --------------------------------------------------
 
-    def _header(self, f):
-        """(id, received, key, header length) from a message file's first
-        line, or None."""
-        n = f.readinto(self.buf)
-        line_end = self.buf.find(b"\n", 0, n)
-        if line_end < 0:
-            return None
-        parts = bytes(self.buf[:line_end]).split(b" ")
-        if len(parts) != 4 or parts[0] != b"ODMB1" or not parts[2].isdigit():
-            return None
-        return parts[1].decode(), int(parts[2]), parts[3].decode(), line_end + 1
-
     def info(self, user, id):
-        """(body offset, body length, received, dedupe key) of a whole
-        message, or None when the file is missing or a partial write."""
+        """(body offset, body length, received, Return-Path line) of a whole
+        message; None when it is missing or was cut short (its header or
+        trailer does not sum right). Raises OSError when it cannot be read."""
         try:
             f = open(self._path(user, id), "rb")
         except OSError:
             return None
-        try:
-            head = self._header(f)
-            if not head or head[0] != id:
+        with f:
+            n = f.readinto(self.buf)
+            e1 = self.buf.find(b"\n", 0, n)
+            e2 = self.buf.find(b"\n", e1 + 1, n)
+            if e1 < 0 or e2 < 0 or self.buf[e1 + 1] != 70:  # "F"
                 return None
+            parts = bytes(self.buf[:e1]).split(b" ")
+            if len(parts) != 4 or parts[0] != _MAGIC or parts[2] != id.encode() or not parts[1].isdigit():
+                return None
+            hlen = int(parts[1])
+            rp = b"Return-Path: <%s>\r\n" % bytes(self.mv[e1 + 3 : e2])
+            got = min(n, hlen)
+            crc = binascii.crc32(self.mv[:got])
+            while got < hlen:
+                k = f.readinto(self.mv[: min(_CHUNK, hlen - got)])
+                if not k:
+                    return None
+                crc = binascii.crc32(self.mv[:k], crc)
+                got += k
             size = f.seek(0, 2)
-            tail = min(size, _TAIL)
-            f.seek(size - tail)
-            n = f.readinto(self.mv[:tail])
-            t = bytes(self.buf[:n])
-            i = t.rfind(b"\0ODME ")
-            if i < 0 or t[-1:] != b"\n":
+            body = size - hlen - _TRAILER
+            if body < 0:
                 return None
-            parts = t[i + 6 : -1].split(b" ")
-            if len(parts) != 2 or parts[1].decode() != id or not parts[0].isdigit():
+            f.seek(size - _TRAILER)
+            f.readinto(self.mv[:_TRAILER])
+            t = b"END2 %s %010d %08x " % (id.encode(), body, crc)
+            if bytes(self.mv[:34]) != t or bytes(self.mv[34:_TRAILER]) != b"%08x\n" % binascii.crc32(t):
                 return None
-            body = int(parts[0])
-            if head[3] + body + (n - i) != size:
-                return None
-            return head[3], body, head[1], head[2]
-        finally:
-            f.close()
-
-    def _write(self, user, id, env, key, spool):
-        ret = ("Return-Path: <%s>\r\n" % env.mail_from).encode()
-        with open(self._path(user, id), "wb") as f:
-            f.write(("ODMB1 %s %d %s\n" % (id, env.received, key or "-")).encode())
-            f.write(ret)
-            n = len(ret)
-            with spool.open(id, env) as body:
-                while True:
-                    k = body.readinto(self.buf)
-                    if not k:
-                        break
-                    f.write(self.mv[:k])
-                    n += k
-            f.write(("\0ODME %d %s\n" % (n, id)).encode())
-            fsync(f)
-            total = f.tell()
-        u = self._usage.get(user)
-        if u:
-            self._usage[user] = (u[0] + 1, u[1] + total)
-        return n
+            return hlen, body, int(parts[3]), rp
 
     def open_body(self, user, id, buf):
-        """BodyLines over a stored message; None if it has gone."""
+        """BodyLines over a stored message (Return-Path first); None if it
+        has gone."""
         info = self.info(user, id)
         if not info:
             return None
         f = open(self._path(user, id), "rb")
         f.seek(info[0])
-        return BodyLines(f, info[1], buf)
+        return BodyLines(f, info[1], buf, info[3])
+
+    # --- routing: the receiver writes mail for one user straight in -----------
+
+    def route(self, rcpts):
+        """(user, 0) when every recipient is local and is one configured
+        user's, none forwarded: the receiver writes the record into that
+        mailbox. Otherwise (None, copies the hand-off will make)."""
+        users = []
+        direct = True
+        for addr, queue in rcpts:
+            user = self.policy.user_for(addr) if queue == "local" else None
+            if user is None or user not in self.policy.users or self.policy.forward_for(addr):
+                direct = False
+            elif user not in users:
+                users.append(user)
+        if direct and len(users) == 1:
+            return users[0], 0
+        return None, len(users)
+
+    def arrived(self, draft):
+        """A record the receiver wrote into draft.owner's mailbox is durable
+        (its 250 goes out next): a provider re-send is dropped, the usage
+        counted. A failed duplicate check keeps the mail (at-least-once)."""
+        user, id = draft.owner, draft.id
+        try:
+            with Body(draft.path, draft.hlen, draft.size) as body:
+                key = self._key(body)
+            if key and not self._first(user, key, id, int(self.spool.clock())):
+                log.info("mailbox: %s for %s is a re-send, dropped" % (id, user))
+                _remove(draft.path)
+                return
+        except OSError as e:
+            log.warn("mailbox: no duplicate check for %s: %r" % (id, e))
+        self._count(user, 1, draft.hlen + draft.size + _TRAILER)
+
+    def _count(self, user, n, size):
+        u = self._usage.get(user)
+        if u:
+            self._usage[user] = (u[0] + n, u[1] + size)
 
     # --- duplicate suppression ----------------------------------------------
     # Key: sha256 over the Message-ID and the body (everything after the
@@ -189,47 +248,58 @@ class Mailboxes:
     # count). Messages without a Message-ID are never suppressed. The index is
     # per user, on the card, in one append-only file per DEDUPE_WINDOW period;
     # a lookup reads this period and the last, older files are deleted. A
-    # record is written before the message file, so after a crash the retry
+    # record is written before a copy is made, so after a crash the retry
     # finds its own record (same id: carry on) and a re-send finds the first
-    # copy's (other id: duplicate).
+    # copy's (other id: duplicate). A record lost in a power cut costs at most
+    # a duplicate, so it is not synced on its own.
 
-    def _key(self, spool, env):
+    def _key(self, body):
         msgid = None
         h = hashlib.sha256()
         in_head = True
-        with spool.open(env.id, env) as body:
+        pending = b""
+        while True:
+            n = body.readinto(self.buf)
+            if not n:
+                break
+            if not in_head:
+                h.update(self.mv[:n])
+                continue
+            data = pending + bytes(self.mv[:n])
             pending = b""
-            while True:
-                n = body.readinto(self.buf)
-                if not n:
+            pos = 0
+            while in_head:
+                i = data.find(b"\n", pos)
+                if i < 0:
+                    pending = data[pos : pos + 1000]
                     break
-                if not in_head:
-                    h.update(self.mv[:n])
-                    continue
-                data = pending + bytes(self.mv[:n])
-                pending = b""
-                pos = 0
-                while in_head:
-                    i = data.find(b"\n", pos)
-                    if i < 0:
-                        pending = data[pos : pos + 1000]
-                        break
-                    line = data[pos:i].rstrip(b"\r")
-                    if not line:
-                        in_head = False
-                        h.update(data[i + 1 :])
-                    elif msgid is None and line[:11].lower() == b"message-id:":
-                        msgid = line[11:].strip()
-                    pos = i + 1
+                line = data[pos:i].rstrip(b"\r")
+                if not line:
+                    in_head = False
+                    h.update(data[i + 1 :])
+                elif msgid is None and line[:11].lower() == b"message-id:":
+                    msgid = line[11:].strip()
+                pos = i + 1
         if not msgid:
             return None
         h.update(b"\0" + msgid)
-        return h.digest()[:16].hex()
+        return binascii.hexlify(h.digest()[:16]).decode()
 
     def _seen_path(self, user, period):
         return "%s/%s/seen.%d" % (self.root, user, period)
 
-    def _seen(self, user, key, id, period):
+    def _first(self, user, key, id, received):
+        """False when key was seen for another id within the window (a
+        re-send); otherwise the key is recorded for id."""
+        period = received // self.DEDUPE_WINDOW
+        first = self._seen(user, key, period)
+        if first and first != id[:30]:
+            return False
+        if not first:
+            self._remember(user, key, id, period)
+        return True
+
+    def _seen(self, user, key, period):
         """The id recorded for key in this or the last period, else None."""
         want = key.encode()
         for p in (period, period - 1):
@@ -238,12 +308,17 @@ class Mailboxes:
             except OSError:
                 continue
             with f:
+                # Eight records a read, searched in C: the window's mail
+                # costs a scan, not a loop of Python steps per record.
                 while True:
-                    n = f.readinto(self.mv[:_REC])
-                    if n < _REC:
+                    n = f.readinto(self.buf)
+                    i = self.buf.find(want, 0, n)
+                    while i >= 0 and i % _REC:
+                        i = self.buf.find(want, i + 1, n)
+                    if i >= 0 and i + _REC <= n and self.buf[i + _REC - 1] == 10:
+                        return bytes(self.mv[i + 33 : i + _REC - 1]).decode().strip()
+                    if n < _CHUNK:
                         break
-                    if self.buf[_REC - 1] == 10 and bytes(self.mv[:32]) == want:
-                        return bytes(self.mv[33 : _REC - 1]).decode().strip()
         return None
 
     def _remember(self, user, key, id, period):
@@ -256,103 +331,39 @@ class Mailboxes:
         with open(path, "r+b" if size >= 0 else "wb") as f:
             f.seek(max(size, 0) - max(size, 0) % _REC)
             f.write(("%s %-30s\n" % (key, id[:30])).encode())
-            fsync(f)
-        for entry in ilistdir(self._dir(user)):
-            name = entry[0]
-            if name[:5] == "seen." and name[5:].isdigit() and int(name[5:]) < period - 1:
-                _remove(self._dir(user) + "/" + name)
+        if size < 0:  # a new period: the files of old ones go
+            with Scan(self._dir(user)) as entries:
+                for entry in entries:
+                    name = entry[0]
+                    if name[:5] == "seen." and name[5:].isdigit() and int(name[5:]) < period - 1:
+                        _remove(self._dir(user) + "/" + name)
 
-    # --- delivery -------------------------------------------------------------
+    # --- the hand-off: what waits in the spool's "local" queue ----------------
 
     def deliver_pending(self, spool):
-        """Moves every message of the spool's "local" queue into mailboxes;
-        returns how many spool messages were completed. Idempotent: safe to
-        call again after a crash at any point. Recipients that map to no user
-        (the config changed since the 250) stay pending in the spool, and so
-        do those with a forward target until gateway.forward has sent them."""
-        count = 0
-        forwards = False
-        after = ""  # ids are sortable by arrival; a pass never looks back
-        while True:
-            batch = self._batch(spool, after)
-            if not batch:
-                break
-            after = batch[-1]
-            for id in batch:
-                n, f = self._deliver_id(spool, id)
-                count += n
-                forwards = forwards or f
-        if forwards:
-            self.policy.forwarder().kick(spool)
-        return count
+        """Copies what waits in the spool's "local" queue into the mailboxes
+        (gateway.handoff); returns how many spool messages were completed.
+        Costs nothing, not even its code, while the spool has had nothing
+        for it since the last pass."""
+        if not len(spool.fresh) and (not spool.rescan or not spool.ids("local", "", 1)):
+            spool.rescan = False
+            return 0
+        from gateway import handoff
 
-    def _batch(self, spool, after):
-        """The next BATCH pending ids after `after`. The spool lists every
-        pending id at once; that list is dropped before any delivery, so a
-        hand-off of 1000 messages never holds it while it writes files."""
-        ids = spool.ids("local")
-        batch = [None] * self.BATCH
-        n = 0
-        for id in ids:
-            if id > after:
-                batch[n] = id
-                n += 1
-                if n == self.BATCH:
-                    break
-        del ids
-        return batch[:n] if n < self.BATCH else batch
-
-    def _deliver_id(self, spool, id):
-        """(1 if the spool record was completed else 0, forwards pending)."""
-        forwards = False
-        env = spool.envelope(id)
-        served = 0
-        left = None  # the local recipients not served here, if any: mostly none,
-        users = []  # so 100 served ones never need a list of their own
-        for addr, queue in env.rcpts:
-            if queue != "local":
-                continue
-            if self.policy.forward_for(addr) and not self.kept_here(id, addr):
-                forwards = True  # gateway.forward's job
-                left = (left or []) + [addr]
-                continue
-            user = self.policy.user_for(addr)
-            if user is None or user not in self.policy.users:
-                log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
-                left = (left or []) + [addr]
-                continue
-            served += 1
-            if user not in users:
-                users.append(user)
-        if not served:
-            return 0, forwards
-        key = self._key(spool, env)
-        for user in users:
-            self._deliver_one(user, id, env, key, spool)
-        spool.done(id, "local", None if left is None else [a for a, q in env.rcpts if q == "local" and a not in left])
-        return 1, forwards
+        rescan = spool.rescan
+        n = handoff.deliver(self, spool)
+        if rescan:  # a boot's or a cycle's pass: its code goes back to the heap
+            drop_modules(("gateway.handoff",))
+        return n
 
     def keep_here(self, id, address):
         """The forward host refused this recipient: deliver to the mailbox."""
         self._kept.add((id, address))
+        if self.spool is not None:
+            self.spool.rescan = True
 
     def kept_here(self, id, address):
         return (id, address) in self._kept
-
-    def _deliver_one(self, user, id, env, key, spool):
-        _mkdir(self._dir(user))
-        if self.info(user, id):
-            return
-        if key:
-            period = env.received // self.DEDUPE_WINDOW
-            first = self._seen(user, key, id, period)
-            if first and first != id[:30]:
-                log.info("mailbox: %s for %s is a re-send of %s, dropped" % (id, user, first))
-                return
-            if not first:
-                self._remember(user, key, id, period)
-        n = self._write(user, id, env, key, spool)
-        log.info("mailbox: %s delivered to %s (%d bytes)" % (id, user, n))
 
     # --- POP3 side ------------------------------------------------------------
 
@@ -366,98 +377,178 @@ class Mailboxes:
     def unlock(self, user):
         self._locked.discard(user)
 
+    def _bits(self, d):
+        """A 256-bit map of the whole-looking records in bucket directory d
+        (drafts being written are left out)."""
+        m = bytearray(32)
+        with Scan(d) as entries:
+            for e in entries:
+                name = e[0]
+                if len(name) == 10 and name[9:] == "m" and name[:8] not in self._drafts:
+                    i = int(name[6:8], 16)
+                    m[i >> 3] |= 1 << (i & 7)
+        return m
+
+    def _each(self, user):
+        """Every record id in user's mailbox, oldest first, one bucket's
+        names at a time (a generator: the caller may stop early, no
+        directory iterator is left open between buckets)."""
+        for b in buckets(self._dir(user)):
+            m = self._bits(self._dir(user) + "/" + b)
+            for i in range(256):
+                if m[i >> 3] & 1 << (i & 7):
+                    yield "%s%02x" % (b, i)
+
     def ids(self, user):
-        """Ids of the message files in a mailbox, oldest first."""
-        ids = []
-        try:
-            for entry in ilistdir(self._dir(user)):
-                name = entry[0]
-                if name[-4:] == ".msg":
-                    ids.append(name[:-4])
-        except OSError:
-            return []
-        ids.sort()
-        return ids
+        """Ids of every message file in a mailbox, oldest first (host tools)."""
+        return list(self._each(user))
 
     def listing(self, user):
-        """[(id, size)] of whole messages, oldest first, at most MAX_LISTED."""
-        out = []
-        for id in self.ids(user):
-            info = self.info(user, id)
+        """A Listing of whole messages, oldest first, at most MAX_LISTED.
+        A record cut short by a power cut is removed here: it never had its
+        250, or the spool still holds it for the hand-off."""
+        out = Listing()
+        for id in self._each(user):
+            try:
+                info = self.info(user, id)
+            except OSError:
+                continue  # unreadable now: not shown, not judged
             if info:
-                out.append((id, info[1]))
+                out.ids.append(int(id, 16))
+                out.sizes.append(len(info[3]) + info[1])
                 if len(out) >= self.MAX_LISTED:
                     break
+            elif id not in self._drafts:
+                log.warn("mailbox: removing %s of %s, cut short" % (id, user))
+                self._unlink(user, id)
         return out
 
-    def expunge(self, user, ids):
-        """POP3 UPDATE: deletes all of ids or, after a crash, none or all of
-        them (never some). The journal is written and made durable first;
-        recover() finishes a whole journal and drops a torn one."""
-        if not ids:
+    def _unlink(self, user, id):
+        path = self._path(user, id)
+        st = _exists(path)
+        if st:
+            _remove(path)
+            self._count(user, -1, -st[6])
+
+    # --- POP3 UPDATE --------------------------------------------------------------
+    # The journal is made with the mailbox, JOURNAL bytes long, and only ever
+    # rewritten in place, so deleting needs no free cluster on a full card:
+    #   "DELE <count:4> <crc32 of the id lines:8>\n" then count "<id>\n" lines.
+    # Its head reads "DELE 0000 ..." when nothing is pending; one that does
+    # not sum right was torn before any removal began.
+
+    JOURNAL = 512 * ((len(_EMPTY) + _ID_LINE * MAX_LISTED) // 512 + 1)
+
+    def _journal(self, user):
+        return self._dir(user) + "/journal"
+
+    def _make_journal(self, user):
+        path = self._journal(user)
+        if _exists(path):
             return
-        path = self._dir(user) + "/dele"
         with open(path, "wb") as f:
-            for id in ids:
-                f.write(id.encode() + b"\n")
-            f.write(b"END\n")
+            f.write(_EMPTY)
+            f.seek(self.JOURNAL - 1)
+            f.write(b"\0")
             fsync(f)
-        self._apply_journal(user, path)
 
-    def _apply_journal(self, user, path):
-        with open(path, "rb") as f:
-            pending = b""
-            while True:
-                n = f.readinto(self.buf)
-                if not n:
-                    break
-                data = pending + bytes(self.mv[:n])
-                lines = data.split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    if line and line != b"END":
-                        _remove(self._path(user, line.decode()))
-        _remove(path)
-        self._usage.pop(user, None)
-
-    def _journal_whole(self, path):
+    def expunge(self, user, ids):
+        """POP3 UPDATE: deletes all of ids (at most MAX_LISTED) or, after a
+        crash, none or all of them (never some). The journal is written and
+        made durable first; recover() finishes a whole journal."""
+        path = self._journal(user)
         try:
-            size = os.stat(path)[6]
+            self._make_journal(user)
         except OSError:
-            return False
-        with open(path, "rb") as f:
-            f.seek(max(0, size - 4))
-            return f.read(4) == b"END\n"
+            _remove(path)  # a journal cut short by a full card is no journal
+            raise
+        crc = n = 0
+        with open(path, "r+b") as f:
+            f.seek(len(_EMPTY))
+            for id in ids:
+                if n == self.MAX_LISTED:
+                    raise ValueError("more deletions than one journal holds")
+                line = id.encode() + b"\n"
+                f.write(line)
+                crc = binascii.crc32(line, crc)
+                n += 1
+            if not n:
+                return
+            f.seek(0)
+            f.write(b"DELE %04d %08x\n" % (n, crc))
+            fsync(f)
+        self._apply_journal(user)
+        if self.waiting and self.spool is not None:
+            self.deliver_pending(self.spool)  # room was freed: the spool goes on
+
+    def _journal_ids(self, f):
+        """The ids of a whole pending journal (a generator over the file)."""
+        head = f.read(len(_EMPTY))
+        if head[:5] != b"DELE " or not head[5:9].isdigit():
+            return
+        n = int(head[5:9])
+        crc = 0
+        f.seek(len(_EMPTY))
+        for _ in range(n):
+            crc = binascii.crc32(f.read(_ID_LINE), crc)
+        if not n or head != b"DELE %04d %08x\n" % (n, crc):
+            return
+        f.seek(len(_EMPTY))
+        for _ in range(n):
+            yield f.read(_ID_LINE)[:8].decode()
+
+    def _apply_journal(self, user):
+        path = self._journal(user)
+        last = None
+        with open(path, "r+b") as f:
+            for id in self._journal_ids(f):
+                self._unlink(user, id)
+                if last and last != id[:6]:
+                    self._prune(user, last)
+                last = id[:6]
+            if last:
+                self._prune(user, last)
+                f.seek(0)
+                f.write(_EMPTY)
+                fsync(f)
+
+    def _prune(self, user, bucket):
+        d = "%s/%s" % (self._dir(user), bucket)
+        if self.spool is not None:
+            self.spool.prune(d)
+        else:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
     def recover(self, user):
-        """At boot: finish or drop an UPDATE journal, remove partial message
-        files (their spool record is still pending, so they are redelivered)."""
-        path = self._dir(user) + "/dele"
-        if _exists(path):
-            if self._journal_whole(path):
-                log.warn("mailbox: finishing an interrupted POP3 update for %s" % user)
-                self._apply_journal(user, path)
-            else:
-                _remove(path)
-        for id in self.ids(user):
-            if not self.info(user, id):
-                log.warn("mailbox: removing partial %s of %s" % (id, user))
-                _remove(self._path(user, id))
+        """At boot: finish an interrupted UPDATE, and make sure the journal's
+        room is taken while there is room. Reads no message."""
+        if _exists(self._journal(user)):
+            self._apply_journal(user)
+        else:
+            try:
+                self._make_journal(user)
+            except OSError as e:
+                _remove(self._journal(user))
+                log.warn("mailbox: no room for the journal of %s yet: %r" % (user, e))
 
     # --- figures ----------------------------------------------------------------
 
     def usage(self, user):
-        """(messages, bytes) stored for user."""
+        """(messages, bytes) stored for user: counted once from the directory
+        entries (no message is opened), then kept up to date."""
         u = self._usage.get(user)
         if u is None:
             n = total = 0
-            try:
-                for entry in ilistdir(self._dir(user)):
-                    if entry[0][-4:] == ".msg":
-                        n += 1
-                        total += os.stat(self._dir(user) + "/" + entry[0])[6]
-            except OSError:
-                pass
+            for b in buckets(self._dir(user)):
+                d = self._dir(user) + "/" + b
+                with Scan(d) as entries:
+                    for e in entries:
+                        if e[0][9:] == "m":
+                            n += 1
+                            total += e[3] if len(e) > 3 else os.stat(d + "/" + e[0])[6]
             u = self._usage[user] = (n, total)
         return u
 
@@ -469,7 +560,5 @@ class Mailboxes:
 
     def users_on_card(self):
         """Every mailbox directory, configured user or not."""
-        try:
-            return sorted(e[0] for e in ilistdir(self.root) if e[1] & 0x4000)
-        except OSError:
-            return []
+        with Scan(self.root) as entries:
+            return sorted(e[0] for e in entries if e[1] & 0x4000)

@@ -84,7 +84,7 @@ class PollCycle:
     async def _flush(self):
         """(error, temporary, summary) of the outbound flush, as plain
         values: nothing of the flush's code is held once it is dropped."""
-        if not self.spool.ids("out"):
+        if not self.spool.ids("out", "", 1):
             return None, False, "nothing to send"
         from gateway.outbound import Outbound
 

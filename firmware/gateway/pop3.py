@@ -31,7 +31,7 @@ class POP3Session:
         self.peer = peer  # the client's IP address
         self.user = None  # set by USER, then confirmed by PASS
         self.box = None  # the locked mailbox's user after login
-        self.msgs = None  # [(id, size)] snapshot taken at login
+        self.msgs = None  # the mailbox's Listing, taken at login
         self.deleted = None
         self.body = bytearray(_BODY)  # taken at connect: no surprise at RETR
         self.errors = 0
@@ -172,13 +172,14 @@ class POP3Session:
         if self.box is None:
             return await self.reply("+OK bye")
         # UPDATE state: the deletions marked in this session happen now.
-        gone = [self.msgs[i][0] for i in range(len(self.msgs)) if self.deleted[i]]
+        gone = sum(self.deleted)
         try:
-            self.mailboxes.expunge(self.box, gone)
+            if gone:
+                self.mailboxes.expunge(self.box, (self.msgs.uid(i) for i in range(len(self.msgs)) if self.deleted[i]))
         except OSError as e:
             log.error("pop3: update for %s failed: %s" % (self.box, e))
             return await self.reply("-ERR [SYS/TEMP] some deleted messages not removed")
-        await self.reply("+OK %d messages deleted, bye" % len(gone))
+        await self.reply("+OK %d messages deleted, bye" % gone)
 
     # --- TRANSACTION state ------------------------------------------------------
 
@@ -196,29 +197,30 @@ class POP3Session:
         for i in range(len(self.msgs)):
             if not self.deleted[i]:
                 n += 1
-                total += self.msgs[i][1]
+                total += self.msgs.sizes[i]
         await self.reply("+OK %d %d" % (n, total))
 
     async def _listing(self, arg, field):
+        """field(i): the size (LIST) or the UIDL of message index i."""
         if arg:
             i = self._msg(arg)
             if i is None:
                 return await self.bad("-ERR no such message")
-            return await self.reply("+OK %d %s" % (i + 1, self.msgs[i][field]))
+            return await self.reply("+OK %d %s" % (i + 1, field(i)))
         self.writer.write(b"+OK\r\n")
         for i in range(len(self.msgs)):
             if not self.deleted[i]:
-                self.writer.write(b"%d %s\r\n" % (i + 1, str(self.msgs[i][field]).encode()))
+                self.writer.write(b"%d %s\r\n" % (i + 1, str(field(i)).encode()))
                 if i % 32 == 31:
                     await self.writer.drain()
         await self.reply(".")
 
     async def pop_list(self, arg):
-        await self._listing(arg, 1)
+        await self._listing(arg, self.msgs.size)
 
     async def pop_uidl(self, arg):
         # The spool id: unique, never reused, the same in every session.
-        await self._listing(arg, 0)
+        await self._listing(arg, self.msgs.uid)
 
     async def pop_retr(self, arg):
         await self._send(arg, -1)
@@ -236,12 +238,12 @@ class POP3Session:
         i = self._msg(arg)
         if i is None:
             return await self.bad("-ERR no such message")
-        src = self.mailboxes.open_body(self.box, self.msgs[i][0], self.body)
+        src = self.mailboxes.open_body(self.box, self.msgs.uid(i), self.body)
         if src is None:
             return await self.reply("-ERR [SYS/TEMP] message vanished from the card")
         w = self.writer
         try:
-            w.write(b"+OK %d octets\r\n" % self.msgs[i][1])
+            w.write(b"+OK %d octets\r\n" % self.msgs.sizes[i])
             in_head = True
             unsent = 0
             last = 10

@@ -24,14 +24,21 @@
 # which keeps every FAT directory scan short. This module writes; recovery,
 # listing and reading are in spoolread, imported when first needed, so a
 # receiver that only writes does not carry them in its heap.
+#
+# A message for exactly one mailbox is written as this same record straight
+# into that mailbox (Mailboxes.route): it is stored once, and its commit is
+# the delivery. Boot proves nothing record by record: a record is judged
+# (trailer, header sum) when it is first listed, and one cut short is
+# removed then, so boot time does not grow with the mail held.
 import binascii
 import os
 import time
+from array import array
 
-from gateway.compat import const, fsync
+from gateway.compat import const, fsync, ilistdir
 
 _MAGIC = b"ODMRGW1"
-_RESERVE = const(64)  # ids reserved per write of the seq file
+_RESERVE = const(256)  # ids reserved per write of the seq file (a sync each)
 _SLOT = const(512)  # one seq slot per sector: a torn write spoils only one
 _QUEUES = ("local", "out")
 _LETTERS = "lo"  # a file's extension: the letters of its queues, in this order
@@ -55,10 +62,74 @@ def _remove(path):
         pass
 
 
+class Scan:
+    """`with Scan(path) as entries:` os.ilistdir that always runs to its end.
+    An unfinished VfsFat iterator is closed by its finaliser at some later
+    collection, which may come after the card was unmounted: f_closedir on
+    a volume that is gone crashed the 32-bit build. A directory that is
+    missing or fails to read lists as empty, or ends there."""
+
+    def __init__(self, path):
+        try:
+            self._it = ilistdir(path)
+        except OSError:
+            self._it = iter(())
+
+    def __enter__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except OSError:
+            self._it = iter(())
+            raise StopIteration
+
+    def __exit__(self, *exc):
+        for _ in self:
+            pass
+        return False
+
+
+def buckets(root):
+    """The bucket directories under root, oldest first (a few dozen names
+    at 10,000 messages)."""
+    with Scan(root) as entries:
+        return sorted(e[0] for e in entries if e[1] & 0x4000 and len(e[0]) == 6)
+
+
+class Body:
+    """Exactly the message bytes of a committed record."""
+
+    def __init__(self, path, start, size):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self.left = size
+
+    def readinto(self, buf):
+        n = min(len(buf), self.left)
+        if n > 0:
+            n = self._f.readinto(memoryview(buf)[:n])
+            self.left -= n
+        return n
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class Draft:
     """A message being received. Nothing of it is visible until commit()."""
 
-    def __init__(self, spool, id, path, header):
+    def __init__(self, spool, id, path, header, copies=0, owner=None, floor=None):
         """header yields the header's lines; each is written and summed as
         it comes, so no line list or joined copy is ever held (100
         recipients make 2.5 KB, a block a cut-up heap may not have)."""
@@ -66,13 +137,19 @@ class Draft:
         self.id = id
         self.path = path
         self.size = 0
-        self.hcrc = 0
+        self.hcrc = self.hlen = 0
+        # The hand-off will copy the message this many times: the receiver
+        # keeps that room free too, so it never accepts what it cannot deliver.
+        self.copies = copies
+        self.owner = owner  # the mailbox user of a record written straight there
+        self.floor = spool.min_free if floor is None else floor
         self._check_at = spool.check_every
         self._f = open(path, "wb")
         try:
             for line in header:
                 self._f.write(line)
                 self.hcrc = binascii.crc32(line, self.hcrc)
+                self.hlen += len(line)
         except OSError:
             self.abort()
             raise
@@ -82,7 +159,7 @@ class Draft:
         self.size += len(buf)
         if self.size >= self._check_at:
             self._check_at = self.size + self.spool.check_every
-            if self.spool.free_bytes() < self.spool.min_free:
+            if self.spool.free_bytes() < self.floor + self.copies * self.size + self.spool.owed:
                 raise SpoolFull("card full while receiving")
 
     def commit(self):
@@ -94,6 +171,15 @@ class Draft:
         self._f.close()
         self._f = None
         self.spool._drafts.discard(self.id)
+        if self.owner:
+            self.spool.mailboxes.arrived(self)
+        elif self.path[-2:] != ".o":
+            sp = self.spool
+            if len(sp.fresh) < sp.FRESH:
+                sp.fresh.append(int(self.id, 16))
+            else:
+                sp.rescan = True
+            sp.owed += self.copies * self.size
         return self.id
 
     def abort(self):
@@ -109,9 +195,11 @@ class Draft:
 
 class Spool:
     min_free = 256 * 1024  # below this the receiver answers 452 4.3.1
+    reserve = 32 * 1024  # the hand-off's own floor: what journals and the log keep
     size_factor = 1.5  # MAIL with SIZE=n needs n * this free (Postfix's rule)
     check_every = 64 * 1024  # re-check free space every so many body bytes
     verify = True  # recover() checks the body checksums of older END1 records
+    FRESH = 64  # committed ids the hand-off is told of; past that it scans
 
     def __init__(self, root, clock=None):
         self.root = root
@@ -120,7 +208,17 @@ class Spool:
         self._limit = 0  # ids below this are reserved in the seq file
         self._slot = 0
         self._drafts = set()
-        self._made = None  # the bucket directory known to exist
+        self._made = set()  # bucket directories known to exist
+        self.mailboxes = None  # set by Mailboxes(..., spool): routes mail for one user
+        # What the hand-off must look at: the "local" records committed since
+        # its last pass (a few ids), or, with rescan, the whole queue (at
+        # boot, and when it left something behind). A LAN message that went
+        # straight to its mailbox costs no spool scan at all.
+        self.fresh = array("I")  # ids as numbers: no string kept per message
+        self.rescan = True
+        # Bytes the hand-off still has to copy for what was accepted: room
+        # the receiver may not give to new mail.
+        self.owed = 0
 
     # --- ids: 8 hex digits from a counter, so sortable and never reused ------
     def _new_id(self):
@@ -171,16 +269,29 @@ class Spool:
 
     # --- the reading side (spoolread) -----------------------------------------
     def recover(self):
-        """At boot: removes every record that is not a whole committed
-        message, and progress files without a message. -> (kept, removed)"""
+        """A sweep of the whole card (host tools, tests): removes every record
+        that is not a whole committed message, and progress files without a
+        message. -> (kept, removed). The box itself boots with start()."""
         from gateway import spoolread
 
         return spoolread.recover(self)
 
-    def ids(self, queue):
+    def start(self):
+        """At boot: only the spool directory. Records are judged when first
+        listed, so this costs the same at 10,000 messages as at none."""
+        if not _exists(self.root):
+            try:
+                os.mkdir(self.root)
+            except OSError:
+                pass  # a full card: made with the first message there is room for
+        self._made = set()
+
+    def ids(self, queue, after="", limit=0):
+        """Ids of whole records with `queue` pending, oldest first: those
+        after `after`, at most `limit` of them (0: all)."""
         from gateway import spoolread
 
-        return spoolread.ids(self, queue)
+        return spoolread.ids(self, queue, after, limit)
 
     def envelope(self, id):
         from gateway import spoolread
@@ -198,14 +309,17 @@ class Spool:
         """The message bytes of record id. A caller holding its envelope
         passes it: records are write-once, so path and sizes still hold, and
         the header is not found and parsed again."""
-        from gateway import spoolread
-
         if env is None:
+            from gateway import spoolread
+
             env = spoolread.Envelope(spoolread.path(self, id))
-        return spoolread.Body(env.path, env.hlen, env.size)
+        return Body(env.path, env.hlen, env.size)
 
     def counts(self):
-        return {q: len(self.ids(q)) for q in _QUEUES}
+        """{queue: records} from the names alone: no record is opened."""
+        from gateway import spoolread
+
+        return spoolread.counts(self)
 
     def done(self, id, queue, addresses=None):
         from gateway import spoolread
@@ -227,35 +341,58 @@ class Spool:
     # --- writing ---------------------------------------------------------------
     def room(self, size=0):
         """Whether a message of `size` bytes (0 = not declared) may start."""
-        return self.free_bytes() >= max(self.min_free, int(size * self.size_factor))
+        return self.free_bytes() >= max(self.min_free, int(size * self.size_factor)) + self.owed
+
+    def prune(self, d):
+        """Removes bucket directory d if it is empty."""
+        try:
+            os.rmdir(d)
+            self._made.discard(d)
+        except OSError:
+            pass  # not empty yet
+
+    def bucket(self, home, id):
+        """The bucket directory of id under home, made if need be."""
+        d = "%s/%s" % (home, id[:6])
+        if d not in self._made:  # a stat per message costs time and heap
+            if not _exists(d):
+                os.mkdir(d)
+            if len(self._made) > 8:
+                self._made = set()
+            self._made.add(d)
+        return d
 
     def begin(self, mail_from, rcpts, size=0):
         if not self.room(size):
             raise SpoolFull("card full")
         ext = ""
-        rest = len(mail_from.encode()) + 3  # "F <from>\n"
         for addr, q in rcpts:
             letter = _letter(q)
             if letter not in ext:
                 ext = "lo" if ext else letter
-            rest += len(addr.encode()) + 5  # "R <q> <rcpt>\n"
         if not ext:
             raise ValueError("no recipients")
+        # Mail for one mailbox goes straight there; otherwise the hand-off
+        # makes `copies` of it later, and the room for them is kept now.
+        owner, copies = self.mailboxes.route(rcpts) if self.mailboxes else (None, 0)
         id = self._new_id()
-        d = "%s/%s" % (self.root, id[:6])
-        if d != self._made:  # a stat per message costs time and heap
-            if not _exists(d):
-                os.mkdir(d)
-            self._made = d
-        now = int(self.clock())
-        # Line one has a fixed-width length field, so its own length is known.
-        first = len(b"%s %06d %s %d\n" % (_MAGIC, 0, id.encode(), now))
+        d = self.bucket(self.mailboxes.home(owner) if owner else self.root, id)
+        header = record_header(id, int(self.clock()), mail_from, rcpts)
         self._drafts.add(id)
         try:
-            return Draft(self, id, "%s/%s.%s" % (d, id, ext), _header(id, now, first + rest, mail_from, rcpts))
+            return Draft(self, id, "%s/%s.%s" % (d, id, "m" if owner else ext), header, copies, owner)
         except OSError:
             self._drafts.discard(id)
             raise
+
+
+def record_header(id, received, mail_from, rcpts):
+    """A record's header, line by line (see Draft)."""
+    # Line one has a fixed-width length field, so its own length is known.
+    hlen = len(b"%s %06d %s %d\n" % (_MAGIC, 0, id.encode(), received)) + len(mail_from.encode()) + 3
+    for addr, q in rcpts:
+        hlen += len(addr.encode()) + 5  # "R <q> <rcpt>\n"
+    return _header(id, received, hlen, mail_from, rcpts)
 
 
 def _header(id, now, hlen, mail_from, rcpts):

@@ -6,8 +6,8 @@ import binascii
 import os
 from errno import ENOENT
 
-from gateway.compat import const, ilistdir
-from gateway.spool import _LETTERS, _MAGIC, _QUEUES, _exists, _remove
+from gateway.compat import const
+from gateway.spool import _LETTERS, _MAGIC, _QUEUES, Scan, _exists, _letter, _remove, buckets
 
 _TRAILER = const(43)  # len(b"END2 %s %010d %08x %08x\n") with an 8-digit id (Draft.commit)
 
@@ -61,31 +61,6 @@ class Envelope:
         return [r for i, r in enumerate(self.rcpts) if i not in self.done and (queue is None or r[1] == queue)]
 
 
-class Body:
-    """Exactly the message bytes of a committed record."""
-
-    def __init__(self, path, start, size):
-        self._f = open(path, "rb")
-        self._f.seek(start)
-        self.left = size
-
-    def readinto(self, buf):
-        n = min(len(buf), self.left)
-        if n > 0:
-            n = self._f.readinto(memoryview(buf)[:n])
-            self.left -= n
-        return n
-
-    def close(self):
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 # --- listing ---------------------------------------------------------------
 def path(sp, id):
     base = "%s/%s/%s." % (sp.root, id[:6], id)
@@ -99,35 +74,34 @@ def path(sp, id):
     raise KeyError(id)
 
 
-def buckets(sp):
-    try:
-        return sorted(e[0] for e in ilistdir(sp.root) if e[1] & 0x4000 and len(e[0]) == 6)
-    except OSError:
-        return []
-
-
 def bits(sp, bucket, letters, queue=None):
     """A 256-bit map of the ids in a bucket whose record is in one of
     `letters`' queues (and has `queue` pending): sorting by bit costs no
     list of names, which a bucket of 256 would need on a small heap."""
     out = bytearray(32)
-    for e in ilistdir(sp.root + "/" + bucket):
-        name = e[0]
-        ext = name[9:]
-        if not ext or ext == "d" or not (letters in ext or ext in letters) or name[:8] in sp._drafts:
-            continue
-        # A single-queue record exists only while something in it is
-        # pending; a mixed one needs a look at its progress.
-        if queue and len(ext) > 1 and not Envelope("%s/%s/%s" % (sp.root, bucket, name)).pending(queue):
-            continue
-        i = int(name[6:8], 16)
-        out[i >> 3] |= 1 << (i & 7)
+    with Scan(sp.root + "/" + bucket) as entries:
+        for e in entries:
+            name = e[0]
+            ext = name[9:]
+            if not ext or ext == "d" or not (letters in ext or ext in letters) or name[:8] in sp._drafts:
+                continue
+            # A single-queue record exists only while something in it is
+            # pending; a mixed one needs a look at its progress (a header
+            # too damaged to tell is listed, and judged by ids()).
+            if queue and len(ext) > 1:
+                try:
+                    if not Envelope("%s/%s/%s" % (sp.root, bucket, name)).pending(queue):
+                        continue
+                except (OSError, ValueError, IndexError):
+                    pass
+            i = int(name[6:8], 16)
+            out[i >> 3] |= 1 << (i & 7)
     return out
 
 
 def highest(sp):
-    """The largest id on the card, in case the seq file was lost."""
-    for b in reversed(buckets(sp)):
+    """The largest id in the spool, in case the seq file was lost."""
+    for b in reversed(buckets(sp.root)):
         m = bits(sp, b, "lo")
         for i in range(255, -1, -1):
             if m[i >> 3] & 1 << (i & 7):
@@ -135,12 +109,33 @@ def highest(sp):
     return 0
 
 
-def ids(sp, queue):
-    i = _QUEUES.index(queue)
-    letter = _LETTERS[i : i + 1]
-    maps = [(b, bits(sp, b, letter, queue)) for b in buckets(sp)]
-    # Sized once: a list grown id by id would cut up a small heap.
-    out = [None] * sum(bin(x).count("1") for _, m in maps for x in m)
+def counts(sp):
+    out = {}
+    for q in _QUEUES:
+        out[q] = 0
+        for b in buckets(sp.root):
+            out[q] += sum(bin(x).count("1") for x in bits(sp, b, _letter(q), q))
+    return out
+
+
+def ids(sp, queue, after="", limit=0):
+    """Whole records only: each listed record is judged here (header sum
+    and trailer, no body), and one cut short by a power cut is removed."""
+    letter = _letter(queue)
+    maps = [(b, bits(sp, b, letter, queue)) for b in buckets(sp.root) if b >= after[:6]]
+    # First judged, then listed: the names are made in one run, not strewn
+    # among the judging's garbage (a small heap would be cut up by them).
+    n = 0
+    buf = memoryview(bytearray(512))
+    for b, m in maps:
+        for i in range(256):
+            if not m[i >> 3] & 1 << (i & 7):
+                continue
+            if limit and n == limit or "%s%02x" % (b, i) <= after or not _whole(sp, "%s%02x" % (b, i), buf):
+                m[i >> 3] &= ~(1 << (i & 7))
+            else:
+                n += 1
+    out = [None] * n
     n = 0
     for b, m in maps:
         for i in range(256):
@@ -148,6 +143,20 @@ def ids(sp, queue):
                 out[n] = "%s%02x" % (b, i)
                 n += 1
     return out
+
+
+def _whole(sp, id, buf):
+    """Removes the record if it was cut short. A read error is no proof of
+    a cut: the record is left for another look."""
+    try:
+        p = path(sp, id)
+        if _valid(sp, p, buf, False):
+            return True
+    except (KeyError, OSError):
+        return False
+    _remove(p)
+    _remove(p[: p.rfind(".")] + ".d")
+    return False
 
 
 # --- progress --------------------------------------------------------------
@@ -171,11 +180,7 @@ def done(sp, id, queue, addresses=None):
         os.remove(p)
         _remove(dpath)
         if sp._next is None or id[:6] != ("%08x" % sp._next)[:6]:
-            try:
-                os.rmdir(p[: p.rfind("/")])
-                sp._made = None
-            except OSError:
-                pass  # not empty yet
+            sp.prune(p[: p.rfind("/")])
         return
     from gateway.compat import fsync
 
@@ -185,40 +190,38 @@ def done(sp, id, queue, addresses=None):
         fsync(f)
 
 
-# --- boot ------------------------------------------------------------------
+# --- the sweep (host tools, tests) -----------------------------------------
 def recover(sp):
     """Removes every record that is not a whole committed message, and
     progress files without a message. Returns (kept, removed)."""
     if not _exists(sp.root):
         os.mkdir(sp.root)
     kept = removed = top = 0
-    sp._made = None
+    sp._made = set()
     buf = memoryview(bytearray(512))
-    for b in buckets(sp):
+    for b in buckets(sp.root):
         d = sp.root + "/" + b
         # No list of names: a bucket of 256 would not fit a small heap.
-        for e in ilistdir(d):
-            name = e[0]
-            p = d + "/" + name
-            try:
-                top = max(top, int(name[:8], 16))
-            except ValueError:
-                pass
-            if name[9:] == "d":
+        with Scan(d) as entries:
+            for e in entries:
+                name = e[0]
+                p = d + "/" + name
                 try:
-                    path(sp, name[:8])
-                except KeyError:
-                    _remove(p)  # the progress of a message already gone
-            elif _valid(sp, p, buf):
-                kept += 1
-            else:
-                _remove(p)
-                _remove(p[: p.rfind(".")] + ".d")
-                removed += 1
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass  # not empty
+                    top = max(top, int(name[:8], 16))
+                except ValueError:
+                    pass
+                if name[9:] == "d":
+                    try:
+                        path(sp, name[:8])
+                    except KeyError:
+                        _remove(p)  # the progress of a message already gone
+                elif _valid(sp, p, buf, sp.verify, True):
+                    kept += 1
+                else:
+                    _remove(p)
+                    _remove(p[: p.rfind(".")] + ".d")
+                    removed += 1
+        sp.prune(d)
     # The next id: past the seq file's reservation and, should that file be
     # lost or damaged, past every id on the card.
     sp._next = max(sp._seq(None), top + 1)
@@ -226,10 +229,12 @@ def recover(sp):
     return kept, removed
 
 
-def _valid(sp, path, buf):
+def _valid(sp, path, buf, bodies, unread=None):
     """A whole committed record: its header parses and sums right, and at
     the end of the length the directory entry gives stands the trailer that
-    names this id, body length and header sum, with its own sum right."""
+    names this id, body length and header sum, with its own sum right.
+    `bodies`: an older END1 record's body is summed too. A read error is no
+    proof of a cut: it raises, or with `unread` given returns that."""
     try:
         env = Envelope(path)
         if env.size < 0 or not env.pending():
@@ -246,12 +251,16 @@ def _valid(sp, path, buf):
             if t[:5] != b"END1 ":
                 return False
             # Older firmware's record: the trailer ends in the body's sum.
-            if not sp.verify:
+            if not bodies:
                 return True
             f.seek(env.hlen)
             return int(t[34:42], 16) == _crc(f, buf, env.size)
-    except (OSError, ValueError, KeyError, IndexError):
+    except (ValueError, KeyError, IndexError):
         return False
+    except OSError:
+        if unread is None:
+            raise
+        return unread
 
 
 def _crc(f, buf, n):

@@ -12,7 +12,7 @@ from gateway.spool import Spool
 
 # One process holds the LAN listener, the internal host it forwards to, and
 # the test's client, all on one card.
-MICROPYTHON_HEAP = "128k"
+MICROPYTHON_HEAP = "144k"
 
 BODY = b"Subject: fw\r\nMessage-ID: <fw@example.test>\r\n\r\n.leading dot\r\n..two\r\nend\r\n"
 

@@ -9,7 +9,7 @@ from test_odmr import CHALLENGE, Provider
 
 # One process holds the scripted smarthost as well as the box (client, dsn,
 # policy, spool as .mpy); the bounce tests also build DSNs on the same card.
-MICROPYTHON_HEAP = "192k"
+MICROPYTHON_HEAP = "208k"
 MICROPYTHON_HEAPS = {"test_each_recipient_leaves_only_on_its_250_and_5xx_bounces_to_the_sender": "256k"}
 
 CFG = {

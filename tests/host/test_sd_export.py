@@ -27,7 +27,7 @@ for i in range(int(sys.argv[2])):
     d.write(b"Subject: n%d\\r\\nMessage-ID: <e%d@x>\\r\\n\\r\\n.dot line\\r\\nbody %d\\r\\n" % (i, i, i))
     d.commit()
 boxes.deliver_pending(spool)
-boxes.expunge("alice", [boxes.listing("alice")[0][0]])
+boxes.expunge("alice", [boxes.listing("alice").uid(0)])
 board.umount_sd()
 """
 
