@@ -125,10 +125,16 @@ def cross_compile(src, dst, march=None, name=None):
     return subprocess.run(cmd + [str(src)], capture_output=True, text=True)
 
 
+# What only CPython imports (the tests' and host tools' stand-ins): never
+# compiled for, deployed to or imported on a board.
+CPYTHON_ONLY = ("compat_cpython.py",)
+
+
 def gateway_sources():
     """[(source, its .mpy path relative to the firmware root)] of every
-    module in firmware/gateway, sorted."""
-    return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))]
+    module in firmware/gateway that runs on the box, sorted."""
+    return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))
+            if p.name not in CPYTHON_ONLY]
 
 
 def package_json():

@@ -28,7 +28,9 @@ def test_ehlo_with_bare_cr_gets_501_and_writes_nothing_into_the_received_line():
         await c.close()
 
     attack(office, script)
-    (id, _), = office.boxes.listing("alice")
+    listing = office.boxes.listing("alice")
+    assert len(listing) == 1
+    id = listing.uid(0)
     src = office.boxes.open_body("alice", id, bytearray(512))
     stored = b""
     while True:
