@@ -151,9 +151,14 @@ def test_gateway_killed_mid_pull_loses_nothing(setup, firmware_mpy):
     r = setup.once(firmware_mpy)
     assert r.returncode == 0, r.stdout + r.stderr
     assert setup.queued() == 0
-    # Every message is there; one the relay re-sent after a lost 250 is
-    # recognised by the mailbox's duplicate check.
-    assert _subjects(setup.mailbox()) == list(range(150))
+    # Every message is there, and a re-send is dropped by the mailbox's
+    # duplicate check once that check's record is on the card. A kill between
+    # the message's commit and that record (before the 250) may let the one
+    # message in flight through twice: at-least-once, never a loss
+    # (docs/store.md).
+    got = _subjects(setup.mailbox())
+    assert sorted(set(got)) == list(range(150))
+    assert len(got) - 150 <= 1, [s for s in set(got) if got.count(s) > 1]
 
 
 def test_smallest_heap_for_a_pull(tmp_path, firmware_mpy):
