@@ -62,19 +62,19 @@ def _deliver_id(self, spool, id):
     forwards = False
     env = spool.envelope(id)
     served = 0
-    left = None  # the local recipients not served here, if any: mostly none,
-    users = {}  # so 100 served ones never need a list of their own; user -> its first address
+    left = []  # the local recipients not served here: mostly none, so 100 served ones need no list
+    users = {}  # user -> its first address
     for addr, queue in env.rcpts:
         if queue != "local":
             continue
         if self.policy.forward_for(addr) and not self.kept_here(id, addr):
             forwards = True  # gateway.forward's job
-            left = (left or []) + [addr]
+            left.append(addr)
             continue
         user = self.policy.user_for(addr)
         if user is None or user not in self.policy.users:
             log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
-            left = (left or []) + [addr]
+            left.append(addr)
             spool.rescan = True  # looked at again once the config changes
             continue
         served += 1
@@ -85,7 +85,7 @@ def _deliver_id(self, spool, id):
         key = self._key(body)
     for user in users:
         _copy(self, user, users[user], env, key, spool)
-    spool.done(id, "local", None if left is None else [a for a, q in env.rcpts if q == "local" and a not in left])
+    spool.done(id, "local", [a for a, q in env.rcpts if q == "local" and a not in left] if left else None)
     spool.owed = max(0, spool.owed - len(users) * env.size)
     return 1, forwards
 
