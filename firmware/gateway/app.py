@@ -30,7 +30,7 @@ class App:
         from gateway.logring import LogRing
 
         self.ring = LogRing(self.board.sd_root + "/" + self.LOG_FILE)
-        log.attach(self.ring.write, self.board.now)
+        log.attach(self.ring.write, self.board.now, self.ring.flush)
 
     def open_card(self):
         """Spool and mailboxes, at a cost that does not grow with the mail
@@ -119,6 +119,8 @@ class App:
 
         while True:
             self.board.feed_watchdog()
+            if self.ring:
+                self.ring.flush()  # info lines reach the card within a period
             await asyncio.sleep(self.WATCHDOG_PERIOD)
 
     def _delivered(self, *args):

@@ -8,18 +8,20 @@
 # such as failed logins, out of the ring. Once a clock is attached, every
 # line written starts with its UTC time (ISO 8601).
 HELD = 1000  # identical lines summarised in one at most
-_sink = [None, None]  # the sink, and the clock for the time stamps
+_sink = [None, None, None]  # the sink, the clock for the time stamps, the sink's flush
 _last = [None, 0]  # the last line written, and its copies held back since
 
 
-def attach(sink, clock=None):
+def attach(sink, clock=None, flush=None):
     """sink(line) is called for every line; clock() gives unix seconds for
-    the time stamp. None detaches. The old sink gets its summary first, and
-    the new one sees the next line whole."""
+    the time stamp; flush() is called after each warning or error, so the
+    line that explains a crash is on the card. None detaches. The old sink
+    gets its summary first, and the new one sees the next line whole."""
     _summarise()
     _last[0] = None
     _sink[0] = sink
     _sink[1] = clock
+    _sink[2] = flush
 
 
 def _write(line):
@@ -46,6 +48,8 @@ def _emit(level, msg):
     _summarise()
     _last[0] = line
     _write(line)
+    if level != "I" and _sink[2]:
+        _sink[2]()
 
 
 def info(msg):

@@ -1,7 +1,13 @@
 # The log on the card, capped in size: lines go to <path>; when it passes half
 # the cap it becomes <path>.1 (replacing the older half) and a fresh file
 # starts. So the card never holds more than `size` bytes of log, and the last
-# half of that is always there to read. Attach with gateway.log.attach(ring.write).
+# half of that is always there to read.
+#
+# A line is written at once but synced to the card only by flush(): the app
+# flushes every few seconds, and gateway.log flushes after every warning or
+# error. A sync per line was one of the two a LAN message cost; a power cut
+# now loses at most a few seconds of info lines, never the line that says
+# what went wrong. Attach with gateway.log.attach(ring.write, clock, ring.flush).
 import os
 
 
@@ -15,6 +21,7 @@ class LogRing:
         self.half = size // 2
         self._f = None
         self._len = 0
+        self._dirty = False
 
     def write(self, line):
         try:
@@ -23,13 +30,21 @@ class LogRing:
                 self._len = self._f.seek(0, 2)
             self._len += self._f.write(line)
             self._len += self._f.write("\n")
-            self._f.flush()
+            self._dirty = True
             if self._len >= self.half:
                 self._rotate()
         except OSError:
             # A full or missing card must never stop the gateway from logging
             # to the console; the next line tries again.
             self.close()
+
+    def flush(self):
+        if self._dirty and self._f:
+            self._dirty = False
+            try:
+                self._f.flush()
+            except OSError:
+                self.close()
 
     def _rotate(self):
         self.close()
@@ -40,15 +55,18 @@ class LogRing:
         os.rename(self.path, self.old)
 
     def close(self):
+        self._dirty = False
         if self._f:
             f, self._f = self._f, None
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def tail(self, n):
         """The last n lines (at most MAX_TAIL), oldest first. Reads line by
         line, keeping only n: no big buffer on a fragmented heap."""
-        if self._f:
-            self._f.flush()
+        self.flush()
         n = min(n, self.MAX_TAIL)
         keep = []
         for path in (self.old, self.path):

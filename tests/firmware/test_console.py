@@ -3,6 +3,7 @@
 import json
 import os
 
+import support
 from support import raises, run, tmpdir, ScriptedStream
 from gateway import config, log
 from gateway.app import App
@@ -154,6 +155,36 @@ def test_log_ring_stays_within_its_cap():
     tail = ring.tail(5)
     assert tail == ["message number %d" % i for i in range(495, 500)]
     assert ring.tail(1000)[0].startswith("message number")
+
+
+def test_info_lines_wait_for_the_flush_and_a_warning_is_synced_at_once():
+    # A sync per log line was one of the two a LAN message cost (issue 16).
+    support.needs_micropython()
+    card = support.Card()
+    dev = card.board.dev
+    ring = LogRing(card.root + "/log.txt")
+    log.attach(ring.write, None, ring.flush)
+    try:
+        before = dev.syncs
+        for i in range(20):
+            log.info("delivered %d" % i)
+        assert dev.syncs == before, "an info line synced the card"
+        log.warn("relay refused the login")
+        assert dev.syncs == before + 1
+        log.info("one more")
+        ring.flush()
+        ring.flush()  # nothing new: no second sync
+        assert dev.syncs == before + 2
+    finally:
+        log.attach(None)
+        ring.close()
+    # Power off and on: the warning and what was flushed are on the card.
+    card = card.remount()
+    try:
+        lines = LogRing(card.root + "/log.txt").tail(3)
+        assert lines == ["I delivered 19", "W relay refused the login", "I one more"], lines
+    finally:
+        card.unmount()
 
 
 def test_typed_line_runs_and_ctrl_c_hands_over_to_the_repl():
