@@ -30,12 +30,14 @@ class FileBlockDev:
         self._f.seek(0, 2)
         self.blocks = self._f.tell() // _BLOCK
         self.block_writes = 0
+        self.block_reads = 0
         self.syncs = 0  # FatFs f_sync calls: what the bench counts as fsyncs
         self.cut_after = cut_after
         self.tear = tear
         self.cut = False
 
     def readblocks(self, n, buf):
+        self.block_reads += len(buf) // _BLOCK
         self._f.seek(n * _BLOCK)
         got = self._f.readinto(buf)
         if got != len(buf):

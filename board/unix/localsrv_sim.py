@@ -64,6 +64,7 @@ def main(cfg_path, image, delay=None):
     try:
         asyncio.run(run())
     finally:
+        boxes.flush()
         board.umount_sd()
 
 

@@ -119,8 +119,7 @@ class App:
 
         while True:
             self.board.feed_watchdog()
-            if self.ring:
-                self.ring.flush()  # info lines reach the card within a period
+            self.flush()
             await asyncio.sleep(self.WATCHDOG_PERIOD)
 
     def _delivered(self, *args):
@@ -131,10 +130,20 @@ class App:
         if self.scheduler:
             self.scheduler.poke()
 
+    def flush(self):
+        """What waits in RAM for the card, written every watchdog period: log
+        lines and duplicate-index records (lost to a power cut, they cost at
+        most a few seconds of log and a duplicate, never a message)."""
+        if self.ring:
+            self.ring.flush()
+        if self.mailboxes:
+            self.mailboxes.flush()
+
     def close(self):
         for server in self.servers:
             server.close()
         self.servers = []
+        self.flush()
         if self.ring:
             log.attach(None)
             self.ring.close()

@@ -6,7 +6,7 @@
 #                            directory scan grows with the mailbox. <id> is
 #                            the spool id, which is also the POP3 UIDL
 #                            (unique, never reused, stable across boots)
-#   <user>/seen.<n>          duplicate index for period n (fixed 64-byte records)
+#   <user>/seen              duplicate index, a table of fixed slots (gateway.dedupe)
 #   <user>/journal           POP3 UPDATE journal, made with the mailbox and
 #                            rewritten in place: a full card still has its room
 #
@@ -22,16 +22,14 @@
 # nothing doubled. Boot reads no message: a record is judged when a POP3
 # listing first reaches it, and one cut short by a power cut is removed then.
 import binascii
-import hashlib
 import os
 from array import array
 
-from gateway import log
+from gateway import dedupe, log
 from gateway.compat import const, drop_modules, fsync
 from gateway.spool import _MAGIC, Body, Scan, _exists, _remove, buckets
 
 _CHUNK = const(512)
-_REC = const(64)  # one seen record: 32 hex key, space, id padded to 30, LF
 _TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 _ID_LINE = const(9)  # one journal line: 8 hex digits and LF
 _EMPTY = b"DELE 0000 00000000\n"  # the journal's head when nothing is pending
@@ -114,9 +112,6 @@ class Mailboxes:
     one user is written straight into that mailbox. With policy None the
     store is only read (the `sd export` tool): no registration, no recovery."""
 
-    # A provider re-send after a lost 250 comes back with a new spool id but
-    # the same Message-ID and body; it is dropped when seen within this time.
-    DEDUPE_WINDOW = 2 * 86400
     # A POP3 session lists at most this many (oldest first); the rest show
     # up once those are deleted. Keeps the per-session listing small.
     MAX_LISTED = 300
@@ -129,6 +124,7 @@ class Mailboxes:
         self.spool = spool
         self.buf = bytearray(_CHUNK)
         self.mv = memoryview(self.buf)
+        self.seen = dedupe.Seen(self.buf)
         self._usage = {}
         self._locked = set()
         self._kept = set()  # (id, address) the forward host refused
@@ -242,101 +238,18 @@ class Mailboxes:
         if u:
             self._usage[user] = (u[0] + n, u[1] + size)
 
-    # --- duplicate suppression ----------------------------------------------
-    # Key: sha256 over the Message-ID and the body (everything after the
-    # header block, so our own Received: line, new on each re-send, does not
-    # count). Messages without a Message-ID are never suppressed. The index is
-    # per user, on the card, in one append-only file per DEDUPE_WINDOW period;
-    # a lookup reads this period and the last, older files are deleted. A
-    # record is written before a copy is made, so after a crash the retry
-    # finds its own record (same id: carry on) and a re-send finds the first
-    # copy's (other id: duplicate). A record lost in a power cut costs at most
-    # a duplicate, so it is not synced on its own.
+    # --- duplicate suppression (gateway.dedupe) -----------------------------
 
     def _key(self, body):
-        msgid = None
-        h = hashlib.sha256()
-        in_head = True
-        pending = b""
-        while True:
-            n = body.readinto(self.buf)
-            if not n:
-                break
-            if not in_head:
-                h.update(self.mv[:n])
-                continue
-            data = pending + bytes(self.mv[:n])
-            pending = b""
-            pos = 0
-            while in_head:
-                i = data.find(b"\n", pos)
-                if i < 0:
-                    pending = data[pos : pos + 1000]
-                    break
-                line = data[pos:i].rstrip(b"\r")
-                if not line:
-                    in_head = False
-                    h.update(data[i + 1 :])
-                elif msgid is None and line[:11].lower() == b"message-id:":
-                    msgid = line[11:].strip()
-                pos = i + 1
-        if not msgid:
-            return None
-        h.update(b"\0" + msgid)
-        return binascii.hexlify(h.digest()[:16]).decode()
-
-    def _seen_path(self, user, period):
-        return "%s/%s/seen.%d" % (self.root, user, period)
+        return dedupe.key(body, self.buf)
 
     def _first(self, user, key, id, received):
-        """False when key was seen for another id within the window (a
-        re-send); otherwise the key is recorded for id."""
-        period = received // self.DEDUPE_WINDOW
-        first = self._seen(user, key, period)
-        if first and first != id[:30]:
-            return False
-        if not first:
-            self._remember(user, key, id, period)
-        return True
+        """False when this user has had key under another id lately (a re-send)."""
+        return self.seen.first(self._dir(user) + "/seen", key, id, received)
 
-    def _seen(self, user, key, period):
-        """The id recorded for key in this or the last period, else None."""
-        want = key.encode()
-        for p in (period, period - 1):
-            try:
-                f = open(self._seen_path(user, p), "rb")
-            except OSError:
-                continue
-            with f:
-                # Eight records a read, searched in C: the window's mail
-                # costs a scan, not a loop of Python steps per record.
-                while True:
-                    n = f.readinto(self.buf)
-                    i = self.buf.find(want, 0, n)
-                    while i >= 0 and i % _REC:
-                        i = self.buf.find(want, i + 1, n)
-                    if i >= 0 and i + _REC <= n and self.buf[i + _REC - 1] == 10:
-                        return bytes(self.mv[i + 33 : i + _REC - 1]).decode().strip()
-                    if n < _CHUNK:
-                        break
-        return None
-
-    def _remember(self, user, key, id, period):
-        path = self._seen_path(user, period)
-        try:
-            size = os.stat(path)[6]
-        except OSError:
-            size = -1
-        # A torn last record (power cut) is overwritten, keeping records aligned.
-        with open(path, "r+b" if size >= 0 else "wb") as f:
-            f.seek(max(size, 0) - max(size, 0) % _REC)
-            f.write(("%s %-30s\n" % (key, id[:30])).encode())
-        if size < 0:  # a new period: the files of old ones go
-            with Scan(self._dir(user)) as entries:
-                for entry in entries:
-                    name = entry[0]
-                    if name[:5] == "seen." and name[5:].isdigit() and int(name[5:]) < period - 1:
-                        _remove(self._dir(user) + "/" + name)
+    def flush(self):
+        """Writes the duplicate index's waiting records (every few seconds)."""
+        self.seen.flush()
 
     # --- the hand-off: what waits in the spool's "local" queue ----------------
 
@@ -533,6 +446,10 @@ class Mailboxes:
             except OSError as e:
                 _remove(self._journal(user))
                 log.warn("mailbox: no room for the journal of %s yet: %r" % (user, e))
+        try:
+            self.seen.make(self._dir(user) + "/seen")
+        except OSError as e:
+            log.warn("mailbox: no room for the duplicate index of %s yet: %r" % (user, e))
 
     # --- figures ----------------------------------------------------------------
 

@@ -1,0 +1,208 @@
+# Duplicate suppression. A provider that lost our 250 sends the message again,
+# under a new spool id but with the same Message-ID and body: each user keeps
+# the first copy it got within WINDOW seconds.
+#
+# The key: sha256 over the body (everything after the header block, so our
+# own Received: line, new on each re-send, does not count) and the
+# Message-ID. Mail without a Message-ID is never suppressed.
+#
+# The index: one file per user (<user>/seen), a table of SLOTS records of 32
+# bytes (key 16, id 8, received 4, crc32 4), open-addressed by the key: a
+# key lives in one of PROBE neighbouring slots, so a lookup reads one or two
+# sectors whatever the mail held, and a record older than WINDOW counts as
+# free. The table is made at boot, while there is room. New records wait in RAM (at most PENDING) and flush() writes them
+# together, so a run of messages costs one sync, not one each: the app
+# flushes every few seconds and at shutdown. A record lost in a power cut
+# costs at most one duplicate, never a message (at-least-once).
+import binascii
+import hashlib
+
+from gateway.compat import const
+
+_REC = const(32)
+_KEY = const(16)
+_ID = const(8)  # spool ids are 8 hex digits
+
+
+def key(body, buf):
+    """The message's key (16 bytes), or None without a Message-ID. Reads
+    body (a spool Body) through buf."""
+    mv = memoryview(buf)
+    msgid = None
+    h = hashlib.sha256()
+    in_head = True
+    pending = b""
+    while True:
+        n = body.readinto(buf)
+        if not n:
+            break
+        if not in_head:
+            h.update(mv[:n])
+            continue
+        data = pending + bytes(mv[:n])
+        pending = b""
+        pos = 0
+        while in_head:
+            i = data.find(b"\n", pos)
+            if i < 0:
+                pending = data[pos : pos + 1000]
+                break
+            line = data[pos:i].rstrip(b"\r")
+            if not line:
+                in_head = False
+                h.update(data[i + 1 :])
+            elif msgid is None and line[:11].lower() == b"message-id:":
+                msgid = line[11:].strip()
+            pos = i + 1
+    if not msgid:
+        return None
+    h.update(b"\0" + msgid)
+    return h.digest()[:_KEY]
+
+
+def _crc(rec):
+    return binascii.crc32(rec[: _REC - 4]).to_bytes(4, "little")
+
+
+def _time(rec):
+    return int.from_bytes(bytes(rec[_KEY + _ID : _REC - 4]), "little")
+
+
+def _id(rec):
+    return bytes(rec[_KEY : _KEY + _ID]).rstrip()
+
+
+class Seen:
+    WINDOW = 2 * 86400
+    SLOTS = 4096  # 128 KB per user: two days of about 3,000 messages
+    PROBE = 8
+    PENDING = 16
+    OLD = "seen."  # the index files of earlier releases, replaced by the table
+
+    def __init__(self, buf):
+        self.buf = buf  # at least PROBE * 32 bytes, shared with the mailbox
+        self.mv = memoryview(buf)
+        self.waiting = bytearray(self.PENDING * _REC)
+        self.paths = []  # the index file of each waiting record
+
+    def first(self, path, key, id, received):
+        """False when key is on record for another id within the window (a
+        re-send); otherwise key is recorded for id."""
+        got = self._find(path, key, received)
+        if got is not None:
+            return got == id[:_ID].encode()  # the same id: a retry after a crash
+        rec = memoryview(self.waiting)[len(self.paths) * _REC :][:_REC]
+        rec[:_KEY] = key
+        rec[_KEY : _KEY + _ID] = ("%-8s" % id[:_ID]).encode()
+        rec[_KEY + _ID : _KEY + _ID + 4] = int(received).to_bytes(4, "little")
+        rec[_REC - 4 :] = _crc(rec)
+        self.paths.append(path)
+        if len(self.paths) == self.PENDING:
+            self.flush()
+        return True
+
+    def _start(self, key):
+        return int.from_bytes(key[:4], "little") % (self.SLOTS - self.PROBE + 1)
+
+    def _live(self, rec, now):
+        return bytes(rec[_REC - 4 :]) == _crc(rec) and now - _time(rec) < self.WINDOW
+
+    def _find(self, path, key, now):
+        """The id (bytes) key is on record for, else None."""
+        for i in range(len(self.paths)):
+            rec = memoryview(self.waiting)[i * _REC :][:_REC]
+            if self.paths[i] == path and bytes(rec[:_KEY]) == key and self._live(rec, now):
+                return _id(rec)
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return None
+        with f:
+            self._read(f, key)
+        for rec in self._slots():
+            if bytes(rec[:_KEY]) == key and self._live(rec, now):
+                return _id(rec)
+        return None
+
+    def _read(self, f, key):
+        f.seek(self._start(key) * _REC)
+        if f.readinto(self.mv[: self.PROBE * _REC]) != self.PROBE * _REC:
+            raise OSError(5)  # a table cut short: it is made whole again
+
+    def _slots(self):
+        return (self.mv[i * _REC :][:_REC] for i in range(self.PROBE))
+
+    def flush(self):
+        """Writes the waiting records, one open and one sync per user. A
+        failure (a full card) drops them: mail stays, unsuppressed."""
+        while self.paths:
+            path = self.paths[0]
+            try:
+                self._write(path)
+            except OSError:
+                pass
+            self._drop(path)
+
+    def _drop(self, path):
+        keep = 0
+        for i in range(len(self.paths)):
+            if self.paths[i] != path:
+                self.waiting[keep * _REC : (keep + 1) * _REC] = self.waiting[i * _REC : (i + 1) * _REC]
+                self.paths[keep] = self.paths[i]
+                keep += 1
+        del self.paths[keep:]
+
+    def _write(self, path):
+        with open(path, "r+b") as f:  # no table (no room at boot): not recorded
+            for i in range(len(self.paths)):
+                if self.paths[i] == path:
+                    self._put(f, memoryview(self.waiting)[i * _REC :][:_REC])
+
+    def _put(self, f, rec):
+        """Into the first free slot of the key's, else over the oldest."""
+        key = bytes(rec[:_KEY])
+        now = _time(rec)
+        try:
+            self._read(f, key)
+        except OSError:
+            return  # a table cut short (power cut at its making): this record is lost
+        best, oldest = 0, None
+        i = 0
+        for slot in self._slots():
+            if not self._live(slot, now) or bytes(slot[:_KEY]) == key:
+                best = i
+                break
+            t = _time(slot)
+            if oldest is None or t < oldest:
+                best, oldest = i, t
+            i += 1
+        f.seek((self._start(key) + best) * _REC)
+        f.write(rec)
+
+    def make(self, path):
+        """The table, made once while there is room (at boot, like the
+        mailbox's journal): zeroed, and zeros fail the crc, so every slot is
+        free. The index files of earlier releases in its directory go."""
+        import os
+
+        try:
+            if os.stat(path)[6] == self.SLOTS * _REC:
+                return
+        except OSError:
+            pass
+        try:
+            with open(path, "wb") as f:
+                zero = bytes(512)
+                left = self.SLOTS * _REC
+                while left:
+                    left -= f.write(zero[: min(left, 512)])
+        except OSError:
+            try:
+                os.remove(path)  # a table cut short by a full card is no table
+            except OSError:
+                pass
+            raise
+        d = path[: path.rfind("/")]
+        for name in os.listdir(d):
+            if name.startswith(self.OLD):
+                os.remove(d + "/" + name)
