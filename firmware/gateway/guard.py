@@ -11,6 +11,20 @@ def _now():
     return int(time.time())
 
 
+def _short_of(room):
+    """True when less than room bytes stay free even after a collection
+    (never on CPython, which has no such heap)."""
+    from gateway.compat import mem_free
+
+    free = mem_free()
+    if free is None or free >= room:
+        return False
+    import gc
+
+    gc.collect()
+    return mem_free() < room
+
+
 # Failed logins per client address, one record that SMTP AUTH and POP3
 # share, so that changing protocol does not start the count again. After
 # MAX_FAILURES within LOCK_TIME an address is locked out for LOCK_TIME: no
@@ -80,6 +94,11 @@ class Logins:
 # with a session open: the memory is bounded by `total`, not by the peers.
 class Slots:
     SHARE = 2  # one address gets at most total // SHARE slots (at least one)
+    # A session starts only while the heap keeps this much free after a
+    # collection: past it, a client is refused before its session begins
+    # (and tries again), rather than failing half-way for lack of memory,
+    # and the poll's pull keeps its room.
+    ROOM = 16 * 1024
 
     def __init__(self, total):
         self.total = total
@@ -94,6 +113,9 @@ class Slots:
             return "Too many connections, try later"
         if n >= self.per_address:
             return "Too many connections from your address, try later"
+        if _short_of(self.ROOM):
+            log.warn("no memory for another session")
+            return "Too busy for another connection, try later"
         self.by_address[ip] = n + 1
         self.open += 1
         return None

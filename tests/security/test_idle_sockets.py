@@ -48,6 +48,33 @@ def test_the_slots_of_a_listener_leave_room_for_other_addresses():
     assert slots.open == 0 and slots.by_address == {}
 
 
+def test_a_session_the_heap_has_no_room_for_is_refused_before_it_starts():
+    # Issue 11: with the heap nearly spent, a POP3 session failed half-way
+    # (MemoryError allocating 1024 bytes in UIDL). Now it is refused at once,
+    # and admitted when the room is back. The room asked for is raised past
+    # the whole heap here, rather than the heap filled: the test's own
+    # clients share this process and its heap.
+    support.needs_micropython("gc.mem_free")
+    import gc
+
+    office = Office()
+
+    async def script(o):
+        with support.patched(Slots, ROOM=gc.mem_free() + gc.mem_alloc() + 1):
+            smtp = await o.smtp(helo=None)
+            assert smtp.greeting == (421, ["4.3.2 Too busy for another connection, try later"]), smtp.greeting
+            pop = await o.pop()
+            assert pop.greeting == "-ERR [SYS/TEMP] Too busy for another connection, try later", pop.greeting
+        smtp = await o.smtp(helo=None)
+        assert smtp.greeting[0] == 220
+        pop = await o.pop()
+        assert pop.greeting.startswith("+OK")
+        for c in (smtp, pop):
+            await c.close()
+
+    attack(office, script)
+
+
 def test_pop3_obeys_the_allow_list():
     # Issue 12, 6: POP3 had no allow list, so any address could hold it.
     office = Office(dict(CFG, smtp={"allow": ["10.0.0.0/8"]}))
