@@ -90,14 +90,23 @@ class BodyLines:
 
 class Listing:
     """What one POP3 session shows: ids and sizes in two arrays, 8 bytes a
-    message, oldest first."""
+    message, oldest first. Their room (capacity messages) is taken once, when
+    the listener starts and the heap is whole, and refilled at each login: a
+    listing grown at login on a heap cut up by the day's sessions failed
+    for want of one 1,152-byte block with 30 KB free."""
 
-    def __init__(self):
-        self.ids = array("I")
-        self.sizes = array("I")
+    def __init__(self, capacity):
+        self.ids = array("I", range(capacity))
+        self.sizes = array("I", range(capacity))
+        self.n = 0
 
     def __len__(self):
-        return len(self.ids)
+        return self.n
+
+    def add(self, id, size):
+        self.ids[self.n] = id
+        self.sizes[self.n] = size
+        self.n += 1
 
     def uid(self, i):
         return "%08x" % self.ids[i]
@@ -316,20 +325,23 @@ class Mailboxes:
         """Ids of every message file in a mailbox, oldest first (host tools)."""
         return list(self._each(user))
 
-    def listing(self, user):
-        """A Listing of whole messages, oldest first, at most MAX_LISTED.
-        A record cut short by a power cut is removed here: it never had its
-        250, or the spool still holds it for the hand-off."""
-        out = Listing()
+    def listing(self, user, out=None):
+        """out (a Listing, else a new one of MAX_LISTED) refilled with the
+        whole messages, oldest first, as many as it holds. A record cut
+        short by a power cut is removed here: it never had its 250, or the
+        spool still holds it for the hand-off."""
+        if out is None:
+            out = Listing(self.MAX_LISTED)
+        out.n = 0
+        room = len(out.ids)
         for id in self._each(user):
             try:
                 info = self.info(user, id)
             except OSError:
                 continue  # unreadable now: not shown, not judged
             if info:
-                out.ids.append(int(id, 16))
-                out.sizes.append(len(info[3]) + info[1])
-                if len(out) >= self.MAX_LISTED:
+                out.add(int(id, 16), len(info[3]) + info[1])
+                if out.n >= room:
                     break
             elif id not in self._drafts:
                 log.warn("mailbox: removing %s of %s, cut short" % (id, user))
