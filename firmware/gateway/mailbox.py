@@ -90,10 +90,9 @@ class BodyLines:
 
 class Listing:
     """What one POP3 session shows: ids and sizes in two arrays, 8 bytes a
-    message, oldest first. Their room (capacity messages) is taken once, when
-    the listener starts and the heap is whole, and refilled at each login: a
-    listing grown at login on a heap cut up by the day's sessions failed
-    for want of one 1,152-byte block with 30 KB free."""
+    message, oldest first, made at their full size at once: a listing grown
+    message by message on a heap cut up by the day's sessions failed
+    half-way for want of one 1,152-byte block with 30 KB free."""
 
     def __init__(self, capacity):
         self.ids = array("I", range(capacity))
@@ -325,14 +324,13 @@ class Mailboxes:
         """Ids of every message file in a mailbox, oldest first (host tools)."""
         return list(self._each(user))
 
-    def listing(self, user, out=None):
-        """out (a Listing, else a new one of MAX_LISTED) refilled with the
-        whole messages, oldest first, as many as it holds. A record cut
-        short by a power cut is removed here: it never had its 250, or the
-        spool still holds it for the hand-off."""
-        if out is None:
-            out = Listing(self.MAX_LISTED)
-        out.n = 0
+    def listing(self, user):
+        """A Listing of whole messages, oldest first, at most MAX_LISTED
+        (what arrives meanwhile shows next time). A record cut short by a
+        power cut is removed here: it never had its 250, or the spool still
+        holds it for the hand-off. MemoryError when the heap has no room
+        for it."""
+        out = Listing(min(self.usage(user)[0], self.MAX_LISTED))
         room = len(out.ids)
         for id in self._each(user):
             try:
@@ -340,9 +338,9 @@ class Mailboxes:
             except OSError:
                 continue  # unreadable now: not shown, not judged
             if info:
-                out.add(int(id, 16), len(info[3]) + info[1])
                 if out.n >= room:
                     break
+                out.add(int(id, 16), len(info[3]) + info[1])
             elif id not in self._drafts:
                 log.warn("mailbox: removing %s of %s, cut short" % (id, user))
                 self._unlink(user, id)

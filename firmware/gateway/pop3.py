@@ -22,7 +22,7 @@ class POP3Session:
     MAX_ERRORS = 10  # bad commands before we hang up
     # Failed logins: delay, tries per session and lockout in gateway.guard.
 
-    def __init__(self, reader, writer, mailboxes, tls=None, peer=None, room=None):
+    def __init__(self, reader, writer, mailboxes, tls=None, peer=None):
         self.lines = LineReader(reader, _LINE)
         self.writer = writer
         self.mailboxes = mailboxes
@@ -31,12 +31,9 @@ class POP3Session:
         self.peer = peer  # the client's IP address
         self.user = None  # set by USER, then confirmed by PASS
         self.box = None  # the locked mailbox's user after login
-        # The session's room (Room): the listing filled at login, the DELE
-        # marks, the RETR buffer. Taken at connect: no surprise later.
-        self.room = room or Room(mailboxes)
-        self.msgs = None  # the mailbox's Listing, after login
-        self.deleted = self.room.deleted
-        self.body = self.room.body
+        self.msgs = None  # the mailbox's Listing, taken at login
+        self.deleted = None
+        self.body = bytearray(_BODY)  # taken at connect: no surprise at RETR
         self.errors = 0
         self.failures = 0
         self.done = False
@@ -150,10 +147,16 @@ class POP3Session:
             return
         if not self.mailboxes.lock(user):
             return await self.reply("-ERR [IN-USE] mailbox already in use by another session")
+        try:
+            self.msgs = self.mailboxes.listing(user)
+            self.deleted = bytearray(len(self.msgs))
+        except MemoryError:
+            # Before the mailbox is shown: the client may log in again.
+            self.mailboxes.unlock(user)
+            self.user = self.msgs = None
+            log.warn("pop3: no memory for the listing of %s" % user)
+            return await self.reply("-ERR [SYS/TEMP] the box is busy, log in again later")
         self.box = user
-        self.msgs = self.mailboxes.listing(user, self.room.listing)
-        for i in range(len(self.msgs)):
-            self.deleted[i] = 0
         await self.reply("+OK %s has %d messages" % (user, len(self.msgs)))
 
     async def pop_stls(self, arg):
@@ -176,7 +179,7 @@ class POP3Session:
         if self.box is None:
             return await self.reply("+OK bye")
         # UPDATE state: the deletions marked in this session happen now.
-        gone = sum(self.deleted[i] for i in range(len(self.msgs)))
+        gone = sum(self.deleted)
         try:
             if gone:
                 self.mailboxes.expunge(self.box, (self.msgs.uid(i) for i in range(len(self.msgs)) if self.deleted[i]))
@@ -283,25 +286,12 @@ class POP3Session:
         await self.reply("+OK message %d deleted" % (i + 1))
 
     async def pop_rset(self, arg):
-        for i in range(len(self.msgs)):
+        for i in range(len(self.deleted)):
             self.deleted[i] = 0
         await self.reply("+OK")
 
     async def pop_noop(self, arg):
         await self.reply("+OK")
-
-
-class Room:
-    """What a session needs beyond its line, made once per session slot
-    when the listener starts (umqtt's way: no allocation that a cut-up heap
-    may refuse in the middle of a session)."""
-
-    def __init__(self, mailboxes):
-        from gateway.mailbox import Listing
-
-        self.listing = Listing(mailboxes.MAX_LISTED)
-        self.deleted = bytearray(mailboxes.MAX_LISTED)
-        self.body = bytearray(_BODY)
 
 
 async def serve(cfg, mailboxes, host, port, max_sessions=8):
@@ -315,7 +305,6 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
 
     tls = server_tls(cfg.get("pop3") or {}, "pop3")
     slots = Slots(max_sessions)
-    rooms = [Room(mailboxes) for _ in range(max_sessions)]
 
     async def client(reader, writer):
         session = None
@@ -327,7 +316,7 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
             refusal = refusal and "-ERR [SYS/TEMP] " + refusal
         if refusal is None:
             try:
-                session = POP3Session(reader, writer, mailboxes, tls, ip, rooms.pop())
+                session = POP3Session(reader, writer, mailboxes, tls, ip)
             except MemoryError:
                 log.warn("pop3: no memory for another session")
                 slots.give(ip)
@@ -341,7 +330,6 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
                 await session.run()
             finally:
                 slots.give(ip)
-                rooms.append(session.room)
         except Exception as e:  # one broken session must never stop the listener
             log.error("pop3: session failed: %r" % e)
         finally:
