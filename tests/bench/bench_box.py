@@ -14,9 +14,9 @@ accepted is in the recipient's mailbox exactly once (smtp-source's
 Message-Id, <pid.fd.count>, is unique per message with -d), and nowhere else.
 The box's card syncs (FatFs f_sync, unlink, mkdir: each one a sync_fs and
 the block device's sync, counted in board/unix/board.py) per accepted
-message come from the same runs. The sim's card is an image file, so a sync
-costs it a write into the host's page cache, where the peer's fsync reaches
-the host's disk: the box's figures flatter a real SD card.
+message come from the same runs. The sim's card is an image file, and each
+sync is an fsync of it (the unix port syncs a file it flushes), so box and
+peer both pay the host's disk for each sync.
 The Postfix daemon is never started; if installing the package started it,
 it is stopped first."""
 import json
