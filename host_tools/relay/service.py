@@ -11,6 +11,7 @@ from host_tools.relay import dsn, odmr, smtp_in
 from host_tools.relay.auth import Accounts, Throttle, Window
 from host_tools.relay.client import Client, canonical
 from host_tools.relay.config import domain_of
+from host_tools.relay.groupcommit import GroupCommit
 from host_tools.relay.store import OUTBOX, Store, boxes_for, domain_box
 from host_tools.relay.wire import ProtocolError
 
@@ -22,6 +23,7 @@ class Relay:
     def __init__(self, cfg):
         self.cfg = cfg
         self.store = Store(cfg.queue)
+        self.committer = GroupCommit(self.store)
         self.accounts = Accounts(cfg.accounts)
         lim = cfg.limits
         self.throttle = Throttle(lim["auth_fail_delay"], lim["auth_max_failures"], lim["auth_block"])
@@ -35,12 +37,12 @@ class Relay:
     # -- accepting mail ----------------------------------------------------------
     async def accept(self, mail_from, rcpts, data, origin=""):
         """Queue mail for held domains, one box per domain; durable on return."""
-        id = await asyncio.to_thread(self.store.commit, mail_from, boxes_for(rcpts), canonical(data), origin)
+        id = await self.committer.commit(mail_from, boxes_for(rcpts), canonical(data), origin)
         log.info("queued %s from <%s> for %d recipient(s) (%s)", id, mail_from, len(rcpts), origin)
         return id
 
     async def accept_outgoing(self, mail_from, rcpts, data, origin=""):
-        id = await asyncio.to_thread(self.store.commit, mail_from, {OUTBOX: rcpts}, canonical(data), origin)
+        id = await self.committer.commit(mail_from, {OUTBOX: rcpts}, canonical(data), origin)
         log.info("outbox %s from <%s> for %d recipient(s) (%s)", id, mail_from, len(rcpts), origin)
         self._outbox_kick.set()
         return id
@@ -219,6 +221,7 @@ class Relay:
         self.store.lock()
         kept, removed = self.store.recover()
         log.info("queue %s: %d message(s) kept, %d leftover file(s) removed", self.cfg.queue, kept, removed)
+        self.committer.start()
         ctx = self.cfg.tls_context()
         listen = self.cfg.listen
         servers = []
@@ -255,6 +258,7 @@ class Relay:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.committer.stop()
 
 
 async def _survive(coro, what):

@@ -10,7 +10,8 @@ arrival time). The .env is written last, by tmp file + fsync + rename + dir
 fsync, so its presence is the commit point; a message for several domains is
 one body hard-linked into each domain box. Removal goes the other way: .env
 first, then .eml, so a crash leaves at most an orphan body, which recover()
-deletes."""
+deletes. commit_many() commits a batch with one fsync per box directory for
+all of it (the listeners' group commit, groupcommit.py)."""
 import json
 import logging
 import os
@@ -37,6 +38,16 @@ def boxes_for(rcpts):
     for r in rcpts:
         by_box.setdefault(domain_box(domain_of(r)), []).append(r)
     return by_box
+
+
+@dataclass
+class Draft:
+    """A message handed in for commit: for each box, its recipients there."""
+    mail_from: str
+    rcpts_by_box: dict
+    data: bytes
+    origin: str = ""
+    received: float = None
 
 
 @dataclass
@@ -133,30 +144,69 @@ class Store:
     def commit(self, mail_from, rcpts_by_box, data, origin="", received=None):
         """Durably queue `data` for each box's recipients; returns the id.
         Only after this returns may the caller say 250."""
+        (result,) = self.commit_many([Draft(mail_from, rcpts_by_box, data, origin, received)])
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def commit_many(self, drafts):
+        """Durably queue each Draft; returns, per draft, its id or the OSError
+        that kept it out (nothing of that one is left behind). Each file is
+        written and fsynced once; each box directory is fsynced once for the
+        whole batch, after every envelope in it was renamed into place. Only
+        after this returns may the caller say 250 for a draft that got an id."""
+        results = []
+        for draft in drafts:
+            try:
+                results.append(self._place(draft))
+            except OSError as e:
+                results.append(e)
+        for box in sorted({box for r, d in zip(results, drafts) if not isinstance(r, OSError) for box in d.rcpts_by_box}):
+            try:
+                _fsync_dir(self._dir(box))
+            except OSError as e:
+                for i, draft in enumerate(drafts):
+                    if not isinstance(results[i], OSError) and box in draft.rcpts_by_box:
+                        self._take_back(results[i], draft.rcpts_by_box)
+                        results[i] = e
+        return results
+
+    def _place(self, draft):
+        """Write one draft's body and envelopes into its boxes (synced files,
+        directories not yet); its id."""
         id = self.new_id()
         body = self.root / "tmp" / f"{id}.eml"
-        received = time.time() if received is None else received
+        received = time.time() if draft.received is None else draft.received
         done = []
         try:
-            _write_synced(body, data)
-            for box, rcpts in rcpts_by_box.items():
-                d = self._dir(box)
-                d.mkdir(parents=True, exist_ok=True)
-                os.link(body, d / f"{id}.eml")
+            _write_synced(body, draft.data)
+            for box, rcpts in draft.rcpts_by_box.items():
+                self._make_box(box)
+                os.link(body, self.body_path(box, id))
                 done.append(box)
-                self._write_env(box, Envelope(id, mail_from, list(rcpts), received, len(data), origin), fsync_dir=False)
-            for box in done:
-                _fsync_dir(self._dir(box))
+                self._write_env(box, Envelope(id, draft.mail_from, list(rcpts), received, len(draft.data), draft.origin),
+                                fsync_dir=False)
         except OSError:
-            # No 250 will be given, so take back what is already in place: the
-            # client's retry must not become a duplicate.
-            for box in done:
-                self._env_path(box, id).unlink(missing_ok=True)
-                self.body_path(box, id).unlink(missing_ok=True)
+            self._take_back(id, done)
             raise
         finally:
             body.unlink(missing_ok=True)
         return id
+
+    def _take_back(self, id, boxes):
+        # No 250 will be given, so take back what is already in place: the
+        # client's retry must not become a duplicate.
+        for box in boxes:
+            self._env_path(box, id).unlink(missing_ok=True)
+            self.body_path(box, id).unlink(missing_ok=True)
+
+    def _make_box(self, box):
+        """The box's directory; a new one is made durable in its parent, or
+        a power cut could take a whole committed domain box with it."""
+        d = self._dir(box)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(d.parent)
 
     def _write_env(self, box, env, fsync_dir=True):
         tmp = self.root / "tmp" / f"{env.id}.{secrets.token_hex(4)}.env"

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from host_tools.relay import store as store_mod
-from host_tools.relay.store import OUTBOX, Store, domain_box
+from host_tools.relay.store import OUTBOX, Draft, Store, domain_box
 
 
 @pytest.fixture
@@ -72,3 +72,55 @@ def test_an_unreadable_envelope_is_set_aside_and_the_rest_still_lists(store):
     assert bad.with_suffix(".broken").exists()
     Store(store.root).recover()
     assert bad.with_suffix(".eml").exists()      # its body stays for a human to look at
+
+
+def test_a_batch_commits_each_draft_and_a_failed_one_leaves_the_others(store, monkeypatch):
+    real = store_mod._write_synced
+
+    def write(path, data):
+        if data == b"no room\r\n":
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(store_mod, "_write_synced", write)
+    a, b = domain_box("a.test"), domain_box("b.test")
+    results = store.commit_many([Draft("x@o.test", {a: ["u@a.test"]}, b"one\r\n"),
+                                 Draft("x@o.test", {a: ["u@a.test"], b: ["v@b.test"]}, b"no room\r\n"),
+                                 Draft("x@o.test", {b: ["v@b.test"]}, b"three\r\n")])
+    assert isinstance(results[1], OSError) and results[1].errno == 28
+    assert [store.read(e) for e in store.list(a)] == [b"one\r\n"]
+    assert [store.read(e) for e in store.list(b)] == [b"three\r\n"]
+    assert not list((store.root / "tmp").iterdir())
+
+
+def test_a_batch_syncs_each_box_directory_once_after_its_envelopes_are_in_place(store, monkeypatch):
+    synced = []
+
+    def fsync_dir(path):
+        synced.append((path.name, sorted(p.name for p in path.glob("*.env"))))
+
+    monkeypatch.setattr(store_mod, "_fsync_dir", fsync_dir)
+    a, b = domain_box("a.test"), domain_box("b.test")
+    store.commit_many([Draft("x@o.test", {a: ["u@a.test"]}, b"1\r\n"), Draft("x@o.test", {b: ["v@b.test"]}, b"2\r\n"),
+                       Draft("x@o.test", {a: ["u@a.test"], b: ["v@b.test"]}, b"3\r\n")])
+    # the two new boxes made durable in domains/, then each box once, holding all its envelopes
+    assert [name for name, _ in synced] == ["domains", "domains", "a.test", "b.test"]
+    assert [len(envs) for _, envs in synced[2:]] == [2, 2]
+
+
+def test_a_failed_directory_sync_takes_back_only_the_drafts_in_that_box(store, monkeypatch):
+    real = store_mod._fsync_dir
+    a, b = domain_box("a.test"), domain_box("b.test")
+    store.commit("x@o.test", {a: ["u@a.test"], b: ["v@b.test"]}, b"boxes exist\r\n")
+
+    def fsync_dir(path):
+        if path.name == "b.test":
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(store_mod, "_fsync_dir", fsync_dir)
+    results = store.commit_many([Draft("x@o.test", {a: ["u@a.test"]}, b"kept\r\n"),
+                                 Draft("x@o.test", {a: ["u@a.test"], b: ["v@b.test"]}, b"both\r\n")])
+    assert isinstance(results[0], str) and isinstance(results[1], OSError)
+    assert [store.read(e) for e in store.list(a)] == [b"boxes exist\r\n", b"kept\r\n"]
+    assert [store.read(e) for e in store.list(b)] == [b"boxes exist\r\n"]
