@@ -12,6 +12,7 @@ one body hard-linked into each domain box. Removal goes the other way: .env
 first, then .eml, so a crash leaves at most an orphan body, which recover()
 deletes. commit_many() commits a batch with one fsync per box directory for
 all of it (the listeners' group commit, groupcommit.py)."""
+import contextlib
 import json
 import logging
 import os
@@ -149,49 +150,65 @@ class Store:
             raise result
         return result
 
-    def commit_many(self, drafts):
+    def commit_many(self, drafts, sync=None):
         """Durably queue each Draft; returns, per draft, its id or the OSError
-        that kept it out (nothing of that one is left behind). Each file is
-        written and fsynced once; each box directory is fsynced once for the
-        whole batch, after every envelope in it was renamed into place. Only
-        after this returns may the caller say 250 for a draft that got an id."""
-        results = []
-        for draft in drafts:
-            try:
-                results.append(self._place(draft))
-            except OSError as e:
-                results.append(e)
-        for box in sorted({box for r, d in zip(results, drafts) if not isinstance(r, OSError) for box in d.rcpts_by_box}):
-            try:
-                _fsync_dir(self._dir(box))
-            except OSError as e:
-                for i, draft in enumerate(drafts):
-                    if not isinstance(results[i], OSError) and box in draft.rcpts_by_box:
-                        self._take_back(results[i], draft.rcpts_by_box)
-                        results[i] = e
-        return results
-
-    def _place(self, draft):
-        """Write one draft's body and envelopes into its boxes (synced files,
-        directories not yet); its id."""
-        id = self.new_id()
-        body = self.root / "tmp" / f"{id}.eml"
-        received = time.time() if draft.received is None else draft.received
-        done = []
+        that kept it out (nothing of that one is left behind). Every file of
+        the batch is written first, then all are fsynced by `sync` (a list
+        of descriptors in, a list of None or OSError out; default one after
+        the other), then the envelopes are renamed into place and each box
+        directory is fsynced once for the whole batch. Only after this
+        returns may the caller say 250 for a draft that got an id."""
+        staged = [_Staged(self.new_id(), d) for d in drafts]
         try:
-            _write_synced(body, draft.data)
-            for box, rcpts in draft.rcpts_by_box.items():
-                self._make_box(box)
-                os.link(body, self.body_path(box, id))
-                done.append(box)
-                self._write_env(box, Envelope(id, draft.mail_from, list(rcpts), received, len(draft.data), draft.origin),
-                                fsync_dir=False)
-        except OSError:
-            self._take_back(id, done)
-            raise
+            for st in staged:
+                self._write(st)
+            live = [st for st in staged if not st.error]
+            errors = iter((sync or fsync_each)([fd for st in live for fd in st.fds]))
+            for st in live:
+                st.error = next((e for e in [next(errors) for _ in st.fds] if e), None)
+            for st in staged:
+                self._place(st)
+            for box in sorted({box for st in staged if not st.error for box in st.boxes}):
+                try:
+                    _fsync_dir(self._dir(box))
+                except OSError as e:
+                    for st in staged:
+                        if not st.error and box in st.boxes:
+                            st.error = e
         finally:
-            body.unlink(missing_ok=True)
-        return id
+            for st in staged:
+                st.close()
+                if st.error:
+                    self._take_back(st.id, st.boxes)
+        return [st.error or st.id for st in staged]
+
+    def _write(self, st):
+        """The draft's body into tmp/, linked into each box, and its envelopes
+        into tmp/: written, not yet synced or in place."""
+        received = time.time() if st.draft.received is None else st.draft.received
+        try:
+            st.body = self.root / "tmp" / f"{st.id}.eml"
+            st.fds.append(_write_new(st.body, st.draft.data))
+            for box, rcpts in st.draft.rcpts_by_box.items():
+                self._make_box(box)
+                os.link(st.body, self.body_path(box, st.id))
+                st.boxes.append(box)
+                tmp = self.root / "tmp" / f"{st.id}.{secrets.token_hex(4)}.env"
+                st.envs.append((tmp, self._env_path(box, st.id)))
+                env = Envelope(st.id, st.draft.mail_from, list(rcpts), received, len(st.draft.data), st.draft.origin)
+                st.fds.append(_write_new(tmp, env.to_json()))
+        except OSError as e:
+            st.error = e
+
+    def _place(self, st):
+        """Rename the synced envelopes into their boxes: the commit point."""
+        try:
+            while st.envs and not st.error:
+                tmp, final = st.envs[0]
+                os.replace(tmp, final)
+                st.envs.pop(0)
+        except OSError as e:
+            st.error = e
 
     def _take_back(self, id, boxes):
         # No 250 will be given, so take back what is already in place: the
@@ -208,12 +225,11 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
             _fsync_dir(d.parent)
 
-    def _write_env(self, box, env, fsync_dir=True):
+    def _write_env(self, box, env):
         tmp = self.root / "tmp" / f"{env.id}.{secrets.token_hex(4)}.env"
         _write_synced(tmp, env.to_json())
         os.replace(tmp, self._env_path(box, env.id))
-        if fsync_dir:
-            _fsync_dir(self._dir(box))
+        _fsync_dir(self._dir(box))
 
     def update(self, env, pending):
         """Keep only `pending` recipients; the message vanishes when none is left."""
@@ -275,15 +291,59 @@ class Store:
         return d.is_dir() and any(d.glob("*.env"))
 
 
-def _write_synced(path, data):
+class _Staged:
+    """One draft on its way into its boxes, within a batch."""
+
+    def __init__(self, id, draft):
+        self.id = id
+        self.draft = draft
+        self.body = None        # tmp/<id>.eml
+        self.fds = []           # written, open until the batch ends
+        self.envs = []          # (tmp, final) envelopes not yet renamed into place
+        self.boxes = []         # boxes the body is linked into
+        self.error = None
+
+    def close(self):
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.body:
+            self.body.unlink(missing_ok=True)
+        for tmp, _ in self.envs:
+            tmp.unlink(missing_ok=True)
+
+
+def _write_new(path, data):
+    """A new file holding `data`; its descriptor, still open (not synced)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_synced(path, data):
+    fd = _write_new(path, data)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_or_error(fd):
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        return e
+    return None
+
+
+def fsync_each(fds):
+    return [fsync_or_error(fd) for fd in fds]
 
 
 def _fsync_dir(path):

@@ -75,14 +75,14 @@ def test_an_unreadable_envelope_is_set_aside_and_the_rest_still_lists(store):
 
 
 def test_a_batch_commits_each_draft_and_a_failed_one_leaves_the_others(store, monkeypatch):
-    real = store_mod._write_synced
+    real = store_mod._write_new
 
     def write(path, data):
         if data == b"no room\r\n":
             raise OSError(28, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(store_mod, "_write_synced", write)
+    monkeypatch.setattr(store_mod, "_write_new", write)
     a, b = domain_box("a.test"), domain_box("b.test")
     results = store.commit_many([Draft("x@o.test", {a: ["u@a.test"]}, b"one\r\n"),
                                  Draft("x@o.test", {a: ["u@a.test"], b: ["v@b.test"]}, b"no room\r\n"),
@@ -124,3 +124,17 @@ def test_a_failed_directory_sync_takes_back_only_the_drafts_in_that_box(store, m
     assert isinstance(results[0], str) and isinstance(results[1], OSError)
     assert [store.read(e) for e in store.list(a)] == [b"boxes exist\r\n", b"kept\r\n"]
     assert [store.read(e) for e in store.list(b)] == [b"boxes exist\r\n"]
+
+
+def test_a_file_whose_fsync_failed_takes_its_draft_back_alone(store):
+    a = domain_box("a.test")
+    drafts = [Draft("x@o.test", {a: ["u@a.test"]}, f"{n}\r\n".encode()) for n in range(3)]
+
+    def sync(fds):      # body and envelope of each draft, in order: the second draft's envelope fails
+        assert len(fds) == 6
+        return [OSError(5, "Input/output error") if i == 3 else None for i in range(len(fds))]
+
+    results = store.commit_many(drafts, sync)
+    assert isinstance(results[1], OSError) and all(isinstance(r, str) for r in (results[0], results[2]))
+    assert [store.read(e) for e in store.list(a)] == [b"0\r\n", b"2\r\n"]
+    assert not list((store.root / "tmp").iterdir())
