@@ -20,6 +20,8 @@ _BROKEN = (EOFError, OSError, ProtocolError, asyncio.TimeoutError)
 
 
 class Relay:
+    REMOVALS_PER_SYNC = 50      # delivered messages per directory fsync in a drain
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.store = Store(cfg.queue)
@@ -107,28 +109,42 @@ class Relay:
 
     async def deliver_box(self, client, box, counts):
         """Send every message in `box` (including ones arriving meanwhile) once;
-        counts: [delivered, deferred, bounced] messages, updated in place."""
+        counts: [delivered, deferred, bounced] messages, updated in place.
+        A message done with leaves the queue at once (unqueue); the disk is
+        told every REMOVALS_PER_SYNC messages and at the end (sweep), so a
+        power cut may bring back that many, a kill -9 none but the one in
+        flight: at-least-once either way."""
         seen = set()
-        while True:
-            todo = [e for e in self.store.list(box) if e.id not in seen]
-            if not todo:
-                return
-            for env in todo:
-                seen.add(env.id)
-                try:
-                    data = self.store.read(env)
-                except FileNotFoundError:
-                    continue        # dropped by the admin meanwhile
-                result = await client.send(env.mail_from, env.rcpts, data)
-                if result.failed:
-                    failures = {r: (rep.status(), str(rep)) for r, rep in result.failed.items()}
-                    await asyncio.to_thread(self.bounce, env, failures, "the recipient's server refused it", data)
-                    counts[2] += 1
-                await asyncio.to_thread(self.store.update, env, result.pending)
-                if result.pending:
-                    counts[1] += 1
-                elif result.delivered:
-                    counts[0] += 1
+        done = []
+        try:
+            while True:
+                todo = [e for e in self.store.list(box) if e.id not in seen]
+                if not todo:
+                    return
+                for env in todo:
+                    seen.add(env.id)
+                    try:
+                        data = self.store.read(env)
+                    except FileNotFoundError:
+                        continue        # dropped by the admin meanwhile
+                    result = await client.send(env.mail_from, env.rcpts, data)
+                    if result.failed:
+                        failures = {r: (rep.status(), str(rep)) for r, rep in result.failed.items()}
+                        await asyncio.to_thread(self.bounce, env, failures, "the recipient's server refused it", data)
+                        counts[2] += 1
+                    if result.pending:
+                        await asyncio.to_thread(self.store.update, env, result.pending)
+                        counts[1] += 1
+                        continue
+                    if self.store.unqueue(box, env.id):
+                        done.append(env.id)
+                    counts[0] += bool(result.delivered)
+                    if len(done) >= self.REMOVALS_PER_SYNC:
+                        await asyncio.to_thread(self.store.sweep, box, done)
+                        done = []
+        finally:
+            if done:
+                self.store.sweep(box, done)     # not in a thread: a shutdown's cancel must not skip it
 
     # -- outbox ------------------------------------------------------------------
     async def flush_outbox(self):

@@ -241,13 +241,28 @@ class Store:
             self.remove(env.box, env.id)
 
     def remove(self, box, id):
+        if not self.unqueue(box, id):
+            return False
+        self.sweep(box, [id])
+        return True
+
+    def unqueue(self, box, id):
+        """Take the message out of the queue (its envelope goes; a relay
+        killed now never sends it again), without waiting for the disk;
+        sweep() makes that durable and deletes the body. False if it was
+        not queued."""
         try:
             self._env_path(box, id).unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(self._dir(box))
-        self.body_path(box, id).unlink(missing_ok=True)
         return True
+
+    def sweep(self, box, ids):
+        """After unqueue(): one directory fsync for all of `ids`, then their
+        bodies go (a body outlives its envelope on disk, never the reverse)."""
+        _fsync_dir(self._dir(box))
+        for id in ids:
+            self.body_path(box, id).unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------
     def list(self, box):

@@ -30,7 +30,7 @@ def relay_cfg(tmp_path):
     return write_config(tmp_path / "relay.toml", tmp_path / "queue")
 
 
-def test_kill_9_in_the_middle_of_a_delivery_loses_nothing(relay_cfg):
+def test_kill_9_in_the_middle_of_a_delivery_loses_nothing(relay_cfg, tmp_path):
     relay = RelayProcess(relay_cfg).start()
     sink = Sink(delay=0.02)
     listener = sink.serve()
@@ -57,6 +57,8 @@ def test_kill_9_in_the_middle_of_a_delivery_loses_nothing(relay_cfg):
         # §6.1's price: at most the one message in flight at the kill comes twice.
         assert len(got) - 60 <= 1
         assert relay.queue("list").stdout == ""
+        # the bodies of the delivered messages are swept too, the killed drain's included
+        assert list((tmp_path / "queue" / "domains" / "example.test").iterdir()) == []
     finally:
         relay.stop()
         listener.stop()

@@ -138,3 +138,13 @@ def test_a_file_whose_fsync_failed_takes_its_draft_back_alone(store):
     assert isinstance(results[1], OSError) and all(isinstance(r, str) for r in (results[0], results[2]))
     assert [store.read(e) for e in store.list(a)] == [b"0\r\n", b"2\r\n"]
     assert not list((store.root / "tmp").iterdir())
+
+
+def test_unqueued_mail_leaves_the_queue_at_once_and_its_body_at_the_sweep(store):
+    a = domain_box("a.test")
+    ids = [store.commit("x@o.test", {a: ["u@a.test"]}, b"m\r\n") for _ in range(3)]
+    assert store.unqueue(a, ids[0]) and store.unqueue(a, ids[1]) and not store.unqueue(a, ids[1])
+    assert [e.id for e in store.list(a)] == [ids[2]]
+    assert store.body_path(a, ids[0]).exists()          # until the removal is on disk
+    store.sweep(a, ids[:2])
+    assert sorted(p.name for p in (store.root / "domains" / "a.test").iterdir()) == [f"{ids[2]}.eml", f"{ids[2]}.env"]
