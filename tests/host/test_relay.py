@@ -2,6 +2,7 @@
 aiosmtpd. Every relay is a `python -m host_tools relay` child on free ports."""
 import email
 import smtplib
+import socket
 import time
 
 import pytest
@@ -104,6 +105,43 @@ def test_never_an_open_relay(start_relay):
         assert c.rcpt("a@sub.example.test")[0] == 550
         assert b"AUTH" not in c.ehlo_resp
     assert queued(relay) == []
+
+
+def test_pipelined_transactions_get_their_replies_in_order(start_relay, sink):
+    """PIPELINING as Postfix uses it: MAIL, the RCPTs and DATA in one write,
+    the text and the next transaction's commands in the next (RFC 2920)."""
+    relay = start_relay()
+    with socket.create_connection(("127.0.0.1", relay.ports["smtp"]), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def replies(n):
+            out = []
+            while len(out) < n:
+                line = f.readline()
+                assert line, out
+                if line[3:4] == b" ":
+                    out.append(line[:3].decode())
+            return out
+
+        assert replies(1) == ["220"]
+        s.sendall(b"EHLO outside.test\r\n")
+        ehlo = [f.readline()]
+        while ehlo[-1][3:4] == b"-":
+            ehlo.append(f.readline())
+        assert b"250-PIPELINING\r\n" in ehlo
+        s.sendall(b"MAIL FROM:<x@outside.test>\r\nRCPT TO:<v@elsewhere.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")
+        assert replies(4) == ["250", "550", "250", "354"]
+        s.sendall(message(1).encode() + b".\r\nMAIL FROM:<y@outside.test>\r\nRCPT TO:<v@elsewhere.test>\r\nDATA\r\n")
+        assert replies(4) == ["250", "250", "550", "503"]      # no recipient taken: no DATA
+        s.sendall(b"RSET\r\nMAIL FROM:<z@outside.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        assert replies(4) == ["250", "250", "250", "354"]
+        s.sendall(message(2, to="b@example.test").encode() + b".\r\nQUIT\r\n")
+        assert replies(2) == ["250", "221"]
+    assert [row[-1] for row in queued(relay)] == ["a@example.test", "b@example.test"]
+    box, port = sink()
+    assert fetchmail(relay.ports["odmr"], port).returncode == 0
+    assert [m[2].split(b"\r\n\r\n", 1)[1] for m in box.messages] == \
+        [message(n).split("\r\n\r\n", 1)[1].encode() for n in (1, 2)]
 
 
 def test_size_limit(start_relay):
