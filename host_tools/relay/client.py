@@ -10,8 +10,12 @@ _BARE = re.compile(rb"\r\n|\r|\n")
 
 def canonical(data):
     """CRLF line ends throughout, ending in CRLF: a bare CR or LF never survives
-    to split a message on a later hop (SMTP smuggling)."""
-    data = _BARE.sub(b"\r\n", data)
+    to split a message on a later hop (SMTP smuggling). Counting comes first:
+    the regular expression costs the intake a millisecond on 10 KB, and
+    almost every message needs nothing."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        data = _BARE.sub(b"\r\n", data)
     return data if data.endswith(b"\r\n") or not data else data + b"\r\n"
 
 

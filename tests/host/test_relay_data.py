@@ -1,12 +1,14 @@
 """The relay's DATA reader (smtp_in.MessageText) against the rule it
 replaces, aiosmtpd's line by line reading: the same text, the same
 refusals, whatever the chunks the bytes arrive in, and not one byte read
-past the end mark (the next command stays for the session)."""
+past the end mark (the next command stays for the session). And the
+canonical form every queued message gets (CRLF line ends only)."""
 import asyncio
 import random
 
 import pytest
 
+from host_tools.relay.client import canonical
 from host_tools.relay.smtp_in import MessageText
 
 LINE_LIMIT = 1001       # aiosmtpd's line_length_limit, which the relay keeps
@@ -82,3 +84,15 @@ def test_a_message_over_the_size_limit_is_read_to_its_end_and_refused():
     raw = b"Subject: x\r\n\r\n" + b"y" * 500 + b"\r\n.\r\nQUIT\r\n"
     assert read(raw, 400, cut(raw, random.Random(1))) == (b"", "552 Error: Too much mail data", b"QUIT\r\n")
     assert read(raw, 600, [raw])[1] is None
+
+
+@pytest.mark.parametrize("raw, want", [
+    (b"a\r\nb\r\n", b"a\r\nb\r\n"),
+    (b"a\nb\r\n", b"a\r\nb\r\n"),           # a bare LF
+    (b"a\rb\r\n", b"a\r\nb\r\n"),           # a bare CR
+    (b"a\r\r\nb\n\r\n", b"a\r\n\r\nb\r\n\r\n"),
+    (b"a\r\nb", b"a\r\nb\r\n"),             # no line end at the end
+    (b"", b""),
+])
+def test_canonical_text_has_crlf_line_ends_only(raw, want):
+    assert canonical(raw) == want
