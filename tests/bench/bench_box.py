@@ -203,10 +203,17 @@ class Bare:
 
 
 class Peer:
+    """An aiosmtpd peer as a process of its own (MODULE, which prints READY)."""
+
+    MODULE = "tests.bench.peer_mailbox"
+
     def __init__(self, tmp):
         self.dir = Path(tempfile.mkdtemp(prefix="peer", dir=tmp))
         self.port = mpy.free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.peer_mailbox", str(self.dir), str(self.port)],
+        self.start(str(self.dir), str(self.port))
+
+    def start(self, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", self.MODULE, *args],
                                      cwd=mpy.REPO, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "READY":
             self.proc.kill()

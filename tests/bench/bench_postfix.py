@@ -1,50 +1,154 @@
-"""The provider's scale path (issue 17): COUNT x 10 KB messages into a
-private Postfix, which hands them to the relay (transport_maps from `odmrgw
-relay postfix-config`); then one ATRN drains them into the box's side (the
-scripted customer with aiosmtpd on the turned line). The peer in the same
-run: the same Postfix delivering the same load to a plain aiosmtpd (its
-relayhost), which is what Postfix manages when nothing behind it fsyncs.
+"""The provider's scale path (issue 17): a private Postfix hands the held
+domain's mail to the relay (transport_maps from `odmrgw relay
+postfix-config`); one ATRN then drains it into the box's side (the scripted
+customer with aiosmtpd on the turned line, announcing PIPELINING as the
+box's receiver does). The peer, on the same Postfix:
+the same load to a plain aiosmtpd (its relayhost, a process of its own that
+keeps nothing and syncs nothing), which is what Postfix manages when nothing
+behind it writes to disk.
 
-Timed from the first message into Postfix until the last is in the relay's
-queue (every .env on disk) or in the sink."""
+Load generator: Postfix's smtp-source, SESSIONS parallel sessions of
+COUNT x SIZE into Postfix. Rounds are interleaved (relay path, peer; the
+next round peer first), ROUNDS of them; each figure is reported as the
+median with min and max over the rounds, each ratio as the median of the
+rounds' ratios. Per round, through the relay:
+
+    intake      first message into Postfix until the last is in the relay's
+                queue (COUNT envelopes on disk), nobody draining
+    drain       then one ATRN: from the login until the relay hangs up
+    whole path  a second load with the box pulling all the while (one ATRN
+                after the other, as soon as the last one ended; 0.1 s after
+                a 453): first message into Postfix until the last is in the box
+    peer        first message into Postfix until the last is in the plain aiosmtpd
+    CPU         the relay's process (all its threads, user + system) during
+                the intake, and the plain aiosmtpd's during its load, per
+                message: on a machine shared with other work the rates swing
+                with the load, the CPU a message costs much less
+
+The relay keeps up with Postfix when intake/peer and whole/peer are about 1
+(they cannot be much above: Postfix delivers both), and its drain when
+drain/peer is 1 or more."""
 import os
 import shutil
-import smtplib
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from host_tools import mpy
 from host_tools.relay.testing import Customer, Postfix, RelayProcess, Sink, write_config
+from tests.bench.bench_box import Peer, _smtp_source
 
 COUNT = 500
 SIZE = 10 * 1024
+SESSIONS = 4
+ROUNDS = 5
 LIMIT = 600         # seconds for any one phase before the bench gives up on it
 
 
-def messages(to):
-    line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
-    for n in range(COUNT):
-        head = f"From: x@outside.test\r\nTo: {to}\r\nSubject: bench {n}\r\nMessage-ID: <p{n}@outside.test>\r\n\r\n"
-        yield head + line * ((SIZE - len(head)) // len(line))
+class PlainPeer(Peer):
+    """tests/bench/peer_sink.py on a free port; .count is what it has taken."""
+
+    MODULE = "tests.bench.peer_sink"
+
+    def __init__(self):
+        self.port = mpy.free_port()
+        self.count = 0
+        self.start(str(self.port))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.count = int(line)
 
 
-def push(port, to, source):
-    """Send COUNT messages into Postfix over one connection; returns the start time."""
-    t0 = time.monotonic()
-    with smtplib.SMTP("127.0.0.1", port, timeout=60, source_address=(source, 0)) as c:
-        for m in messages(to):
-            c.sendmail("x@outside.test", [to], m)
-    return t0
+def smtp_source(port, to):
+    """Start COUNT messages into Postfix; the running smtp-source."""
+    return subprocess.Popen([_smtp_source(), "-d", "-s", str(SESSIONS), "-m", str(COUNT), "-l", str(SIZE),
+                             "-M", "outside.test", "-f", "x@outside.test", "-t", to, f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def until(done):
-    deadline = time.monotonic() + LIMIT
+def until(done, deadline):
     while not done() and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.05)
     return done()
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_load(port, to, arrived):
+    """Seconds from the load's start until `arrived()` reaches COUNT; None if
+    it never did (or smtp-source failed), with the reason."""
+    t0 = time.monotonic()
+    load = smtp_source(port, to)
+    complete = until(lambda: arrived() >= COUNT, t0 + LIMIT)
+    dt = time.monotonic() - t0
+    try:
+        load.wait(LIMIT)
+    except subprocess.TimeoutExpired:
+        load.kill()
+        load.wait()
+    if load.returncode:
+        return None, f"smtp-source: {load.stderr.strip().splitlines()[-1:]}"
+    return (dt, "") if complete else (None, f"{arrived()} of {COUNT} arrived")
+
+
+def relay_round(mx, relay, held):
+    """(intake s, drain s, whole path s, intake CPU s, problem) of one round through the relay."""
+    cpu = cpu_seconds(relay.proc.pid)
+    intake, problem = timed_load(mx, "a@example.test", lambda: len(list(held.glob("*.env"))) if held.is_dir() else 0)
+    cpu = cpu_seconds(relay.proc.pid) - cpu
+    if intake is None:
+        return None, None, None, None, problem
+    box = Sink(pipelining=True)
+    t0 = time.monotonic()
+    c = Customer(relay.ports["odmr"], timeout=LIMIT)
+    c.login()
+    c.turn(box, timeout=LIMIT)
+    drain = time.monotonic() - t0
+    problem = check(box)
+    if problem:
+        return None, None, None, None, problem
+    box = Sink(pipelining=True)
+    puller = threading.Thread(target=pull, args=(relay, box, time.monotonic() + LIMIT))
+    puller.start()
+    whole, problem = timed_load(mx, "a@example.test", lambda: len(box.messages))
+    puller.join()
+    return intake, drain, whole, cpu, problem or check(box)
+
+
+def pull(relay, box, deadline):
+    """The box pulling into `box` until it holds COUNT: one ATRN after the
+    other, 0.1 s after a 453."""
+    while len(box.messages) < COUNT and time.monotonic() < deadline:
+        c = Customer(relay.ports["odmr"], timeout=LIMIT)
+        if c.login()[0] == 250:
+            c.turn(box, timeout=LIMIT)
+        else:
+            c.close()
+            time.sleep(0.1)
+
+
+def check(box):
+    """What is wrong with the box's mail: every message once, none missing."""
+    ids = {next((line for line in data.split(b"\r\n") if line.lower().startswith(b"message-id:")), b"")
+           for _, _, data in box.messages}
+    if len(box.messages) != COUNT or len(ids) != COUNT:
+        return f"the box got {len(box.messages)} messages, {len(ids)} distinct, of {COUNT}"
+    return ""
+
+
+def spread(values, fmt=".0f", unit=""):
+    """The median with (min-max)."""
+    return f"{statistics.median(values):{fmt}}{unit} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def run(report):
@@ -53,41 +157,56 @@ def run(report):
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sink = Sink()
-        world = sink.serve()
-        intake, mx = mpy.free_port(), mpy.free_port()
+        peer = PlainPeer()
+        intake_port, mx = mpy.free_port(), mpy.free_port()
         conf = write_config(tmp / "relay.toml", tmp / "queue",
-                            listen={"smtp": f"127.0.0.1:{intake}", "odmr": "127.0.0.1:0"})
+                            listen={"smtp": f"127.0.0.1:{intake_port}", "odmr": "127.0.0.1:0"})
         (tmp / "postfix").mkdir()
         lines = subprocess.run([sys.executable, "-m", "host_tools", "relay", "postfix-config", "--config", str(conf),
                                 "--write", "--maps", str(tmp / "postfix")],
                                cwd=mpy.REPO, capture_output=True, text=True, timeout=60, check=True).stdout
         relay = RelayProcess(conf)
-        postfix = Postfix(tmp / "postfix", mx, f"127.0.0.1:{world.port}", main=lines)
+        postfix = Postfix(tmp / "postfix", mx, f"127.0.0.1:{peer.port}", main=lines)
+        held = tmp / "queue" / "domains" / "example.test"
+        rates = {"intake": [], "drain": [], "whole": [], "peer": []}
+        ms = {"relay": [], "peer": []}        # CPU per message
+        problems = []
         try:
             relay.start()
             postfix.start()
-            held = tmp / "queue" / "domains" / "example.test"
-            t0 = push(mx, "a@example.test", "127.0.0.2")
-            complete = until(lambda: held.is_dir() and len(list(held.glob("*.env"))) >= COUNT)
-            into_relay = COUNT / (time.monotonic() - t0)
-            t1 = time.monotonic()
-            box = Sink()
-            c = Customer(relay.ports["odmr"], timeout=LIMIT)
-            c.login()
-            c.turn(box, timeout=LIMIT)
-            drain = len(box.messages) / (time.monotonic() - t1)
-            whole = len(box.messages) / (time.monotonic() - t0)
-
-            t0 = push(mx, "b@outside.test", "127.0.0.1")      # from mynetworks: relayed to the plain aiosmtpd
-            plain_done = until(lambda: len(sink.messages) >= COUNT)
-            plain = COUNT / (time.monotonic() - t0)
+            for n in range(ROUNDS):
+                for path in ("relay", "peer") if n % 2 == 0 else ("peer", "relay"):
+                    if path == "peer":
+                        base, cpu = peer.count, cpu_seconds(peer.proc.pid)
+                        dt, problem = timed_load(mx, "b@outside.test", lambda: peer.count - base)
+                        if dt:
+                            rates["peer"].append(COUNT / dt)
+                            ms["peer"].append((cpu_seconds(peer.proc.pid) - cpu) * 1000 / COUNT)
+                    else:
+                        intake, drain, whole, cpu, problem = relay_round(mx, relay, held)
+                        if whole:
+                            rates["intake"].append(COUNT / intake)
+                            rates["drain"].append(COUNT / drain)
+                            rates["whole"].append(COUNT / whole)
+                            ms["relay"].append(cpu * 1000 / COUNT)
+                    if problem:
+                        problems.append(f"round {n + 1}, {path}: {problem}")
         finally:
             postfix.stop()
             relay.stop()
-            world.stop()
-        note = "" if complete and len(box.messages) == COUNT and plain_done else "; INCOMPLETE"
-        report("Postfix -> relay queue (fsync each)", f"{into_relay:.0f} msg/s", f"{COUNT} x {SIZE // 1024} KB{note}")
-        report("relay ATRN drain -> box (aiosmtpd customer)", f"{drain:.0f} msg/s")
-        report("Postfix -> relay -> box, whole path", f"{whole:.0f} msg/s", "intake, then one ATRN")
-        report("Postfix -> plain aiosmtpd (peer)", f"{plain:.0f} msg/s", f"relay intake/plain {into_relay / plain:.2f}x")
+            peer.stop()
+        note = f"{COUNT} x {SIZE // 1024} KB, smtp-source -s {SESSIONS}, {ROUNDS} rounds: median (min-max)"
+        if problems or len(rates["intake"]) != len(rates["peer"]):
+            report("Postfix -> relay -> box", "INCOMPLETE", "; ".join(problems))
+            if not rates["intake"] or not rates["peer"]:
+                return
+        pairs = list(zip(rates["intake"], rates["drain"], rates["whole"], rates["peer"]))
+        report("Postfix -> relay queue (intake)", f"{spread(rates['intake'])} msg/s", note)
+        report("relay ATRN drain -> box (aiosmtpd customer)", f"{spread(rates['drain'])} msg/s")
+        report("Postfix -> relay -> box, whole path", f"{spread(rates['whole'])} msg/s", "the box pulling meanwhile")
+        report("Postfix -> plain aiosmtpd (peer)", f"{spread(rates['peer'])} msg/s")
+        report("intake / peer", spread([i / p for i, _, _, p in pairs], ".2f", "x"), "about 1: the relay keeps up with Postfix")
+        report("drain / peer", spread([d / p for _, d, _, p in pairs], ".2f", "x"))
+        report("whole path / peer", spread([w / p for _, _, w, p in pairs], ".2f", "x"))
+        report("CPU per message: relay intake", f"{spread(ms['relay'], '.1f')} ms", "its process, all threads")
+        report("CPU per message: plain aiosmtpd", f"{spread(ms['peer'], '.1f')} ms")

@@ -33,7 +33,12 @@ class MailboxHandler:
 
 
 def main(root, port):
-    controller = Controller(MailboxHandler(root), hostname="127.0.0.1", port=int(port), data_size_limit=1 << 30)
+    serve(MailboxHandler(root), port)
+
+
+def serve(handler, port):
+    """Run `handler` in aiosmtpd on 127.0.0.1:port until SIGTERM or SIGINT."""
+    controller = Controller(handler, hostname="127.0.0.1", port=int(port), data_size_limit=1 << 30)
     controller.start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
