@@ -71,7 +71,7 @@ class Forwarder:
         boxes = self.policy.mailboxes
         sent = 0
         fell_back = False
-        for id in spool.ids("local"):
+        for id in spool.walk("local"):
             env = spool.envelope(id)
             groups = {}
             for addr, queue in env.rcpts:

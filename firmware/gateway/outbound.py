@@ -50,6 +50,12 @@ class Outbound:
     caller keeps it, in RAM: after a reboot every message is simply tried at
     the next cycle)."""
 
+    BATCH = 16  # "out" ids listed at a time (Spool.walk)
+    # Messages whose pause is remembered; past that many, one deferred is
+    # simply tried again at the next flush (as after a reboot), so a
+    # smarthost that defers 10,000 one by one does not fill the heap.
+    PAUSES = 64
+
     def __init__(self, cfg, spool, policy, clock, retry=None):
         self.cfg = cfg
         self.spool = spool
@@ -60,47 +66,61 @@ class Outbound:
         self.retry = {} if retry is None else retry  # id -> (tries, not before)
 
     async def flush(self):
+        """Walks the "out" queue oldest first, BATCH ids at a time (memory
+        flat in the number waiting), opening the line at the first message
+        that is due. Once the line is refused or gone, the rest that is due
+        counts as deferred; old mail is still bounced on the way."""
         out = Summary()
-        ids = self.spool.ids("out")
         conf = self.cfg.get("smarthost") or {}
-        now = self.clock()
-        due = []
-        for id in ids:
-            env = self.spool.envelope(id)
-            if now - env.received > self.bounce_after:
-                text = "4.4.7 Gave up after %d days of trying" % (self.bounce_after // 86400)
-                self._give_up(env, [(a, 0, text) for a in _out(env)], out)
-            elif self.retry.get(id, (0, 0))[1] <= now:
-                due.append(id)
-            else:
-                out.deferred += 1
-        if not due:
-            return out
-        if not conf.get("host"):
-            out.deferred += len(due)
-            out.error = "no smarthost configured (smarthost.host): outgoing mail waits"
-            return out
+        client = None
         try:
-            client = await SMTPClient.open(conf, DEFAULT_PORT, self.cfg.get("hostname") or "gateway", "smarthost")
-        except SMTPError as e:
-            out.deferred += len(due)
-            out.error, out.temporary = "%d %s" % (e.code, e.text), e.temporary
-            return out
-        try:
-            for i, id in enumerate(due):
+            for id in self.spool.walk("out", self.BATCH):
+                env = self.spool.envelope(id)
+                if not self._due(env, out):
+                    continue
+                if client is None and out.error is None:
+                    client = await self._open(conf, out)
+                if client is None:
+                    out.deferred += 1
+                    continue
                 try:
-                    await self._send(client, id, out)
+                    await self._send(client, env, out)
                 except SMTPError as e:
                     # The line is gone: this and the rest stay for next time.
-                    out.deferred += len(due) - i
+                    out.deferred += 1
                     out.error = "%d %s" % (e.code, e.text)
-                    return out
+                    await client.quit()
+                    client = None
         finally:
-            await client.quit()
+            if client is not None:
+                await client.quit()
         return out
 
-    async def _send(self, client, id, out):
-        env = self.spool.envelope(id)
+    def _due(self, env, out):
+        """Whether env is to be sent now; one past bounce_after is given up."""
+        now = self.clock()
+        if now - env.received > self.bounce_after:
+            text = "4.4.7 Gave up after %d days of trying" % (self.bounce_after // 86400)
+            self._give_up(env, [(a, 0, text) for a in _out(env)], out)
+            return False
+        if self.retry.get(env.id, (0, 0))[1] > now:
+            out.deferred += 1
+            return False
+        return True
+
+    async def _open(self, conf, out):
+        """The smarthost line, or None with out.error saying why."""
+        if not conf.get("host"):
+            out.error = "no smarthost configured (smarthost.host): outgoing mail waits"
+            return None
+        try:
+            return await SMTPClient.open(conf, DEFAULT_PORT, self.cfg.get("hostname") or "gateway", "smarthost")
+        except SMTPError as e:
+            out.error, out.temporary = "%d %s" % (e.code, e.text), e.temporary
+            return None
+
+    async def _send(self, client, env, out):
+        id = env.id
         rcpts = _out(env)
         with self.spool.open(id, env) as body:
             results = await submit.send_message(client, env.mail_from, rcpts, body, env.size)
@@ -116,7 +136,8 @@ class Outbound:
         log.info("smarthost: %s: %d sent, %d failed, %d deferred" % (id, len(sent), len(failed), later))
         if later:
             tries = self.retry.get(id, (0, 0))[0] + 1
-            self.retry[id] = (tries, self.clock() + min(RETRY_MIN << (tries - 1), RETRY_MAX))
+            if id in self.retry or len(self.retry) < self.PAUSES:
+                self.retry[id] = (tries, self.clock() + min(RETRY_MIN << (tries - 1), RETRY_MAX))
             out.deferred += 1
         else:
             self.retry.pop(id, None)

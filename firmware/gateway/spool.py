@@ -293,6 +293,19 @@ class Spool:
 
         return spoolread.ids(self, queue, after, limit)
 
+    def walk(self, queue, batch=16):
+        """Every whole record with `queue` pending, oldest first, listed
+        `batch` at a time: a walk of 10,000 waiting holds 16 ids, not a
+        list of them all (that would not fit the heap)."""
+        after = ""
+        while True:
+            ids = self.ids(queue, after, batch)
+            if not ids:
+                return
+            after = ids[-1]
+            for id in ids:
+                yield id
+
     def envelope(self, id):
         from gateway import spoolread
 

@@ -143,3 +143,19 @@ def test_too_old_is_bounced_without_trying_and_a_bounce_never_bounces():
     report = _read(sp, bounces[0])
     assert b"Status: 4.4.7" in report and b"Final-Recipient: rfc822; a@x.test" in report
     assert old and null
+
+
+def test_a_flush_walks_the_queue_a_batch_at_a_time():
+    # With 10,000 waiting, one list of every id would not fit the heap: the
+    # flush lists BATCH at a time and still counts every message.
+    card = support.Card()
+    sp, clock = _spool(card)
+    ids = [_put(sp, ["r%d@x.test" % n]) for n in range(10)]
+    asked = []
+    real = sp.ids
+    sp.ids = lambda queue, after="", limit=0: asked.append(limit) or real(queue, after, limit)
+    with support.patched(outbound.Outbound, BATCH=3):
+        summary, provider, sp = _flush(sp, clock, [("send", b"421 4.3.2 shutting down\r\n")])
+    assert summary.deferred == 10 and "421" in summary.error
+    assert len(asked) == 5 and all(n == 3 for n in asked)  # 3, 3, 3, 1, then none left
+    assert real("out") == ids

@@ -238,3 +238,25 @@ def test_a_damaged_seq_file_never_lets_an_id_come_back():
     sp.recover()
     assert _store(sp, b"o\r\n") > ids[-1]
     card.unmount()
+
+
+def test_a_limited_listing_scans_only_the_buckets_it_needs():
+    # 10,000 waiting make 40 buckets: a batch of 16 (the flush, the
+    # hand-off, `queue`) must not scan them all each time.
+    from gateway import spoolread
+
+    card, sp = _spool()
+    sp.recover()
+    ids = []
+    for b in range(4):  # one record in each of four buckets
+        ids.append(_store(sp, b"x\r\n", (("o@far.test", "out"),)))
+        sp._next = (int(ids[-1], 16) | 0xFF) + 1
+    scanned = []
+    real = spoolread.bits
+    spoolread.bits = lambda sp, bucket, *a: scanned.append(bucket) or real(sp, bucket, *a)
+    try:
+        assert sp.ids("out", "", 1) == ids[:1] and scanned == [ids[0][:6]]
+        assert list(sp.walk("out", 2)) == ids
+    finally:
+        spoolread.bits = real
+    card.unmount()
