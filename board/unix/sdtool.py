@@ -100,7 +100,7 @@ def cmd_export(dest):
         for sub in ("", "/cur", "/new", "/tmp"):
             _mkdir(base + sub)
         n = 0
-        for id in boxes.ids(user):
+        for id in boxes.each(user):  # not a list: 10,000 ids would not fit the heap
             src = boxes.open_body(user, id, buf)
             if src is None:
                 continue

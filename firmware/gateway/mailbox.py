@@ -310,10 +310,11 @@ class Mailboxes:
                     m[i >> 3] |= 1 << (i & 7)
         return m
 
-    def _each(self, user):
+    def each(self, user):
         """Every record id in user's mailbox, oldest first, one bucket's
-        names at a time (a generator: the caller may stop early, no
-        directory iterator is left open between buckets)."""
+        names at a time (a generator: memory flat in the mailbox's size;
+        the caller may stop early, no directory iterator is left open
+        between buckets)."""
         for b in buckets(self._dir(user)):
             m = self._bits(self._dir(user) + "/" + b)
             for i in range(256):
@@ -321,8 +322,9 @@ class Mailboxes:
                     yield "%s%02x" % (b, i)
 
     def ids(self, user):
-        """Ids of every message file in a mailbox, oldest first (host tools)."""
-        return list(self._each(user))
+        """each() as a list: for small mailboxes (tests); a big one is walked
+        with each()."""
+        return list(self.each(user))
 
     def listing(self, user):
         """A Listing of whole messages, oldest first, at most MAX_LISTED
@@ -332,7 +334,7 @@ class Mailboxes:
         for it."""
         out = Listing(min(self.usage(user)[0], self.MAX_LISTED))
         room = len(out.ids)
-        for id in self._each(user):
+        for id in self.each(user):
             try:
                 info = self.info(user, id)
             except OSError:

@@ -64,3 +64,23 @@ def test_export_of_a_card_without_mail_is_empty_not_an_error(tmp_path):
     r = subprocess.run([ODMRGW, "sd", "export", img, tmp_path / "out"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_export_of_a_mailbox_of_thousands_fits_the_tools_heap(tmp_path):
+    # A list of every id took 32 KB blocks that the tool's heap did not have
+    # at 3,000 messages (MemoryError); the export walks the mailbox instead.
+    from tests.e2e.test_local_scale import PREPARE
+
+    img = tmp_path / "card.img"
+    subprocess.run([ODMRGW, "sd", "mkfs", img, "--size", "64M"], check=True)
+    script = tmp_path / "prepare.py"
+    script.write_text(PREPARE)
+    out = mpy.run(script, img, 3000, 0, heap="2m", capture_output=True, text=True, timeout=600)
+    assert "PREPARED" in out.stdout, out.stdout + out.stderr
+    dest = tmp_path / "export"
+    r = subprocess.run([ODMRGW, "sd", "export", img, dest], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "alice: 3000 messages" in r.stdout
+    files = sorted((dest / "alice" / "new").iterdir())
+    assert len(files) == 3000
+    assert email.message_from_bytes(files[-1].read_bytes())["Subject"] == "stored 2999"
