@@ -55,9 +55,16 @@ class App:
         self.mailboxes = Mailboxes(root + "/mail", self.policy, self.spool)
 
     async def hand_off(self):
-        """Mail that waited in the spool at boot goes on to the mailboxes. A
-        failure is logged: the mail stays in the spool for the next cycle."""
+        """Older firmware's mailboxes move into today's layout, a step at a
+        time between the sessions (thousands of copies must not hold up
+        POP3 or the watchdog), and mail that waited in the spool at boot
+        goes on to the mailboxes. A failure is logged: the mail stays where
+        it was for the next boot or cycle."""
+        import asyncio
+
         try:
+            while self.mailboxes.migrate():
+                await asyncio.sleep(0)
             log.info("spool: %d handed to the mailboxes" % self.mailboxes.deliver_pending(self.spool))
         except Exception as e:  # noqa: BLE001 - the box serves on whatever the card holds
             log.error("spool: hand-off failed: %r" % (e,))

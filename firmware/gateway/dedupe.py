@@ -202,7 +202,12 @@ class Seen:
             except OSError:
                 pass
             raise
+        from gateway.spool import Scan
+
+        # Entry by entry: a mailbox of the first layout holds every message
+        # in this directory, and a list of 10,000 names would not fit.
         d = path[: path.rfind("/")]
-        for name in os.listdir(d):
-            if name.startswith(self.OLD):
-                os.remove(d + "/" + name)
+        with Scan(d) as entries:
+            old = [e[0] for e in entries if e[0].startswith(self.OLD)]
+        for name in old:
+            os.remove(d + "/" + name)

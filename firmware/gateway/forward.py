@@ -93,6 +93,7 @@ class Forwarder:
                     boxes.keep_here(id, addr)
                     fell_back = True
         if fell_back:
+            spool.rescan = True  # what the forward host refused is the hand-off's again
             boxes.deliver_pending(spool)
         return sent
 

@@ -103,7 +103,7 @@ def _copy(self, user, addr, env, key, spool):
     # the spool's reserve (journals, the log).
     if spool.free_bytes() < spool.reserve + env.hlen + env.size + _TRAILER:
         raise SpoolFull("no room for a copy")
-    path = "%s/%s.m" % (spool.bucket(self._dir(user), id), id)
+    path = "%s/%s.m" % (self.bucket(user, id, spool), id)
     draft = Draft(spool, id, path, header, floor=spool.reserve)
     try:
         with spool.open(id, env) as body:

@@ -1,11 +1,15 @@
 # Per-user mailboxes on the card.
 #
 # Layout under root (sd_root + "/mail"), one directory per user:
-#   <user>/<bucket>/<id>.m   one message: a spool record (format: spool.py),
-#                            256 ids to a bucket like the spool, so no FAT
-#                            directory scan grows with the mailbox. <id> is
-#                            the spool id, which is also the POP3 UIDL
-#                            (unique, never reused, stable across boots)
+#   <user>/<group>/<bucket>/<id>.m
+#                            one message: a spool record (format: spool.py),
+#                            256 ids to a bucket (<id[:6]>) like the spool,
+#                            16 buckets to a group (<id[:5]>), so no FAT
+#                            directory a message's path goes through grows
+#                            with the mailbox: at 10,000 the user's directory
+#                            holds 3 groups, not 40 buckets. <id> is the
+#                            spool id, which is also the POP3 UIDL (unique,
+#                            never reused, stable across boots)
 #   <user>/seen              duplicate index, a table of fixed slots (gateway.dedupe)
 #   <user>/journal           POP3 UPDATE journal, made with the mailbox and
 #                            rewritten in place: a full card still has its room
@@ -21,6 +25,8 @@
 # before `done` finds it whole (skip) or cut short (rewrite). Nothing lost,
 # nothing doubled. Boot reads no message: a record is judged when a POP3
 # listing first reaches it, and one cut short by a power cut is removed then.
+# Mailboxes of older firmware (<user>/<id>.msg, <user>/<bucket>/<id>.m) are
+# found at boot and moved into this layout by gateway.migrate.
 import binascii
 import os
 from array import array
@@ -30,6 +36,7 @@ from gateway.compat import const, drop_modules, fsync
 from gateway.spool import _MAGIC, Body, Scan, _exists, _remove, buckets
 
 _CHUNK = const(512)
+_GROUP = const(5)  # a group directory: the ids' first 5 digits, 16 buckets
 _TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 _ID_LINE = const(9)  # one journal line: 8 hex digits and LF
 _EMPTY = b"DELE 0000 00000000\n"  # the journal's head when nothing is pending
@@ -137,6 +144,7 @@ class Mailboxes:
         self._locked = set()
         self._kept = set()  # (id, address) the forward host refused
         self.waiting = False  # the hand-off stopped for want of room
+        self.legacy = set()  # users whose directory holds older firmware's mail
         # Records the receiver is still writing: not cut short, not shown.
         self._drafts = spool._drafts if spool is not None else ()
         if policy is None:
@@ -152,10 +160,20 @@ class Mailboxes:
     def _dir(self, user):
         return self.root + "/" + user
 
-    home = _dir
-
     def _path(self, user, id):
-        return "%s/%s/%s/%s.m" % (self.root, user, id[:6], id)
+        return "%s/%s/%s/%s/%s.m" % (self.root, user, id[:_GROUP], id[:6], id)
+
+    def bucket(self, user, id, spool):
+        """The directory a new record id of user's goes in, made if need be
+        (spool.bucket keeps the few it made)."""
+        return spool.bucket(spool.bucket(self._dir(user), id, _GROUP), id)
+
+    def _buckets(self, user):
+        """(path, name) of every bucket directory of user's, oldest first."""
+        for g in buckets(self._dir(user), _GROUP):
+            d = self._dir(user) + "/" + g
+            for b in buckets(d):
+                yield d + "/" + b, b
 
     # --- the message file --------------------------------------------------
 
@@ -277,11 +295,23 @@ class Mailboxes:
             drop_modules(("gateway.handoff",))
         return n
 
+    def migrate(self, count=16):
+        """Moves up to `count` messages of older firmware's mailboxes into
+        today's layout (gateway.migrate, loaded only while there are any);
+        returns how many: 0 once none is left, or none can move now (no
+        room yet: the next boot tries again)."""
+        if not self.legacy:
+            return 0
+        from gateway import migrate
+
+        n = migrate.step(self, self.spool, count)
+        if not n:
+            drop_modules(("gateway.migrate", "gateway.handoff"))
+        return n
+
     def keep_here(self, id, address):
         """The forward host refused this recipient: deliver to the mailbox."""
         self._kept.add((id, address))
-        if self.spool is not None:
-            self.spool.rescan = True
 
     def kept_here(self, id, address):
         return (id, address) in self._kept
@@ -315,8 +345,8 @@ class Mailboxes:
         names at a time (a generator: memory flat in the mailbox's size;
         the caller may stop early, no directory iterator is left open
         between buckets)."""
-        for b in buckets(self._dir(user)):
-            m = self._bits(self._dir(user) + "/" + b)
+        for d, b in self._buckets(user):
+            m = self._bits(d)
             for i in range(256):
                 if m[i >> 3] & 1 << (i & 7):
                     yield "%s%02x" % (b, i)
@@ -438,18 +468,27 @@ class Mailboxes:
                 fsync(f)
 
     def _prune(self, user, bucket):
-        d = "%s/%s" % (self._dir(user), bucket)
-        if self.spool is not None:
-            self.spool.prune(d)
-        else:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        """Removes the bucket's directory and then its group's, if empty."""
+        group = "%s/%s" % (self._dir(user), bucket[:_GROUP])
+        for d in (group + "/" + bucket, group):
+            if self.spool is not None:
+                self.spool.prune(d)
+            else:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
 
     def recover(self, user):
         """At boot: finish an interrupted UPDATE, and make sure the journal's
-        room is taken while there is room. Reads no message."""
+        room is taken while there is room. Reads no message: one look at
+        the user's directory tells whether older firmware's mail is there
+        to move (migrate)."""
+        with Scan(self._dir(user)) as entries:
+            for e in entries:
+                name = e[0]
+                if name[-4:] == ".msg" or name == "dele" or len(name) == 6 and e[1] & 0x4000:
+                    self.legacy.add(user)
         if _exists(self._journal(user)):
             self._apply_journal(user)
         else:
@@ -471,8 +510,7 @@ class Mailboxes:
         u = self._usage.get(user)
         if u is None:
             n = total = 0
-            for b in buckets(self._dir(user)):
-                d = self._dir(user) + "/" + b
+            for d, _ in self._buckets(user):
                 with Scan(d) as entries:
                     for e in entries:
                         if e[0][9:] == "m":

@@ -94,11 +94,11 @@ class Scan:
         return False
 
 
-def buckets(root):
-    """The bucket directories under root, oldest first (a few dozen names
-    at 10,000 messages)."""
+def buckets(root, width=6):
+    """The bucket directories under root, oldest first: names of `width`
+    hex digits, the ids' first (a few dozen names at 10,000 messages)."""
     with Scan(root) as entries:
-        return sorted(e[0] for e in entries if e[1] & 0x4000 and len(e[0]) == 6)
+        return sorted(e[0] for e in entries if e[1] & 0x4000 and len(e[0]) == width)
 
 
 class Body:
@@ -173,7 +173,7 @@ class Draft:
         self.spool._drafts.discard(self.id)
         if self.owner:
             self.spool.mailboxes.arrived(self)
-        elif self.path[-2:] != ".o":
+        elif "l" in self.path[self.path.rfind(".") :]:  # a spool record for the mailboxes
             sp = self.spool
             if len(sp.fresh) < sp.FRESH:
                 sp.fresh.append(int(self.id, 16))
@@ -364,9 +364,10 @@ class Spool:
         except OSError:
             pass  # not empty yet
 
-    def bucket(self, home, id):
-        """The bucket directory of id under home, made if need be."""
-        d = "%s/%s" % (home, id[:6])
+    def bucket(self, home, id, width=6):
+        """The bucket directory of id under home (named by its first `width`
+        digits), made if need be."""
+        d = "%s/%s" % (home, id[:width])
         if d not in self._made:  # a stat per message costs time and heap
             if not _exists(d):
                 os.mkdir(d)
@@ -389,7 +390,7 @@ class Spool:
         # makes `copies` of it later, and the room for them is kept now.
         owner, copies = self.mailboxes.route(rcpts) if self.mailboxes else (None, 0)
         id = self._new_id()
-        d = self.bucket(self.mailboxes.home(owner) if owner else self.root, id)
+        d = self.mailboxes.bucket(owner, id, self) if owner else self.bucket(self.root, id)
         header = record_header(id, int(self.clock()), mail_from, rcpts)
         self._drafts.add(id)
         try:

@@ -127,7 +127,8 @@ def test_a_partial_mailbox_file_is_removed_and_delivered_again():
     root = support.tmpdir()
     spool, boxes, _ = setup(root)
     id = put(spool, message(7))
-    os.mkdir(root + "/mail/alice/" + id[:6])
+    os.mkdir(root + "/mail/alice/" + id[:5])
+    os.mkdir(root + "/mail/alice/" + id[:5] + "/" + id[:6])
     path = boxes._path("alice", id)
     # What a copy cut short leaves: the header and half the body.
     with open(path, "wb") as f:

@@ -83,7 +83,7 @@ def test_mail_for_one_user_is_written_straight_into_the_mailbox():
     boxes.deliver_pending(spool)  # the boot's hand-off
     id = send(spool, message(1))
     assert not support.exists(root + "/spool/" + id[:6])  # never in the spool
-    assert os.listdir(root + "/mail/alice/" + id[:6]) == [id + ".m"]
+    assert os.listdir(root + "/mail/alice/%s/%s" % (id[:5], id[:6])) == [id + ".m"]
     assert not spool.rescan and not len(spool.fresh) and boxes.deliver_pending(spool) == 0
     got = stored(boxes, "alice", id)
     assert got == b"Return-Path: <sender@outside.test>\r\n" + message(1)
