@@ -5,22 +5,14 @@
 import os
 
 import support
-from gateway.mailbox import Mailboxes
-from gateway.policy import Policy
 from gateway.spool import Draft, Spool, record_header
 from test_mailbox import listed, stored
+from test_mailbox_store import boot
 
 # Builds both older layouts with the spool's own code and remounts, beside
-# test_mailbox (its helpers) compiled from source.
+# test_mailbox and test_mailbox_store (their helpers) compiled from source.
 MICROPYTHON_HEAP = "192k"
 
-CFG = {
-    "users": {
-        "alice": {"password": "a", "addresses": ["alice@example.test"]},
-        "bob": {"password": "b", "addresses": ["bob@example.test"]},
-    },
-    "catch_all": {},
-}
 T = 1700000000
 
 
@@ -81,12 +73,6 @@ def old_card(root):
     second_layout(spool, bob, id, message(30), "bob@example.test")
     kept["bob"].append(id)
     return kept, spool
-
-
-def boot(root):
-    spool = Spool(root + "/spool")
-    spool.start()
-    return spool, Mailboxes(root + "/mail", Policy(CFG), spool)
 
 
 def migrate_all(boxes):
