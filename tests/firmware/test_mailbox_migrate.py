@@ -7,7 +7,7 @@ import os
 import support
 from gateway.spool import Draft, Spool, record_header
 from test_mailbox import listed, stored
-from test_mailbox_store import boot
+from test_mailbox_store import CFG, boot
 
 # Builds both older layouts with the spool's own code and remounts, beside
 # test_mailbox and test_mailbox_store (their helpers) compiled from source.
@@ -131,3 +131,25 @@ def test_a_move_cut_by_a_power_cut_neither_loses_nor_doubles():
     assert listed(boxes, "alice") == a
     assert [stored(boxes, "alice", id) for id in a[:2]] == [body_of(0), body_of(3)]
     assert not [n for n in os.listdir(root + "/mail/alice") if n.endswith(".msg")]
+
+
+def test_the_app_moves_older_mail_in_its_boot_hand_off():
+    # App.hand_off moves it a step at a time between the sessions, then hands
+    # off what waits in the spool.
+    support.needs_micropython()
+    from gateway import config
+    from gateway.app import App
+
+    card = support.Card()
+    kept, spool = old_card(card.root)
+    d = spool.begin("pc@example.test", [("alice@example.test", "local"), ("bob@example.test", "local")])
+    d.write(message(50))
+    both = d.commit()
+    cfg = config.validate({"users": CFG["users"]})
+    app = App(card.board, cfg, card.root + "/none.json")
+    app.open_card()
+    support.run(app.hand_off())
+    assert not app.mailboxes.legacy
+    assert listed(app.mailboxes, "alice") == kept["alice"] + [both]
+    assert listed(app.mailboxes, "bob") == kept["bob"] + [both]
+    card.unmount()
