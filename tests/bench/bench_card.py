@@ -100,6 +100,7 @@ listing = boxes.listing("alice")
 login = time.ticks_diff(time.ticks_us(), t0)
 shown = len(listing)
 body = b"y" * 78 + b"\r\n"
+run = int(b.now())  # each run takes seconds: its own Message-IDs
 
 
 live = [0]  # the most heap in use after a collection, sampled
@@ -114,7 +115,10 @@ def lan(i, rcpts):
     if i % 50 == 0:
         sample()
     d = spool.begin("pc@example.test", rcpts)
-    d.write(b"Subject: lan %d\r\nMessage-ID: <lan%d@example.test>\r\n\r\n" % (i, i))
+    # A new Message-ID each run: the rounds reuse a card, and a message of an
+    # earlier round would be a provider re-send, dropped (an unlink, not a
+    # delivery).
+    d.write(b"Subject: lan %d\r\nMessage-ID: <lan%d.%d@example.test>\r\n\r\n" % (i, i, run))
     for _ in range(128):  # 10 KB
         d.write(body)
     d.commit()
