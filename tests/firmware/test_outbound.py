@@ -39,7 +39,7 @@ HELLO = [("send", b"220 smarthost.test ESMTP\r\n"), ("expect", b"EHLO gw.example
          ("expect", b"AUTH CRAM-MD5"), ("send", b"334 " + CHALLENGE + b"\r\n"), ("auth", None), ("send", b"235 ok\r\n")]
 
 
-def _flush(sp, clock, script):
+def _flush(sp, clock, script, retry=None):
     import asyncio
 
     provider = Provider(script)
@@ -49,7 +49,7 @@ def _flush(sp, clock, script):
         try:
             cfg = dict(CFG)
             cfg["smarthost"] = {"host": "127.0.0.1", "port": port, "tls": "none", "user": "office", "secret": "s3cret"}
-            out = outbound.Outbound(cfg, sp, Policy(cfg), lambda: clock[0])
+            out = outbound.Outbound(cfg, sp, Policy(cfg), lambda: clock[0], retry)
             summary = await out.flush()
             if provider.connected:
                 await asyncio.wait_for(provider.finished.wait(), 10)
@@ -106,6 +106,22 @@ def test_a_4xx_waits_its_pause_then_goes():
     summary, provider, sp = _flush(sp, clock, deferred)
     assert not provider.problems, provider.problems
     assert summary.deferred == 1 and sp.ids("out") == [id]
+
+
+def test_past_pauses_kept_a_deferred_message_is_simply_tried_again():
+    # A smarthost deferring 10,000 one by one must not fill the heap with
+    # their pauses: past PAUSES, one is tried at the next flush instead.
+    card = support.Card()
+    sp, clock = _spool(card)
+    id = _put(sp, ["c@x.test"])
+    deferred = HELLO + [("expect", b"MAIL"), ("expect", b"RCPT"), ("expect", b"DATA"),
+                        ("send", b"250 ok\r\n451 4.7.1 greylisted\r\n503 no valid recipients\r\n"), ("expect", b"RSET"),
+                        ("send", b"250 ok\r\n"), ("expect", b"QUIT"), ("send", b"221 bye\r\n")]
+    retry = {"0000ffff": (1, NOW + 300)}  # one pause already kept
+    with support.patched(outbound.Outbound, PAUSES=1):
+        summary, provider, sp = _flush(sp, clock, deferred, retry)
+    assert not provider.problems, provider.problems
+    assert summary.deferred == 1 and sp.ids("out") == [id] and list(retry) == ["0000ffff"]
 
 
 def test_smarthost_down_keeps_everything_and_says_so():
