@@ -371,7 +371,7 @@ class Spool:
         if d not in self._made:  # a stat per message costs time and heap
             if not _exists(d):
                 os.mkdir(d)
-            if len(self._made) > 8:
+            if len(self._made) > 16:  # a group and a bucket for each of 8 users, and the spool's
                 self._made = set()
             self._made.add(d)
         return d
