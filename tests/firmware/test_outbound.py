@@ -38,6 +38,11 @@ HELLO = [("send", b"220 smarthost.test ESMTP\r\n"), ("expect", b"EHLO gw.example
          ("send", [b"250-smarthost.test\r\n250-PIPELINING\r\n250-SI", b"ZE 1000000\r\n250 AUTH CRAM-MD5\r\n"]),
          ("expect", b"AUTH CRAM-MD5"), ("send", b"334 " + CHALLENGE + b"\r\n"), ("auth", None), ("send", b"235 ok\r\n")]
 
+# The one recipient deferred (a 4xx at RCPT), so no DATA: the message stays.
+GREYLISTED = HELLO + [("expect", b"MAIL"), ("expect", b"RCPT"), ("expect", b"DATA"),
+                      ("send", b"250 ok\r\n451 4.7.1 greylisted\r\n503 no valid recipients\r\n"), ("expect", b"RSET"),
+                      ("send", b"250 ok\r\n"), ("expect", b"QUIT"), ("send", b"221 bye\r\n")]
+
 
 def _flush(sp, clock, script, retry=None):
     import asyncio
@@ -100,10 +105,7 @@ def test_a_4xx_waits_its_pause_then_goes():
     card = support.Card()
     sp, clock = _spool(card)
     id = _put(sp, ["c@x.test"])
-    deferred = HELLO + [("expect", b"MAIL"), ("expect", b"RCPT"), ("expect", b"DATA"),
-                        ("send", b"250 ok\r\n451 4.7.1 greylisted\r\n503 no valid recipients\r\n"), ("expect", b"RSET"),
-                        ("send", b"250 ok\r\n"), ("expect", b"QUIT"), ("send", b"221 bye\r\n")]
-    summary, provider, sp = _flush(sp, clock, deferred)
+    summary, provider, sp = _flush(sp, clock, GREYLISTED)
     assert not provider.problems, provider.problems
     assert summary.deferred == 1 and sp.ids("out") == [id]
 
@@ -114,12 +116,9 @@ def test_past_pauses_kept_a_deferred_message_is_simply_tried_again():
     card = support.Card()
     sp, clock = _spool(card)
     id = _put(sp, ["c@x.test"])
-    deferred = HELLO + [("expect", b"MAIL"), ("expect", b"RCPT"), ("expect", b"DATA"),
-                        ("send", b"250 ok\r\n451 4.7.1 greylisted\r\n503 no valid recipients\r\n"), ("expect", b"RSET"),
-                        ("send", b"250 ok\r\n"), ("expect", b"QUIT"), ("send", b"221 bye\r\n")]
     retry = {"0000ffff": (1, NOW + 300)}  # one pause already kept
     with support.patched(outbound.Outbound, PAUSES=1):
-        summary, provider, sp = _flush(sp, clock, deferred, retry)
+        summary, provider, sp = _flush(sp, clock, GREYLISTED, retry)
     assert not provider.problems, provider.problems
     assert summary.deferred == 1 and sp.ids("out") == [id] and list(retry) == ["0000ffff"]
 
