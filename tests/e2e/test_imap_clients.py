@@ -1,0 +1,108 @@
+"""IMAP with a real client, Python's imaplib, against the firmware on the real
+micropython executable (localsrv_sim.py on a card image, .mpy as on the box),
+with POP3 (poplib) and the LAN SMTP listener (smtplib) beside it: the same
+mailbox, the same UIDs, one deletion."""
+import email
+import imaplib
+import json
+import smtplib
+
+import pytest
+
+from tests.e2e.test_local import LocalGateway, firmware_mpy, free_port  # noqa: F401 - the fixture
+
+# One process serves SMTP, POP3 and IMAP with IMAP's modules loaded; the
+# 64-bit build's code is 1.4x the ESP32's (docs/heap.md).
+HEAP = "320k"
+
+
+@pytest.fixture
+def gateway(tmp_path, firmware_mpy):
+    gw = LocalGateway(tmp_path, firmware_mpy, heap=HEAP)
+    cfg = json.loads(gw.config.read_text())
+    gw.imap_port = free_port()
+    cfg["imap"] = {"port": gw.imap_port, "sessions": 4}
+    gw.config.write_text(json.dumps(cfg))
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
+def send(gw, n):
+    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=20) as s:
+        for i in range(n):
+            s.sendmail("bob@example.test", ["alice@example.test"],
+                       f"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: note {i}\r\n"
+                       f"Message-ID: <n{i}@example.test>\r\n\r\nbody of note {i}\r\n")
+    gw.wait_for("DELIVERED")
+
+
+def imap(gw, user="alice", pw=None):
+    c = imaplib.IMAP4("127.0.0.1", gw.imap_port, timeout=20)
+    c.login(user, pw or {"alice": "alice-pw", "bob": "bob-pw"}[user])
+    return c
+
+
+def test_imaplib_reads_flags_searches_and_expunges_what_pop3_sees(gateway):
+    send(gateway, 3)
+    c = imap(gateway)
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"3"]
+    typ, data = c.uid("SEARCH", None, "ALL")
+    uids = data[0].split()
+    assert len(uids) == 3
+    # POP3's UIDL of the same messages, in hex
+    p = gateway.pop()
+    _, listing, _ = p.uidl()
+    assert [int(line.split()[1], 16) for line in listing] == [int(u) for u in uids]
+    p.quit()
+    typ, data = c.uid("FETCH", uids[1], "(BODY.PEEK[] FLAGS RFC822.SIZE)")
+    msg = email.message_from_bytes(data[0][1])
+    assert msg["Subject"] == "note 1" and b"FLAGS ()" in data[0][0] + data[1]
+    typ, data = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert [d[1] for d in data if isinstance(d, tuple)] == [b"Subject: note %d\r\n\r\n" % i for i in range(3)]
+    typ, data = c.fetch("1", "(ENVELOPE BODYSTRUCTURE)")
+    assert b'"note 0" (("Bob" NIL "bob" "example.test"))' in data[0]
+    assert b'BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT"' in data[0]
+    c.fetch("2", "(BODY[TEXT])")  # sets \Seen
+    assert c.search(None, "UNSEEN")[1] == [b"1 3"]
+    assert c.search(None, "SUBJECT", '"note 2"')[1] == [b"3"]
+    c.store("1", "+FLAGS", "(\\Deleted)")
+    typ, data = c.expunge()
+    assert data == [b"1"]
+    c.logout()
+    # another device: the flags and the deletion are on the card
+    c = imap(gateway)
+    assert c.select("INBOX", readonly=True)[1] == [b"2"]
+    assert c.fetch("1:*", "FLAGS")[1] == [b"1 (FLAGS (\\Seen))", b"2 (FLAGS ())"]
+    c.logout()
+    p = gateway.pop()
+    assert p.stat()[0] == 2
+    p.quit()
+
+
+def test_pop3_deletion_and_new_mail_reach_an_open_imap_session(gateway):
+    send(gateway, 2)
+    c = imap(gateway)
+    c.select("INBOX")
+    p = gateway.pop()
+    p.dele(1)
+    p.quit()
+    send(gateway, 1)
+    typ, data = c.noop()
+    assert c.untagged_responses.get("EXPUNGE") == [b"1"] or b"1" in (c.untagged_responses.get("EXPUNGE") or [])
+    assert c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1] == b"Subject: note 1\r\n\r\n"
+    c.logout()
+
+
+def test_wrong_password_and_two_devices_at_once(gateway):
+    c = imaplib.IMAP4("127.0.0.1", gateway.imap_port, timeout=20)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login("alice", "guess")
+    c.logout()
+    phone, pc = imap(gateway), imap(gateway)
+    assert phone.select("INBOX")[0] == "OK" and pc.select("INBOX")[0] == "OK"
+    assert phone.list()[1] == [b'(\\HasNoChildren) "/" INBOX']
+    phone.logout()
+    pc.logout()
