@@ -103,6 +103,6 @@ def test_wrong_password_and_two_devices_at_once(gateway):
     c.logout()
     phone, pc = imap(gateway), imap(gateway)
     assert phone.select("INBOX")[0] == "OK" and pc.select("INBOX")[0] == "OK"
-    assert phone.list()[1] == [b'(\\HasNoChildren) "/" INBOX']
+    assert phone.list()[1][:2] == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasNoChildren \\Sent) "/" "Sent"']
     phone.logout()
     pc.logout()

@@ -11,7 +11,7 @@ _FLAGS = {"SEEN": (SEEN, 1), "UNSEEN": (SEEN, 0), "DELETED": (DELETED, 1), "UNDE
           "DRAFT": (DRAFT, 1), "UNDRAFT": (DRAFT, 0)}
 _HEADERS = ("FROM", "TO", "CC", "BCC", "SUBJECT")
 _DATES = ("SINCE", "BEFORE", "ON")
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
 def criteria(toks, folder):
@@ -82,9 +82,9 @@ def _arg(toks):
 def _day(text):
     """Days since 1970 of an IMAP date (1-Feb-1994)."""
     parts = text.strip('"').split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit() or parts[1].upper() not in _MONTHS:
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit() or parts[1].upper() not in MONTHS:
         raise Bad("bad date (like 1-Feb-2026)")
-    return days(int(parts[2]), _MONTHS.index(parts[1].upper()) + 1, int(parts[0]))
+    return days(int(parts[2]), MONTHS.index(parts[1].upper()) + 1, int(parts[0]))
 
 
 def days(y, m, d):

@@ -15,14 +15,16 @@ _LINE = const(1024)
 _COMMAND = const(2048)  # a command with its literals
 _BODY = const(512)
 _TAG = const(64)
-_CAPS = b"IMAP4rev1 LITERAL+ SASL-IR ID NAMESPACE IDLE UNSELECT UIDPLUS"
+_CAPS = b"IMAP4rev1 LITERAL+ SASL-IR ID NAMESPACE IDLE UNSELECT UIDPLUS MOVE SPECIAL-USE"
+_INLINE = const(256)  # an APPEND's literal above this goes to the card as it comes, not into the buffer
 _FLAGS = b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 # The commands of each state (RFC 3501 §6), each an imap_<command> method.
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _GUEST = ("STARTTLS", "LOGIN", "AUTHENTICATE")
-_USER = ("SELECT", "EXAMINE", "LIST", "LSUB", "STATUS", "NAMESPACE", "IDLE", "CHECK", "SUBSCRIBE", "UNSUBSCRIBE")
-_SELECTED = ("CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "UID")
-_UID = ("FETCH", "STORE", "SEARCH", "EXPUNGE")
+_USER = ("SELECT", "EXAMINE", "LIST", "LSUB", "STATUS", "NAMESPACE", "IDLE", "CHECK", "SUBSCRIBE", "UNSUBSCRIBE",
+         "CREATE", "DELETE", "RENAME", "APPEND")
+_SELECTED = ("CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID")
+_UID = ("FETCH", "STORE", "SEARCH", "EXPUNGE", "COPY", "MOVE")
 
 
 class Fatal(Exception):
@@ -35,6 +37,7 @@ class IMAPSession:
     IDLE_POLL = 30  # s between looks at the mailbox while a client IDLEs
     MAX_ERRORS = 10  # bad commands before we hang up
     DISCARD = 65536  # a LITERAL+ too big for the buffer is skipped up to this; past it, BYE
+    MAX_APPEND = 10240000  # an APPENDed message's limit when the config has no smtp.max_size
     # Failed logins: delay, tries per session and lockout in gateway.guard.
 
     def __init__(self, reader, writer, boxes, tls=None, peer=None, clock=None):
@@ -51,6 +54,7 @@ class IMAPSession:
         self.tag = b"*"
         self.user = None
         self.folder = None
+        self.pending = None  # (size, non-synchronising) of an APPEND's literal not read yet
         self.errors = self.failures = 0
         self.done = False
         self.login_by = ticks_add(ticks_ms(), int(self.LOGIN_TIMEOUT * 1000))
@@ -133,6 +137,9 @@ class IMAPSession:
             size, plus, at = self._literal(n, n + k)
             if size < 0:
                 return n + k
+            if size > _INLINE and self.cmd[len(self.tag) + 1 : len(self.tag) + 8].upper() == b"APPEND ":
+                self.pending = (size, plus)  # imap_append streams it to the card
+                return at
             if at + 9 + size > room:
                 if not plus:
                     raise Bad("literal too big")  # the client waits for "+" and sends nothing
@@ -182,6 +189,12 @@ class IMAPSession:
             size -= got
 
     async def command(self, n):
+        try:
+            await self._command(n)
+        finally:
+            await self._unread()
+
+    async def _command(self, n):
         if self.tag == b"*":
             return await self.bad(b"a command starts with its tag")
         try:
@@ -211,6 +224,14 @@ class IMAPSession:
         except OSError as e:
             log.warn("imap: card error for %s: %r" % (self.user, e))
             await self.no(b"[UNAVAILABLE] the card could not be read or written")
+
+    async def _unread(self):
+        """An APPEND literal the command did not take: a synchronising one
+        was never asked for; a LITERAL+ is on its way and is skipped."""
+        pending, self.pending = self.pending, None
+        if pending and pending[1]:
+            await self._skip(pending[0])
+            await self.lines.readline()  # the CRLF that ends the command
 
     # --- any state ----------------------------------------------------------------
     def _caps(self):
@@ -319,33 +340,88 @@ class IMAPSession:
         await self._list(args, b"LIST")
 
     async def imap_lsub(self, args):
-        await self._list(args, b"LSUB")
+        await self._list(args, b"LSUB")  # every folder counts as subscribed
 
     async def _list(self, args, what):
         if len(args) != 2:
             raise Bad("usage: %s reference pattern" % what.decode())
+        from gateway.imap.folders import names
+
         ref, pattern = astring(args[0]), astring(args[1])
         if not pattern and what == b"LIST":
             await self.send(b'* LIST (\\Noselect) "/" ""')
-        elif _matches("INBOX", (ref + pattern).upper()):
-            await self.send(b'* %s (\\HasNoChildren) "/" INBOX' % what)
+        else:
+            pattern = ref + pattern
+            for name, use in names(self.boxes, self.user):
+                # INBOX is INBOX in any case (RFC 3501 §5.1); other names as made
+                if _matches(name, pattern.upper() if name == "INBOX" else pattern):
+                    self.writer.write(b"* %s (\\HasNoChildren%s) \"/\" %s\r\n" % (what, b" " + use if use else b"",
+                                                                                   quote(name)))
         await self.ok(what + b" completed")
 
+    def _box(self, name, made=False):
+        """The Mailboxes name of an existing folder, made on first use if
+        it is a special one; None when there is no such folder."""
+        from gateway.imap import folders
+
+        name = astring(name)
+        if not folders.exists(self.boxes, self.user, name):
+            return None
+        box = folders.mailbox(self.user, name)
+        if box != self.user:
+            folders.made(self.boxes, box)
+        return box
+
     async def imap_subscribe(self, args):
-        _inbox(args)
+        if len(args) != 1 or not self._box(args[0]):
+            return await self.no(b"[NONEXISTENT] no such folder")
         await self.ok(b"SUBSCRIBE completed")
 
     async def imap_unsubscribe(self, args):
-        _inbox(args)
+        if len(args) != 1:
+            raise Bad("usage: UNSUBSCRIBE folder")
         await self.ok(b"UNSUBSCRIBE completed")
+
+    async def imap_create(self, args):
+        from gateway.imap import folders
+
+        if len(args) != 1:
+            raise Bad("usage: CREATE folder")
+        name = astring(args[0]).rstrip("/")
+        why = folders.create(self.boxes, self.user, name)
+        await (self.no(why) if why else self.ok(b"CREATE completed"))
+
+    async def imap_delete(self, args):
+        from gateway.imap import folders
+
+        if len(args) != 1:
+            raise Bad("usage: DELETE folder")
+        name = astring(args[0])
+        if self.folder and self.folder.user == folders.mailbox(self.user, name):
+            return await self.no(b"[INUSE] close the folder first")
+        why = folders.delete(self.boxes, self.user, name)
+        await (self.no(why) if why else self.ok(b"DELETE completed"))
+
+    async def imap_rename(self, args):
+        from gateway.imap import folders
+
+        if len(args) != 2:
+            raise Bad("usage: RENAME folder newname")
+        old = astring(args[0])
+        if self.folder and self.folder.user == folders.mailbox(self.user, old):
+            return await self.no(b"[INUSE] close the folder first")
+        why = folders.rename(self.boxes, self.user, old, astring(args[1]))
+        await (self.no(why) if why else self.ok(b"RENAME completed"))
 
     async def imap_status(self, args):
         if len(args) != 2 or not isinstance(args[1], list):
             raise Bad("usage: STATUS folder (items)")
-        _inbox(args)
+        box = self._box(args[0])
+        if box is None:
+            return await self.no(b"[NONEXISTENT] no such folder")
         from gateway.imap.folder import SEEN, Folder
 
-        f = Folder(self.boxes, self.user, True, self.clock)
+        f = Folder(self.boxes, box, True, self.clock)
         out = []
         for item in args[1]:
             item = item.upper() if isinstance(item, str) else ""
@@ -361,7 +437,7 @@ class IMAPSession:
                 out.append(b"UNSEEN %d" % sum(1 for b in f.flags if not b & SEEN))
             else:
                 raise Bad("unknown STATUS item")
-        await self.send(b"* STATUS INBOX (%s)" % b" ".join(out))
+        await self.send(b"* STATUS %s (%s)" % (quote(astring(args[0])), b" ".join(out)))
         await self.ok(b"STATUS completed")
 
     async def imap_select(self, args):
@@ -374,11 +450,12 @@ class IMAPSession:
         self.folder = None  # RFC 3501 §6.3.1: a failed SELECT leaves none selected
         if len(args) != 1:
             raise Bad("usage: SELECT folder")
-        if astring(args[0]).upper() != "INBOX":
-            return await self.no(b"[NONEXISTENT] no such folder: only INBOX")
+        box = self._box(args[0])
+        if box is None:
+            return await self.no(b"[NONEXISTENT] no such folder")
         from gateway.imap.folder import SEEN, Folder
 
-        f = Folder(self.boxes, self.user, readonly, self.clock)
+        f = Folder(self.boxes, box, readonly, self.clock)
         w = self.writer
         w.write(b"* %d EXISTS\r\n* 0 RECENT\r\n" % len(f))
         for i in range(len(f)):
@@ -504,10 +581,129 @@ class IMAPSession:
         w.write(b"\r\n")
         await self.ok(b"SEARCH completed")
 
+    async def imap_append(self, args):
+        """APPEND folder [(flags)] [date-time] message: the message goes to
+        the card as it comes (a big literal never enters the buffer)."""
+        from gateway.imap import folders
+        from gateway.imap.folder import flag_bits
+        from gateway.spool import SpoolFull
+
+        pending = self.pending
+        if not args or not pending and (len(args) < 2 or not isinstance(args[-1], bytes)):
+            raise Bad("usage: APPEND folder [(flags)] [date-time] {size}")
+        box = self._box(args[0])
+        rest = args[1:] if pending else args[1:-1]
+        flags = rest.pop(0) if rest and isinstance(rest[0], list) else []
+        received = _date_time(rest.pop(0)) if rest and isinstance(rest[0], bytes) else int(self.clock())
+        if rest or received is None:
+            raise Bad("usage: APPEND folder [(flags)] [date-time] {size}")
+        size = pending[0] if pending else len(args[-1])
+        if box is None:
+            return await self.no(b"[TRYCREATE] no such folder")
+        if size > (self.policy.cfg.get("smtp") or {}).get("max_size", self.MAX_APPEND):
+            return await self.no(b"[TOOBIG] the message is bigger than smtp.max_size")
+        spool = self.boxes.spool
+        if not spool.room(size):
+            return await self.no(b"[OVERQUOTA] the card is full")
+        draft = folders.begin(self.boxes, box, "", received)
+        try:
+            if pending:
+                self.pending = None
+                if not pending[1]:
+                    await self.send(b"+ go ahead")
+                await self._stream(draft, size)
+            else:
+                draft.write(args[-1])
+            uid = int(draft.commit(), 16)
+        except SpoolFull:
+            draft.abort()
+            return await self.no(b"[OVERQUOTA] the card is full")
+        except BaseException:
+            draft.abort()
+            raise
+        bits = flag_bits(flags)
+        if bits:
+            marks = folders.Flags(self.boxes.home(box))
+            marks.set(uid, bits)
+            marks.flush()
+        await self.ok(b"[APPENDUID %d %d] APPEND completed" % (self._validity(box), uid))
+
+    async def _stream(self, draft, size):
+        """size bytes of literal into draft, then the command's CRLF. A card
+        that fills up still takes the rest of the literal (into nothing),
+        so the session stays in step with the client."""
+        from gateway.spool import SpoolFull
+
+        mv = self.cmdmv
+        full = None
+        while size:
+            got = await self.lines.readinto(mv[: min(size, len(mv))])
+            if not got:
+                raise OSError("connection closed in a literal")
+            size -= got
+            if full is None:
+                try:
+                    draft.write(mv[:got])
+                except SpoolFull as e:
+                    full = e
+        await self.lines.readline()
+        if full:
+            raise full
+
+    def _validity(self, box):
+        from gateway.imap.folder import Folder
+
+        if self.folder and self.folder.user == box:
+            return self.folder.uidvalidity
+        return Folder(self.boxes, box, True, self.clock).uidvalidity
+
+    async def imap_copy(self, args, by_uid=False, move=False):
+        from gateway.imap import folders
+
+        if len(args) != 2:
+            raise Bad("usage: COPY set folder")
+        f = self.folder
+        marks = self._marks(args[0], by_uid)
+        box = self._box(args[1])
+        if box is None:
+            return await self.no(b"[TRYCREATE] no such folder")
+        if move and f.readonly:
+            return await self.no(b"[READ-ONLY] the folder was opened with EXAMINE")
+        flags = folders.Flags(self.boxes.home(box))
+        old, new = [], []
+        try:
+            for i in range(len(marks)):
+                if marks[i]:
+                    try:
+                        uid = folders.copy(self.boxes, f.user, f.uid(i), box, self.body)
+                    except KeyError:
+                        marks[i] = 0  # gone since the listing
+                        continue
+                    flags.set(uid, f.flags[i])
+                    old.append(f.uid(i))
+                    new.append(uid)
+        finally:
+            flags.flush()
+        code = b"[COPYUID %d %s %s] " % (self._validity(box), _uid_set(old), _uid_set(new)) if old else b""
+        if not move:
+            return await self.ok(code + b"COPY completed")
+        if code:
+            await self.send(b"* OK " + code + b"moved")
+        if box != f.user:
+            from gateway.imap.folder import DELETED
+
+            f.store(bytearray(marks), 1, DELETED)  # then the same deletion as EXPUNGE's
+            for n in f.expunge(marks):
+                self.writer.write(b"* %d EXPUNGE\r\n" % n)
+        await self.ok(b"MOVE completed")
+
+    async def imap_move(self, args, by_uid=False):
+        await self.imap_copy(args, by_uid, True)
+
     async def imap_uid(self, args):
         verb = args[0].upper() if args and isinstance(args[0], str) else ""
         if verb not in _UID:
-            raise Bad("UID takes FETCH, STORE, SEARCH or EXPUNGE")
+            raise Bad("UID takes FETCH, STORE, SEARCH, COPY, MOVE or EXPUNGE")
         if verb == "EXPUNGE":
             if len(args) != 2:
                 raise Bad("usage: UID EXPUNGE set")
@@ -515,10 +711,33 @@ class IMAPSession:
         await getattr(self, "imap_" + verb.lower())(args[1:], True)
 
 
-def _inbox(args):
-    """Bad unless args[0] names the INBOX, the one folder so far."""
-    if not args or astring(args[0]).upper() != "INBOX":
-        raise Bad("no such folder: only INBOX")
+def _uid_set(uids):
+    """An IMAP set of ascending UIDs: 4:6,9."""
+    out = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
+        i = j + 1
+    return b",".join(out)
+
+
+def _date_time(text):
+    """Unix seconds of an APPEND date-time ("1-Feb-2026 10:00:00 +0100"),
+    None if it is not one."""
+    from gateway.imap.search import MONTHS, days
+
+    try:
+        date, clock, zone = text.decode().strip().split(" ")
+        d, mon, y = date.split("-")
+        hh, mi, ss = clock.split(":")
+        off = (int(zone[1:3]) * 60 + int(zone[3:5])) * (-1 if zone[0] == "-" else 1)
+        return (days(int(y), MONTHS.index(mon.upper()) + 1, int(d)) * 86400 + int(hh) * 3600 + int(mi) * 60 + int(ss)
+                - off * 60)
+    except (ValueError, IndexError, UnicodeError):
+        return None
 
 
 def _matches(name, pattern):
