@@ -1,11 +1,13 @@
-"""IMAP with a real client, Python's imaplib, against the firmware on the real
-micropython executable (localsrv_sim.py on a card image, .mpy as on the box),
-with POP3 (poplib) and the LAN SMTP listener (smtplib) beside it: the same
-mailbox, the same UIDs, one deletion."""
+"""IMAP with real clients, Python's imaplib and isync's mbsync, against the
+firmware on the real micropython executable (localsrv_sim.py on a card
+image, .mpy as on the box), with POP3 (poplib) and the LAN SMTP listener
+(smtplib) beside it: the same mailbox, the same UIDs, one deletion."""
 import email
 import imaplib
 import json
+import shutil
 import smtplib
+import subprocess
 
 import pytest
 
@@ -106,3 +108,68 @@ def test_wrong_password_and_two_devices_at_once(gateway):
     assert phone.list()[1][:2] == [b'(\\HasNoChildren) "/" "INBOX"', b'(\\HasNoChildren \\Sent) "/" "Sent"']
     phone.logout()
     pc.logout()
+
+
+MBSYNCRC = """IMAPAccount box
+Host 127.0.0.1
+Port {port}
+User alice
+Pass alice-pw
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore box
+Account box
+
+MaildirStore pc
+Path {home}/
+Inbox {home}/INBOX
+SubFolders Verbatim
+
+Channel office
+Far :box:
+Near :pc:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+"""
+
+
+@pytest.mark.skipif(not shutil.which("mbsync"), reason="isync (mbsync) is not installed (make deps)")
+def test_mbsync_syncs_both_ways_with_a_maildir(gateway, tmp_path):
+    send(gateway, 3)
+    home = tmp_path / "maildir"
+    home.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(MBSYNCRC.format(port=gateway.imap_port, home=home))
+
+    def sync():
+        r = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    sync()
+    inbox = sorted((home / "INBOX" / "new").iterdir())
+    assert len(inbox) == 3 and {d.name for d in home.iterdir()} >= {"INBOX", "Sent", "Drafts", "Trash"}
+    assert b"Subject: note 0" in inbox[0].read_bytes()
+    # On the PC: the first message read, the second deleted, a mail saved to Sent.
+    cur = home / "INBOX" / "cur"
+    inbox[0].rename(cur / (inbox[0].name.split(":")[0] + ":2,S"))
+    inbox[1].unlink()
+    (home / "Sent" / "new" / "1.sent:2,S").write_bytes(b"From: alice@example.test\r\nSubject: my reply\r\n\r\nthanks\r\n")
+    sync()
+    c = imap(gateway)
+    assert c.select("INBOX")[1] == [b"2"]
+    assert c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][0].startswith(b"1 (FLAGS (\\Seen)")
+    assert c.select("Sent")[1] == [b"1"]
+    assert c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1] == b"Subject: my reply\r\n\r\n"
+    # and on the box: a message flagged on the phone reaches the PC
+    c.select("INBOX")
+    c.store("2", "+FLAGS", "(\\Flagged)")
+    c.logout()
+    sync()
+    assert [p.name.endswith("F") for p in sorted(cur.iterdir()) + sorted((home / "INBOX" / "new").iterdir())].count(True) == 1
+    p = gateway.pop()
+    assert p.stat()[0] == 2  # POP3 sees the PC's deletion
+    p.quit()

@@ -71,3 +71,13 @@ def test_copy_and_move_keep_flags_and_give_copyuid():
     assert tagged(out, b"a9") == b"a9 NO [NONEXISTENT] no such folder"
     assert tagged(out, b"b1").startswith(b"b1 NO [CANNOT]")
     assert tagged(out, b"b2").startswith(b"b2 NO [ALREADYEXISTS]")
+
+
+def test_an_empty_folder_is_selected_all_the_same():
+    # mbsync: SELECT Drafts (no messages) then CLOSE was answered "BAD no
+    # mailbox selected", since an empty folder tested false.
+    boxes, _ = box_with()
+    out = talk(boxes, LOGIN, b"a2 SELECT Drafts\r\na3 FETCH 1:* FLAGS\r\na4 NOOP\r\na5 CLOSE\r\n")
+    assert b"* 0 EXISTS" in out
+    assert tagged(out, b"a3") == b"a3 OK FETCH completed"
+    assert tagged(out, b"a5") == b"a5 OK CLOSE completed"

@@ -211,7 +211,7 @@ class IMAPSession:
             if not self.user:
                 return await self.bad(b"log in first")
         elif verb in _SELECTED:
-            if not self.folder:
+            if self.folder is None:
                 return await self.bad(b"no mailbox selected")
         else:
             return await self.bad(b"unknown command")
@@ -253,7 +253,7 @@ class IMAPSession:
         await self.ok(b"CAPABILITY completed")
 
     async def imap_noop(self, args):
-        if self.folder:
+        if self.folder is not None:
             await self._changes()
         await self.ok(b"NOOP completed")
 
@@ -397,7 +397,7 @@ class IMAPSession:
         if len(args) != 1:
             raise Bad("usage: DELETE folder")
         name = astring(args[0])
-        if self.folder and self.folder.user == folders.mailbox(self.user, name):
+        if self.folder is not None and self.folder.user == folders.mailbox(self.user, name):
             return await self.no(b"[INUSE] close the folder first")
         why = folders.delete(self.boxes, self.user, name)
         await (self.no(why) if why else self.ok(b"DELETE completed"))
@@ -408,7 +408,7 @@ class IMAPSession:
         if len(args) != 2:
             raise Bad("usage: RENAME folder newname")
         old = astring(args[0])
-        if self.folder and self.folder.user == folders.mailbox(self.user, old):
+        if self.folder is not None and self.folder.user == folders.mailbox(self.user, old):
             return await self.no(b"[INUSE] close the folder first")
         why = folders.rename(self.boxes, self.user, old, astring(args[1]))
         await (self.no(why) if why else self.ok(b"RENAME completed"))
@@ -478,7 +478,7 @@ class IMAPSession:
             try:
                 line = await asyncio.wait_for(self.lines.readline(), min(left, self.IDLE_POLL))
             except asyncio.TimeoutError:
-                if self.folder:
+                if self.folder is not None:
                     await self._changes()
                 continue
             if not line:
@@ -653,7 +653,7 @@ class IMAPSession:
     def _validity(self, box):
         from gateway.imap.folder import Folder
 
-        if self.folder and self.folder.user == box:
+        if self.folder is not None and self.folder.user == box:
             return self.folder.uidvalidity
         return Folder(self.boxes, box, True, self.clock).uidvalidity
 
