@@ -1,13 +1,17 @@
-"""IMAP with real clients, Python's imaplib and isync's mbsync, against the
+"""IMAP with real clients, Python's imaplib, isync's mbsync and getmail6,
+against the
 firmware on the real micropython executable (localsrv_sim.py on a card
 image, .mpy as on the box), with POP3 (poplib) and the LAN SMTP listener
 (smtplib) beside it: the same mailbox, the same UIDs, one deletion."""
 import email
 import imaplib
 import json
+import os
 import shutil
 import smtplib
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -31,9 +35,11 @@ def gateway(tmp_path, firmware_mpy):
         gw.stop()
 
 
-def send(gw, n):
+def send(gw, n, first=0):
+    """n notes to alice, numbered from first (a number used again would be
+    a re-send, which the box drops)."""
     with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=20) as s:
-        for i in range(n):
+        for i in range(first, first + n):
             s.sendmail("bob@example.test", ["alice@example.test"],
                        f"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: note {i}\r\n"
                        f"Message-ID: <n{i}@example.test>\r\n\r\nbody of note {i}\r\n")
@@ -91,9 +97,9 @@ def test_pop3_deletion_and_new_mail_reach_an_open_imap_session(gateway):
     p = gateway.pop()
     p.dele(1)
     p.quit()
-    send(gateway, 1)
-    typ, data = c.noop()
-    assert c.untagged_responses.get("EXPUNGE") == [b"1"] or b"1" in (c.untagged_responses.get("EXPUNGE") or [])
+    send(gateway, 1, 2)
+    c.noop()
+    assert c.untagged_responses["EXPUNGE"] == [b"1"] and c.untagged_responses["EXISTS"][-1] == b"2"
     assert c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1] == b"Subject: note 1\r\n\r\n"
     c.logout()
 
@@ -173,3 +179,55 @@ def test_mbsync_syncs_both_ways_with_a_maildir(gateway, tmp_path):
     p = gateway.pop()
     assert p.stat()[0] == 2  # POP3 sees the PC's deletion
     p.quit()
+
+
+GETMAILRC = """[retriever]
+type = SimpleIMAPRetriever
+server = 127.0.0.1
+port = {port}
+username = alice
+password = alice-pw
+mailboxes = ("INBOX",)
+
+[destination]
+type = Maildir
+path = {home}/
+{user}
+[options]
+delete = true
+read_all = false
+verbose = 0
+"""
+
+
+@pytest.mark.skipif(not shutil.which("getmail"), reason="getmail6 is not installed (make deps)")
+def test_getmail_fetches_new_mail_over_imap_and_deletes_it(gateway, tmp_path):
+    send(gateway, 2)
+    home = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (home / sub).mkdir(parents=True)
+    user = ""
+    if os.geteuid() == 0:  # getmail delivers as root only as another user, who must reach the Maildir
+        user = "user = nobody\n"
+        for d in (home, *home.iterdir()):
+            d.chmod(0o777)
+        for d in home.parents:
+            if d == Path(tempfile.gettempdir()):
+                break
+            d.chmod(d.stat().st_mode | 0o711)
+    rc = tmp_path / "getmailrc"
+    rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
+
+    def fetch():
+        r = subprocess.run(["getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return sorted((home / "new").iterdir())
+
+    got = fetch()
+    assert len(got) == 2 and b"Subject: note 1" in got[1].read_bytes()
+    c = imap(gateway)
+    assert c.select("INBOX")[1] == [b"0"]  # delete = true: stored \\Deleted, then expunged
+    c.logout()
+    send(gateway, 1, 2)
+    assert len(fetch()) == 3
