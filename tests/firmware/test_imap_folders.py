@@ -81,3 +81,15 @@ def test_an_empty_folder_is_selected_all_the_same():
     assert b"* 0 EXISTS" in out
     assert tagged(out, b"a3") == b"a3 OK FETCH completed"
     assert tagged(out, b"a5") == b"a5 OK CLOSE completed"
+
+
+def test_folders_a_user_makes_are_limited():
+    from gateway.imap import folders
+
+    boxes, _ = box_with()
+    with support.patched(folders, MAX_FOLDERS=2):
+        out = talk(boxes, LOGIN, b"a2 CREATE One\r\na3 CREATE Two\r\na4 CREATE Three\r\na5 DELETE One\r\n"
+                   b"a6 CREATE Three\r\n")
+    assert tagged(out, b"a3") == b"a3 OK CREATE completed"
+    assert tagged(out, b"a4") == b"a4 NO [LIMIT] 2 folders are the most"
+    assert tagged(out, b"a6") == b"a6 OK CREATE completed"

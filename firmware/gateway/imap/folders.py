@@ -14,6 +14,7 @@ from gateway.spool import Draft, Scan, _exists, _remove, record_header
 
 SPECIAL = (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"))
 _NAME = const(32)  # the longest folder name a user may make
+MAX_FOLDERS = 32  # folders a user may make beside the four; LIST shows no more
 
 
 def mailbox(user, name):
@@ -45,7 +46,7 @@ def names(boxes, user):
     out = [("INBOX", b"")] + list(SPECIAL)
     with Scan(boxes.home(user) + "/folders") as entries:
         for e in entries:
-            if e[1] & 0x4000 and e[0] not in ("Sent", "Drafts", "Trash"):
+            if e[1] & 0x4000 and e[0] not in ("Sent", "Drafts", "Trash") and len(out) < 4 + MAX_FOLDERS:
                 out.append((e[0], b""))
     return out
 
@@ -67,6 +68,8 @@ def create(boxes, user, name):
         return b"[CANNOT] a folder name is 1-32 letters, digits, spaces, - _ or ."
     if exists(boxes, user, name):
         return b"[ALREADYEXISTS] that folder exists"
+    if len(names(boxes, user)) >= 4 + MAX_FOLDERS:
+        return b"[LIMIT] %d folders are the most" % MAX_FOLDERS
     made(boxes, box)
     return None
 
