@@ -161,16 +161,10 @@ class POP3Session:
         if not self.tls:
             return await self.bad("-ERR STLS not available")
         await self.reply("+OK begin TLS negotiation")
-        from gateway.compat import start_tls
+        from gateway.wire import server_tls
 
-        try:
-            await start_tls(self.lines.stream, self.writer, self.tls)
-        except OSError as e:
-            log.warn("pop3: TLS handshake failed: %s" % e)
-            self.done = True
-            return
+        self.done = not await server_tls(self.lines, self.writer, self.tls, "pop3")
         self.tls = None  # offered once; CAPA no longer lists it
-        self.lines.start = self.lines.end = 0  # RFC 2595: discard pre-TLS input
 
     async def pop_quit(self, arg):
         self.done = True

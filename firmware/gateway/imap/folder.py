@@ -77,15 +77,8 @@ class Folder:
 
     def index(self, uid):
         """The index of the message with this UID, or -1."""
-        ids = self.msgs.ids
-        lo, hi = 0, len(ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ids[mid] < uid:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo if lo < len(ids) and ids[lo] == uid else -1
+        i = self._first_at_least(uid)
+        return i if i < len(self.msgs) and self.msgs.ids[i] == uid else -1
 
     def pick(self, ranges, by_uid):
         """A mark per message (bytearray) for a parsed sequence set."""

@@ -274,16 +274,10 @@ class IMAPSession:
         if not self.tls:
             return await self.bad(b"STARTTLS not available")
         await self.ok(b"begin TLS negotiation now")
-        from gateway.compat import start_tls
+        from gateway.wire import server_tls
 
-        try:
-            await start_tls(self.lines.stream, self.writer, self.tls)
-        except OSError as e:
-            log.warn("imap: TLS handshake failed: %s" % e)
-            self.done = True
-            return
+        self.done = not await server_tls(self.lines, self.writer, self.tls, "imap")
         self.tls = None  # offered once; CAPABILITY no longer lists it
-        self.lines.start = self.lines.end = 0  # RFC 3501 §6.2.1: discard pre-TLS input
 
     async def imap_login(self, args):
         if self._in_clear():
@@ -394,24 +388,24 @@ class IMAPSession:
     async def imap_delete(self, args):
         from gateway.imap import folders
 
-        if len(args) != 1:
-            raise Bad("usage: DELETE folder")
-        name = astring(args[0])
-        if self.folder is not None and self.folder.user == folders.mailbox(self.user, name):
-            return await self.no(b"[INUSE] close the folder first")
-        why = folders.delete(self.boxes, self.user, name)
-        await (self.no(why) if why else self.ok(b"DELETE completed"))
+        await self._change_folder(args, 1, b"DELETE", lambda: folders.delete(self.boxes, self.user, astring(args[0])))
 
     async def imap_rename(self, args):
         from gateway.imap import folders
 
-        if len(args) != 2:
-            raise Bad("usage: RENAME folder newname")
-        old = astring(args[0])
-        if self.folder is not None and self.folder.user == folders.mailbox(self.user, old):
+        await self._change_folder(args, 2, b"RENAME",
+                                  lambda: folders.rename(self.boxes, self.user, astring(args[0]), astring(args[1])))
+
+    async def _change_folder(self, args, n, what, change):
+        """DELETE or RENAME of args[0], never the folder this session has open."""
+        from gateway.imap.folders import mailbox
+
+        if len(args) != n:
+            raise Bad("usage: %s folder%s" % (what.decode(), " newname" if n > 1 else ""))
+        if self.folder is not None and self.folder.user == mailbox(self.user, astring(args[0])):
             return await self.no(b"[INUSE] close the folder first")
-        why = folders.rename(self.boxes, self.user, old, astring(args[1]))
-        await (self.no(why) if why else self.ok(b"RENAME completed"))
+        why = change()
+        await (self.no(why) if why else self.ok(what + b" completed"))
 
     async def imap_status(self, args):
         if len(args) != 2 or not isinstance(args[1], list):
