@@ -119,3 +119,17 @@ def test_made_up_commands_cost_no_heap_for_good():
         talk(boxes, LOGIN, words(1000 + 9 * k))
     gc.collect()
     assert gc.mem_alloc() - before < 2048, gc.mem_alloc() - before
+
+
+def test_imap_is_off_unless_its_port_is_set():
+    from gateway import config
+
+    cfg = config.validate({})
+    assert cfg["imap"] == {"port": 0, "sessions": 2, "cert": "", "key": ""}
+    assert config.validate({"imap": {"port": 143}})["imap"]["port"] == 143
+    with support.raises(config.ConfigError) as e:
+        config.validate({"imap": {"port": 110}})
+    assert str(e.value) == "imap.port: is pop3.port too (110); each listener needs its own"
+    with support.raises(config.ConfigError) as e:
+        config.validate({"imap": {"port": -1}})
+    assert str(e.value) == "imap.port: must be a port number (1-65535), or 0 for off"
