@@ -20,8 +20,10 @@ MULTI = (b"From: carol@outside.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
 RP = b"Return-Path: <sender@outside.test>\r\n"
 
 
-def box_with(*messages):
-    root = support.tmpdir()
+def box_with(*messages, root=None):
+    """Mailboxes under root (a fresh directory by default) with these
+    messages for alice; and their ids."""
+    root = root or support.tmpdir()
     policy = Policy(CFG)
     spool = Spool(root + "/spool")
     spool.recover()

@@ -158,3 +158,45 @@ def test_flags_survive_a_torn_write_as_old_or_new():
         f.seek((gen2 & 1) * 512 + 100)
         f.write(b"\xff" * 50)
     assert slots.read(path, got) == gen and got[3] == 1 and got[100] == 0
+
+
+def test_a_power_cut_in_store_leaves_the_old_flags_or_the_new_on_fat():
+    # On the real VfsFat, a cut after every number of block writes, and with
+    # the last sector torn half way: each message's flags are the old ones
+    # or the new ones, all of the bucket alike, never a mix.
+    support.needs_micropython()
+    from board import PowerCut
+    from gateway.imap.folder import FLAGGED, SEEN
+    from test_mailbox import cut_card, keep_pristine
+
+    def flags(root):
+        boxes, _ = box_with(root=root)
+        f = Folder(boxes, "alice", True, lambda: 1764600000)
+        return [b & ~128 for b in f.flags]
+
+    template = support.Card(size=1 << 20)
+    boxes, ids = box_with(PLAIN, PLAIN + b"2", PLAIN + b"3", root=template.root)
+    f = Folder(boxes, "alice", False, lambda: 1764600000)
+    f.store(f.pick([(1, 3)], False), 1, SEEN)
+    keep_pristine(template)
+    for tear in (0, 200):
+        cut = 1
+        while True:
+            card = cut_card(template, cut)
+            card.board.dev.tear = tear
+            boxes, _ = box_with(root=card.root)
+            f = Folder(boxes, "alice", False, lambda: 1764600000)
+            try:
+                f.store(f.pick([(1, 3)], False), 1, FLAGGED)
+                finished = True
+            except PowerCut:
+                finished = False
+            card = card.remount()
+            got = flags(card.root)
+            assert got in ([SEEN] * 3, [SEEN | FLAGGED] * 3), (tear, cut, got)
+            card.unmount()
+            if finished:
+                assert got == [SEEN | FLAGGED] * 3
+                break
+            cut += 1
+        assert cut > 1
