@@ -1,6 +1,5 @@
-"""IMAP with real clients, Python's imaplib, isync's mbsync and getmail6,
-against the
-firmware on the real micropython executable (localsrv_sim.py on a card
+"""IMAP with real clients, Python's imaplib, isync's mbsync, offlineimap3 and
+getmail6, against the firmware on the real micropython executable (localsrv_sim.py on a card
 image, .mpy as on the box), with POP3 (poplib) and the LAN SMTP listener
 (smtplib) beside it: the same mailbox, the same UIDs, one deletion."""
 import email
@@ -231,3 +230,54 @@ def test_getmail_fetches_new_mail_over_imap_and_deletes_it(gateway, tmp_path):
     c.logout()
     send(gateway, 1, 2)
     assert len(fetch()) == 3
+
+
+OFFLINEIMAPRC = """[general]
+accounts = office
+metadata = {meta}
+
+[Account office]
+localrepository = pc
+remoterepository = box
+
+[Repository pc]
+type = Maildir
+localfolders = {home}
+
+[Repository box]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = {port}
+remoteuser = alice
+remotepass = alice-pw
+ssl = no
+starttls = no
+"""
+
+
+@pytest.mark.skipif(not shutil.which("offlineimap"), reason="offlineimap3 is not installed (make deps)")
+def test_offlineimap_syncs_both_ways_with_a_maildir(gateway, tmp_path):
+    send(gateway, 3)
+    home = tmp_path / "maildir"
+    home.mkdir()
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text(OFFLINEIMAPRC.format(port=gateway.imap_port, home=home, meta=tmp_path / "meta"))
+
+    def sync():
+        r = subprocess.run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "ERROR" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+    sync()
+    inbox = sorted((home / "INBOX" / "new").iterdir())
+    assert len(inbox) == 3 and (home / "Sent").is_dir() and (home / "Trash").is_dir()
+    inbox[0].unlink()
+    (home / "Sent" / "new" / "1.sent:2,S").write_bytes(b"From: alice@example.test\r\nSubject: sent one\r\n"
+                                                       b"Message-ID: <s1@example.test>\r\n\r\nhi\r\n")
+    sync()
+    c = imap(gateway)
+    assert c.select("INBOX")[1] == [b"2"]
+    assert c.select("Sent")[1] == [b"1"]
+    assert c.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0] == (
+        b"1 (FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {21}", b"Subject: sent one\r\n\r\n")
+    c.logout()
