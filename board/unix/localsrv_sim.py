@@ -49,7 +49,7 @@ def main(cfg_path, image, delay=None):
         await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"], cfg["pop3"]["sessions"])
         await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke, cfg["smtp"]["sessions"])
         if cfg["imap"]["port"]:  # as the App does: IMAP's code only when it is on
-            from gateway.imap import session as imap
+            from gateway.imap import listener as imap
 
             await imap.serve(cfg, boxes, "127.0.0.1", cfg["imap"]["port"], cfg["imap"]["sessions"])
         # As the App does: what waited in the spool goes on once the listeners are up.

@@ -87,7 +87,7 @@ class App:
         )
         icfg = self.cfg["imap"]
         if icfg["port"]:  # off by default: its code is loaded only here (docs/imap.md)
-            from gateway.imap import session as imap
+            from gateway.imap import listener as imap
 
             self.servers.append(await imap.serve(self.cfg, self.mailboxes, host, icfg["port"], icfg["sessions"]))
         log.info("listening on %s: %s" % (host, self._ports("")))

@@ -133,3 +133,53 @@ def test_imap_is_off_unless_its_port_is_set():
     with support.raises(config.ConfigError) as e:
         config.validate({"imap": {"port": -1}})
     assert str(e.value) == "imap.port: must be a port number (1-65535), or 0 for off"
+
+
+def test_imap_code_comes_with_the_first_client_and_goes_with_the_last():
+    # The listener alone stays loaded: the session's code (48 KB on 32-bit)
+    # is the heap's again once no IMAP client is connected.
+    support.needs_micropython("drop_modules")
+    import asyncio
+    import sys
+
+    from gateway.imap import listener
+
+    boxes, _ = box_with(PLAIN)
+
+    async def client(port, script):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(script)
+        await w.drain()
+        out = b""
+        while b"z9 OK" not in out:
+            got = await r.read(4096)
+            if not got:
+                break
+            out += got
+        w.close()
+        await w.wait_closed()
+        return out
+
+    async def run():
+        import random
+
+        for _ in range(50):
+            port = random.randrange(20000, 60000)
+            try:
+                srv = await listener.serve({}, boxes, "127.0.0.1", port, 2)
+                break
+            except OSError:
+                pass
+        try:
+            out = await client(port, LOGIN + b"a2 SELECT INBOX\r\na3 FETCH 1 (ENVELOPE BODYSTRUCTURE)\r\nz9 LOGOUT\r\n")
+            assert b"a3 OK FETCH completed" in out
+            for _ in range(20):  # the session ends just after its last reply
+                await asyncio.sleep(0.05)
+                if "gateway.imap.session" not in sys.modules:
+                    break
+            assert not [m for m in sys.modules if m.startswith("gateway.imap.") and m != "gateway.imap.listener"]
+            assert b"z9 OK" in await client(port, LOGIN + b"z9 LOGOUT\r\n")  # and it comes back
+        finally:
+            srv.close()
+
+    support.run(run())

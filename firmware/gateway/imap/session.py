@@ -753,15 +753,3 @@ def _now():
     import time
 
     return time.time()
-
-
-async def serve(cfg, boxes, host, port, max_sessions=4):
-    """The IMAP listener (gateway.guard.listen says who is refused).
-    STARTTLS is offered with imap.cert and imap.key, else pop3's."""
-    from gateway.compat import server_tls
-    from gateway.guard import listen
-
-    conf = cfg.get("imap") or {}
-    tls = server_tls(conf if conf.get("cert") else cfg.get("pop3") or {}, "imap" if conf.get("cert") else "pop3")
-    return await listen(host, port, max_sessions, boxes.policy, lambda r, w, ip: IMAPSession(r, w, boxes, tls, ip),
-                        "* BYE your network may not use this server", "* BYE [UNAVAILABLE] ", "imap")
