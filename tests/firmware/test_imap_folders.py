@@ -30,9 +30,12 @@ def test_list_lsub_status_and_idle():
 def test_append_to_sent_inline_streamed_and_refused():
     boxes, ids = box_with(PLAIN)
     big = b"Subject: big\r\n\r\n" + b"y" * 5000 + b"\r\n"
-    out = talk(boxes, LOGIN, b"a2 APPEND Sent (\\Seen) {%d}\r\n" % len(PLAIN), PLAIN + b"\r\n",
+    # STATUS first: the folder's count, taken then, must follow the APPENDs
+    out = talk(boxes, LOGIN, b"a0 STATUS Sent (MESSAGES)\r\n", b"a2 APPEND Sent (\\Seen) {%d}\r\n" % len(PLAIN),
+               PLAIN + b"\r\n",
                b'a3 APPEND Drafts (\\Draft) "01-Feb-2026 10:00:00 +0100" {%d+}\r\n' % len(big), big[:3000], big[3000:] + b"\r\n",
                b"a4 APPEND Nowhere {%d}\r\n" % len(big), b"a5 APPEND Sent {999999999+}\r\n",)
+    assert b'* STATUS "Sent" (MESSAGES 0)' in out
     assert b"+ go ahead\r\n" in out
     assert tagged(out, b"a2").startswith(b"a2 OK [APPENDUID ")
     assert tagged(out, b"a3").startswith(b"a3 OK [APPENDUID ")

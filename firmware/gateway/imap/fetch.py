@@ -132,7 +132,7 @@ class Fetcher:
                     w.write(b"FLAGS (%s)" % flag_names(f.flags[i]).encode())
                     flags_sent = True
                 elif name == "RFC822.SIZE":
-                    w.write(b"RFC822.SIZE %d" % f.msgs.sizes[i])
+                    w.write(b"RFC822.SIZE %d" % f.size(i))
                 elif name == "INTERNALDATE":
                     w.write(b"INTERNALDATE " + internaldate(src.received))
                 elif name == "ENVELOPE":

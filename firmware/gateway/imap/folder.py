@@ -1,6 +1,7 @@
-# The selected INBOX of one IMAP session: the mailbox's oldest messages as
-# POP3 lists them (Mailboxes.listing: at most MAX_LISTED, 8 bytes each),
-# one flag byte each, and the folder's UIDVALIDITY and UIDNEXT.
+# The selected folder of one IMAP session: the mailbox's oldest messages as
+# POP3 lists them (Mailboxes.listing: at most MAX_LISTED), 9 bytes each with
+# the flag byte, in arrays made at their full size at SELECT with room for
+# NEW_ROOM more to arrive meanwhile; and the folder's UIDVALIDITY and UIDNEXT.
 #
 # A message's UID is its spool id, the number POP3's UIDL shows in hex, so
 # both protocols name a message alike, and EXPUNGE goes through the same
@@ -47,19 +48,29 @@ def flag_bits(names):
 
 
 class Folder:
+    NEW_ROOM = 32  # messages a session shows as they arrive; more wait for the next SELECT
+
     def __init__(self, boxes, user, readonly, clock):
         self.boxes = boxes
         self.user = user
         self.readonly = readonly
         self.dir = boxes.home(user) + "/imap"
-        self.msgs = boxes.listing(user)
-        self.flags = bytearray(len(self.msgs))
+        got = boxes.listing(user)
+        self.n = len(got)
+        room = min(self.n + self.NEW_ROOM, max(self.n, boxes.MAX_LISTED))
+        self.ids = array("I", bytes(4 * room))
+        self.sizes = array("I", bytes(4 * room))
+        self.flags = bytearray(room)
+        for i in range(self.n):
+            self.ids[i] = got.ids[i]
+            self.sizes[i] = got.sizes[i]
+        got = None
         self._load_flags(0)
         st = bytearray(_STATE)
         self._gen = slots.read(self.dir + "/state", st)
         self.uidvalidity, uidnext = _pair(st)
-        top = self.msgs.ids[-1] + 1 if len(self.msgs) else 1
-        late = any(self.msgs.ids[i] < uidnext and not self.flags[i] & ANNOUNCED for i in range(len(self.msgs)))
+        top = self.ids[self.n - 1] + 1 if self.n else 1
+        late = any(self.ids[i] < uidnext and not self.flags[i] & ANNOUNCED for i in range(self.n))
         if not self.uidvalidity or late:
             self.uidvalidity = max(self.uidvalidity + 1, int(clock()) & 0x7FFFFFFF)
         self.uidnext = max(uidnext, top)
@@ -70,34 +81,37 @@ class Folder:
         self._announce(0)
 
     def __len__(self):
-        return len(self.msgs)
+        return self.n
 
     def uid(self, i):
-        return self.msgs.ids[i]
+        return self.ids[i]
+
+    def size(self, i):
+        return self.sizes[i]
 
     def index(self, uid):
         """The index of the message with this UID, or -1."""
         i = self._first_at_least(uid)
-        return i if i < len(self.msgs) and self.msgs.ids[i] == uid else -1
+        return i if i < self.n and self.ids[i] == uid else -1
 
     def pick(self, ranges, by_uid):
         """A mark per message (bytearray) for a parsed sequence set."""
-        marks = bytearray(len(self.msgs))
-        ids = self.msgs.ids
+        marks = bytearray(self.n)
+        ids = self.ids
         for lo, hi in ranges:
             if by_uid:
                 i = self._first_at_least(lo)
-                while i < len(ids) and ids[i] <= hi:
+                while i < self.n and ids[i] <= hi:
                     marks[i] = 1
                     i += 1
             else:
-                for i in range(max(lo, 1) - 1, min(hi, len(ids))):
+                for i in range(max(lo, 1) - 1, min(hi, self.n)):
                     marks[i] = 1
         return marks
 
     def _first_at_least(self, uid):
-        ids = self.msgs.ids
-        lo, hi = 0, len(ids)
+        ids = self.ids
+        lo, hi = 0, self.n
         while lo < hi:
             mid = (lo + hi) // 2
             if ids[mid] < uid:
@@ -110,12 +124,12 @@ class Folder:
     def _runs(self, start, marks=None):
         """(bucket, first index, end index) of the listed messages from
         start on (those marked, with marks), one run per bucket."""
-        ids = self.msgs.ids
+        ids = self.ids
         i = start
-        while i < len(ids):
+        while i < self.n:
             b = ids[i] >> 8
             j = i
-            while j < len(ids) and ids[j] >> 8 == b:
+            while j < self.n and ids[j] >> 8 == b:
                 j += 1
             if marks is None or any(marks[i:j]):
                 yield "%06x" % b, i, j
@@ -126,7 +140,7 @@ class Folder:
         for bucket, i, j in self._runs(start):
             slots.read("%s/%s.flg" % (self.dir, bucket), page)
             for k in range(i, j):
-                self.flags[k] = page[self.msgs.ids[k] & 255]
+                self.flags[k] = page[self.ids[k] & 255]
 
     def _save(self, marks):
         """The flags of the marked messages, bucket by bucket; each bucket's
@@ -137,12 +151,12 @@ class Folder:
             path = "%s/%s.flg" % (self.dir, bucket)
             gen = slots.read(path, page)
             for k in range(i, j):
-                page[self.msgs.ids[k] & 255] = self.flags[k]
+                page[self.ids[k] & 255] = self.flags[k]
             slots.write(path, page, gen)
 
     def _announce(self, start):
-        marks = bytearray(len(self.msgs))
-        for i in range(start, len(self.msgs)):
+        marks = bytearray(self.n)
+        for i in range(start, self.n):
             if not self.flags[i] & ANNOUNCED:
                 self.flags[i] |= ANNOUNCED
                 marks[i] = 1
@@ -165,7 +179,7 @@ class Folder:
         """Sets \\Seen on message i (a FETCH of its body); True if it changed."""
         if self.readonly or self.flags[i] & SEEN:
             return False
-        marks = bytearray(len(self.msgs))
+        marks = bytearray(self.n)
         marks[i] = 1
         self.store(marks, 1, SEEN)
         return True
@@ -175,23 +189,22 @@ class Folder:
         """Deletes the \\Deleted messages (those marked too, with marks) in
         one journal, as POP3's QUIT does. The sequence numbers gone,
         highest first, as EXPUNGE responses must come."""
-        gone = [i for i in range(len(self.msgs)) if self.flags[i] & DELETED and (marks is None or marks[i])]
+        gone = [i for i in range(self.n) if self.flags[i] & DELETED and (marks is None or marks[i])]
         if gone:
-            self.boxes.expunge(self.user, ("%08x" % self.msgs.ids[i] for i in gone))
+            self.boxes.expunge(self.user, ("%08x" % self.ids[i] for i in gone))
             self._drop(gone)
         return [i + 1 for i in reversed(gone)]
 
     def _drop(self, gone):
-        keep = bytearray(len(self.msgs))
-        for i in gone:
-            keep[i] = 1
-        ids, sizes, flags = array("I"), array("I"), bytearray()
-        for i in range(len(self.msgs)):
-            if not keep[i]:
-                ids.append(self.msgs.ids[i])
-                sizes.append(self.msgs.sizes[i])
-                flags.append(self.flags[i])
-        self.msgs.ids, self.msgs.sizes, self.flags = ids, sizes, flags
+        """Closes the gaps of the indexes gone (ascending), in place."""
+        j = k = 0
+        for i in range(self.n):
+            if k < len(gone) and gone[k] == i:
+                k += 1
+                continue
+            self.ids[j], self.sizes[j], self.flags[j] = self.ids[i], self.sizes[i], self.flags[i]
+            j += 1
+        self.n = j
 
     def rescan(self):
         """What others did since the last look (another session, POP3, new
@@ -199,40 +212,40 @@ class Folder:
         flags changed; whether new messages came). Reads directory entries,
         and only the new messages' records."""
         boxes = self.boxes
-        present = bytearray(len(self.msgs))
+        present = bytearray(self.n)
         new = []
-        top = self.msgs.ids[-1] if len(self.msgs) else -1
-        room = boxes.MAX_LISTED - len(self.msgs)
+        top = self.ids[self.n - 1] if self.n else -1
+        room = len(self.ids) - self.n
         for id in boxes._each(self.user):
             uid = int(id, 16)
             if uid > top:
                 if len(new) >= room:
                     break
-                new.append(uid)
+                if uid >= self.uidnext:  # one below arrived late: the next SELECT's
+                    new.append(uid)
             else:
                 i = self.index(uid)
                 if i >= 0:
                     present[i] = 1
-        gone = [i for i in range(len(self.msgs)) if not present[i]]
+        gone = [i for i in range(self.n) if not present[i]]
         self._drop(gone)
-        old = bytes(self.flags)
+        old = bytes(self.flags[: self.n])
         self._load_flags(0)
         changed = [i for i in range(len(old)) if old[i] != self.flags[i]]
-        start = len(self.msgs)
+        start = self.n
         for uid in new:
             info = boxes.info(self.user, "%08x" % uid)
             if info:
-                self.msgs.ids.append(uid)
-                self.msgs.sizes.append(len(info[3]) + info[1])
-                self.flags.append(0)
-        if len(self.msgs) > start:
+                self.ids[self.n], self.sizes[self.n], self.flags[self.n] = uid, len(info[3]) + info[1], 0
+                self.n += 1
+        if self.n > start:
             self._load_flags(start)
             self._announce(start)
-            if self.msgs.ids[-1] >= self.uidnext:
-                self.uidnext = self.msgs.ids[-1] + 1
+            if self.ids[self.n - 1] >= self.uidnext:
+                self.uidnext = self.ids[self.n - 1] + 1
                 self._gen = slots.write(self.dir + "/state", b"%08x%08x" % (self.uidvalidity, self.uidnext) + bytes(16),
                                         self._gen)
-        return [i + 1 for i in reversed(gone)], changed, len(self.msgs) > start
+        return [i + 1 for i in reversed(gone)], changed, self.n > start
 
 
 def _pair(st):

@@ -14,6 +14,7 @@ from gateway.spool import Draft, Scan, _exists, _remove, record_header
 
 SPECIAL = (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"))
 _NAME = const(32)  # the longest folder name a user may make
+_TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 MAX_FOLDERS = 32  # folders a user may make beside the four; LIST shows no more
 
 
@@ -161,6 +162,14 @@ def begin(boxes, box, mail_from, received):
         raise
 
 
+def commit(boxes, box, draft):
+    """Commits a record begun here; its UID. The folder's count goes up,
+    which sizes its next listing (Mailboxes.listing)."""
+    id = draft.commit()
+    boxes._count(box, 1, draft.hlen + draft.size + _TRAILER)
+    return int(id, 16)
+
+
 def copy(boxes, user, uid, box, buf):
     """Copies message uid of mailbox `user` into folder box as a new record
     (same sender, arrival time and bytes); its new UID."""
@@ -179,7 +188,7 @@ def copy(boxes, user, uid, box, buf):
                 if not n:
                     break
                 draft.write(memoryview(buf)[:n])
-        return int(draft.commit(), 16)
+        return commit(boxes, box, draft)
     except BaseException:
         draft.abort()
         raise

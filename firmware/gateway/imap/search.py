@@ -156,7 +156,7 @@ class Match:
         if op == "or":
             return self._test(key[1]) or self._test(key[2])
         if op == "size":
-            size = self.folder.msgs.sizes[i]
+            size = self.folder.size(i)
             return size > key[2] if key[1] else size < key[2]
         if op == "date":
             day = self._source().received // 86400

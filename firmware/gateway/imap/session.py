@@ -428,7 +428,7 @@ class IMAPSession:
             elif item == "UIDVALIDITY":
                 out.append(b"UIDVALIDITY %d" % f.uidvalidity)
             elif item == "UNSEEN":
-                out.append(b"UNSEEN %d" % sum(1 for b in f.flags if not b & SEEN))
+                out.append(b"UNSEEN %d" % sum(1 for i in range(len(f)) if not f.flags[i] & SEEN))
             else:
                 raise Bad("unknown STATUS item")
         await self.send(b"* STATUS %s (%s)" % (quote(astring(args[0])), b" ".join(out)))
@@ -608,7 +608,7 @@ class IMAPSession:
                 await self._stream(draft, size)
             else:
                 draft.write(args[-1])
-            uid = int(draft.commit(), 16)
+            uid = folders.commit(self.boxes, box, draft)
         except SpoolFull:
             draft.abort()
             return await self.no(b"[OVERQUOTA] the card is full")
