@@ -51,7 +51,7 @@ def main(cfg_path, image, delay=None):
         if cfg["imap"]["port"]:  # as the App does: IMAP's code only when it is on
             from gateway.imap import listener as imap
 
-            await imap.serve(cfg, boxes, "127.0.0.1", cfg["imap"]["port"], cfg["imap"]["sessions"])
+            await imap.serve(cfg, boxes, "127.0.0.1")
         # As the App does: what waited in the spool goes on once the listeners are up.
         log.info("opened: %d delivered from the spool" % boxes.deliver_pending(spool))
         gc.collect()

@@ -85,21 +85,16 @@ class App:
             await lan.serve(self.cfg, self.spool, self.policy, host, self.cfg["smtp"]["port"], self._delivered, self._outbound,
                             self.cfg["smtp"]["sessions"])
         )
-        icfg = self.cfg["imap"]
-        if icfg["port"]:  # off by default: its code is loaded only here (docs/imap.md)
-            from gateway.imap import listener as imap
+        log.info("listening on %s: smtp %d, pop3 %d" % (host, self.cfg["smtp"]["port"], self.cfg["pop3"]["port"]))
+        if self.cfg["imap"]["port"]:  # off by default: its code is loaded only here (docs/imap.md)
+            from gateway.imap import listener
 
-            self.servers.append(await imap.serve(self.cfg, self.mailboxes, host, icfg["port"], icfg["sessions"]))
-        log.info("listening on %s: %s" % (host, self._ports("")))
+            self.servers.append(await listener.serve(self.cfg, self.mailboxes, host))
         from gateway.scheduler import Scheduler
 
         self.scheduler = Scheduler(self.cfg, self.cycle(), self.board)
         asyncio.create_task(self.hand_off())
         asyncio.create_task(self.scheduler.run())
-
-    def _ports(self, at):
-        names = ("smtp", "pop3", "imap") if self.cfg["imap"]["port"] else ("smtp", "pop3")
-        return ", ".join("%s %s%d" % (name, at, self.cfg[name]["port"]) for name in names)
 
     async def run(self, console=True, echo=True):
         """Runs the gateway until the console hands over to the REPL
@@ -179,7 +174,8 @@ class App:
             ("firmware", "odmrgw %s on board %s" % (VERSION, board.name)),
             ("uptime", _ago(now - board.started)),
             ("network", board.network_status()),
-            ("listening", self._ports(self.cfg["listen"] + ":") if self.servers else "no (gateway not started)"),
+            ("listening", "smtp %s:%d, pop3 %s:%d" % (self.cfg["listen"], self.cfg["smtp"]["port"], self.cfg["listen"],
+                                                      self.cfg["pop3"]["port"]) if self.servers else "no (gateway not started)"),
         ]
         sched = self.scheduler
         if sched:

@@ -46,11 +46,13 @@ def windows(key, value):
 def across(cfg):
     """Values that are fine alone but fail together, at run time and with
     a cryptic message, if they get past here."""
-    if cfg["smtp"]["port"] == cfg["pop3"]["port"]:
-        raise ConfigError("pop3.port", "is smtp.port too (%d); each listener needs its own" % cfg["smtp"]["port"])
-    for other in ("smtp", "pop3"):
-        if cfg["imap"]["port"] == cfg[other]["port"]:
-            raise ConfigError("imap.port", "is %s.port too (%d); each listener needs its own" % (other, cfg[other]["port"]))
+    taken = {}
+    for name in ("smtp", "pop3", "imap"):
+        port = cfg[name]["port"]
+        if port in taken:
+            raise ConfigError(name + ".port", "is %s.port too (%d); each listener needs its own" % (taken[port], port))
+        if port:  # imap's 0 is off
+            taken[port] = name
     owner = {}
     for user in sorted(cfg["users"]):
         for address in cfg["users"][user]["addresses"]:
@@ -98,7 +100,7 @@ def _quad(text):
 
 # Files a config names on the flash; checked where the flash is at hand
 # (the box at start, `odmrgw config push` on the box), not by validate().
-FILE_KEYS = ("smtp.cert", "smtp.key", "pop3.cert", "pop3.key", "imap.cert", "imap.key", "relay.ca", "smarthost.ca")
+FILE_KEYS = ("smtp.cert", "smtp.key", "pop3.cert", "pop3.key", "relay.ca", "smarthost.ca")
 
 
 def missing_file(cfg, exists=None):

@@ -5,7 +5,7 @@
 # attackers.
 import time
 
-from gateway import log
+from gateway import log, sasl
 
 
 def _now():
@@ -131,14 +131,12 @@ class Slots:
         self.open -= 1
 
 
-async def check_password(policy, ip, user, given, what):
-    """0 when `given` is user's password. Otherwise -1, once the failure is
-    counted and DELAY has passed; or, while ip is locked out, the seconds
-    left (no password is checked then, the right one included)."""
-    import asyncio
-
-    from gateway import sasl
-
+def check_password(policy, ip, user, given, what):
+    """0 when `given` is user's password; -1 for a failure, counted (the
+    caller waits Logins.DELAY before it answers); or, while ip is locked
+    out, the seconds left (no password is checked then, the right one
+    included). Neither a coroutine nor a late import: a login on a cut-up
+    heap needs no block for either."""
     logins = policy.logins()
     wait = logins.locked(ip)
     if wait:
@@ -147,7 +145,6 @@ async def check_password(policy, ip, user, given, what):
     if secret and sasl.equal(secret, given):
         return 0
     logins.failed(ip, user, what)
-    await asyncio.sleep(logins.DELAY)
     return -1
 
 
@@ -164,29 +161,28 @@ async def listen(host, port, max_sessions, policy, make, denied, busy, what):
     slots = Slots(max_sessions)
 
     async def client(reader, writer):
-        session = None
         peer = peer_address(writer.get_extra_info("peername"))
         ip = peer[0] if isinstance(peer, tuple) else None
+        session = None
         refusal = None if policy.allowed_peer(ip) else denied
         if refusal is None:
             refusal = slots.take(ip)
+            if refusal is None:
+                try:
+                    session = make(reader, writer, ip)
+                except MemoryError:
+                    slots.give(ip)
+                    refusal = "Too many connections, try later"
             refusal = refusal and busy + refusal
-        if refusal is None:
-            try:
-                session = make(reader, writer, ip)
-            except MemoryError:
-                log.warn("%s: no memory for another session" % what)
-                slots.give(ip)
-                refusal = busy + "Too many connections, try later"
         try:
             if session is None:
                 writer.write(refusal.encode() + b"\r\n")
                 await writer.drain()
-                return
-            try:
-                await session.run()
-            finally:
-                slots.give(ip)
+            else:
+                try:
+                    await session.run()
+                finally:
+                    slots.give(ip)
         except Exception as e:  # one broken session must never stop the listener
             log.error("%s: session failed: %r" % (what, e))
         finally:

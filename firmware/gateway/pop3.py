@@ -132,13 +132,14 @@ class POP3Session:
             return await self.bad("-ERR USER first")
         from gateway.guard import check_password
 
-        wait = await check_password(self.policy, self.peer, user, arg, "pop3")
+        wait = check_password(self.policy, self.peer, user, arg, "pop3")
         if wait > 0:
             self.done = True
             return await self.reply("-ERR [SYS/TEMP] too many failed logins from your address, try again in %d minutes"
                                     % ((wait + 59) // 60))
         if wait:
             self.failures += 1
+            await asyncio.sleep(self.policy.logins().DELAY)
             await self.reply("-ERR [AUTH] wrong user name or password")
             if self.failures >= self.policy.logins().SESSION_TRIES:
                 self.done = True

@@ -125,14 +125,14 @@ def test_imap_is_off_unless_its_port_is_set():
     from gateway import config
 
     cfg = config.validate({})
-    assert cfg["imap"] == {"port": 0, "sessions": 2, "cert": "", "key": ""}
+    assert cfg["imap"] == {"port": 0, "sessions": 2}
     assert config.validate({"imap": {"port": 143}})["imap"]["port"] == 143
     with support.raises(config.ConfigError) as e:
         config.validate({"imap": {"port": 110}})
     assert str(e.value) == "imap.port: is pop3.port too (110); each listener needs its own"
     with support.raises(config.ConfigError) as e:
         config.validate({"imap": {"port": -1}})
-    assert str(e.value) == "imap.port: must be a port number (1-65535), or 0 for off"
+    assert str(e.value) == "imap.port: must be a port number (1-65535) or 0 (off)"
 
 
 def test_imap_code_comes_with_the_first_client_and_goes_with_the_last():
@@ -166,7 +166,7 @@ def test_imap_code_comes_with_the_first_client_and_goes_with_the_last():
         for _ in range(50):
             port = random.randrange(20000, 60000)
             try:
-                srv = await listener.serve({}, boxes, "127.0.0.1", port, 2)
+                srv = await listener.serve({"imap": {"port": port, "sessions": 2}}, boxes, "127.0.0.1")
                 break
             except OSError:
                 pass

@@ -1,6 +1,6 @@
 """IMAP passwords on the LAN, with imaplib against the firmware on the real
 micropython executable: LOGINDISABLED until STARTTLS with the certificate
-`odmrgw config push` makes (pop3's, which IMAP takes when imap.cert is unset),
+`odmrgw config push` makes (POP3's, which IMAP shares),
 then LOGIN and AUTHENTICATE PLAIN inside TLS. Host tests: CPython only."""
 import imaplib
 import json

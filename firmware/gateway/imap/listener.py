@@ -8,14 +8,18 @@ _CODE = ("gateway.imap.session", "gateway.imap.parse", "gateway.imap.folder", "g
          "gateway.imap.folders", "gateway.imap.fetch", "gateway.imap.mime", "gateway.imap.search")
 
 
-async def serve(cfg, boxes, host, port, max_sessions=2):
-    """The IMAP listener (gateway.guard.listen says who is refused).
-    STARTTLS is offered with imap.cert and imap.key, else pop3's."""
+async def serve(cfg, boxes, host):
+    """The IMAP listener on cfg's imap.port for imap.sessions at once
+    (gateway.guard.listen says who is refused). STARTTLS is offered with
+    POP3's certificate (pop3.cert, pop3.key)."""
+    from gateway import log
     from gateway.compat import server_tls
     from gateway.guard import listen
 
-    conf = cfg.get("imap") or {}
-    tls = server_tls(conf if conf.get("cert") else cfg.get("pop3") or {}, "imap" if conf.get("cert") else "pop3")
+    port, max_sessions = cfg["imap"]["port"], cfg["imap"]["sessions"]
+    log.info("listening on %s: imap %d" % (host, port))
+
+    tls = server_tls(cfg.get("pop3") or {}, "pop3")
     running = [0]
 
     def make(reader, writer, ip):

@@ -310,13 +310,14 @@ class IMAPSession:
     async def _login(self, user, password):
         from gateway.guard import check_password
 
-        wait = await check_password(self.policy, self.peer, user, password, "imap")
+        wait = check_password(self.policy, self.peer, user, password, "imap")
         if wait > 0:
             self.done = True
             return await self.no(b"[UNAVAILABLE] too many failed logins from your address, try again in %d minutes"
                                  % ((wait + 59) // 60))
         if wait:
             self.failures += 1
+            await asyncio.sleep(self.policy.logins().DELAY)
             await self.no(b"[AUTHENTICATIONFAILED] wrong user name or password")
             if self.failures >= self.policy.logins().SESSION_TRIES:
                 self.done = True
