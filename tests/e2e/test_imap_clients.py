@@ -45,6 +45,22 @@ def send(gw, n, first=0):
     gw.wait_for("DELIVERED")
 
 
+def synced(gw, tmp_path, template, **more):
+    """A Maildir for alice's mail and a client config from template, as
+    (maildir, config path), once 3 notes are in the box."""
+    send(gw, 3)
+    home = tmp_path / "maildir"
+    home.mkdir()
+    rc = tmp_path / "clientrc"
+    rc.write_text(template.format(port=gw.imap_port, home=home, **more))
+    return home, rc
+
+
+def run(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ERROR" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def imap(gw, user="alice", pw=None):
     c = imaplib.IMAP4("127.0.0.1", gw.imap_port, timeout=20)
     c.login(user, pw or {"alice": "alice-pw", "bob": "bob-pw"}[user])
@@ -143,16 +159,10 @@ SyncState *
 
 @pytest.mark.skipif(not shutil.which("mbsync"), reason="isync (mbsync) is not installed (make deps)")
 def test_mbsync_syncs_both_ways_with_a_maildir(gateway, tmp_path):
-    send(gateway, 3)
-    home = tmp_path / "maildir"
-    home.mkdir()
-    rc = tmp_path / "mbsyncrc"
-    rc.write_text(MBSYNCRC.format(port=gateway.imap_port, home=home))
+    home, rc = synced(gateway, tmp_path, MBSYNCRC)
 
     def sync():
-        r = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
-        return r
+        run("mbsync", "-c", str(rc), "-a")
 
     sync()
     inbox = sorted((home / "INBOX" / "new").iterdir())
@@ -218,9 +228,7 @@ def test_getmail_fetches_new_mail_over_imap_and_deletes_it(gateway, tmp_path):
     rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
 
     def fetch():
-        r = subprocess.run(["getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc)], capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
+        run("getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc))
         return sorted((home / "new").iterdir())
 
     got = fetch()
@@ -257,16 +265,10 @@ starttls = no
 
 @pytest.mark.skipif(not shutil.which("offlineimap"), reason="offlineimap3 is not installed (make deps)")
 def test_offlineimap_syncs_both_ways_with_a_maildir(gateway, tmp_path):
-    send(gateway, 3)
-    home = tmp_path / "maildir"
-    home.mkdir()
-    rc = tmp_path / "offlineimaprc"
-    rc.write_text(OFFLINEIMAPRC.format(port=gateway.imap_port, home=home, meta=tmp_path / "meta"))
+    home, rc = synced(gateway, tmp_path, OFFLINEIMAPRC, meta=tmp_path / "meta")
 
     def sync():
-        r = subprocess.run(["offlineimap", "-c", str(rc), "-o", "-u", "basic"], capture_output=True, text=True,
-                           timeout=120)
-        assert r.returncode == 0 and "ERROR" not in r.stdout + r.stderr, r.stdout + r.stderr
+        run("offlineimap", "-c", str(rc), "-o", "-u", "basic")
 
     sync()
     inbox = sorted((home / "INBOX" / "new").iterdir())
