@@ -96,3 +96,13 @@ def test_folders_a_user_makes_are_limited():
     assert tagged(out, b"a3") == b"a3 OK CREATE completed"
     assert tagged(out, b"a4") == b"a4 NO [LIMIT] 2 folders are the most"
     assert tagged(out, b"a6") == b"a6 OK CREATE completed"
+
+
+def test_a_full_card_refuses_copy_and_append_cleanly():
+    boxes, ids = box_with(PLAIN)
+    boxes.spool.free_bytes = lambda: 0
+    out = talk(boxes, LOGIN, b"a2 SELECT INBOX\r\na3 COPY 1 Trash\r\na4 APPEND Sent {5}\r\n", b"hello\r\n",
+               b"a5 NOOP\r\n")
+    assert tagged(out, b"a3") == b"a3 NO [OVERQUOTA] the card is full"
+    assert tagged(out, b"a4") == b"a4 NO [OVERQUOTA] the card is full"
+    assert tagged(out, b"a5") == b"a5 OK NOOP completed"

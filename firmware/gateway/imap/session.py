@@ -9,6 +9,7 @@ import asyncio
 from gateway import log
 from gateway.compat import const, ticks_add, ticks_diff, ticks_ms
 from gateway.imap.parse import Bad, astring, quote, sequence, tokens
+from gateway.spool import SpoolFull
 from gateway.wire import LineReader, LineTooLong
 
 _LINE = const(1024)
@@ -221,6 +222,8 @@ class IMAPSession:
             await self.bad(str(e).encode())
         except MemoryError:
             await self.no(b"[LIMIT] not enough memory for that now")
+        except SpoolFull:
+            await self.no(b"[OVERQUOTA] the card is full")
         except OSError as e:
             log.warn("imap: card error for %s: %r" % (self.user, e))
             await self.no(b"[UNAVAILABLE] the card could not be read or written")
@@ -581,7 +584,6 @@ class IMAPSession:
         the card as it comes (a big literal never enters the buffer)."""
         from gateway.imap import folders
         from gateway.imap.folder import flag_bits
-        from gateway.spool import SpoolFull
 
         pending = self.pending
         if not args or not pending and (len(args) < 2 or not isinstance(args[-1], bytes)):
@@ -627,8 +629,6 @@ class IMAPSession:
         """size bytes of literal into draft, then the command's CRLF. A card
         that fills up still takes the rest of the literal (into nothing),
         so the session stays in step with the client."""
-        from gateway.spool import SpoolFull
-
         mv = self.cmdmv
         full = None
         while size:
@@ -664,6 +664,8 @@ class IMAPSession:
             return await self.no(b"[TRYCREATE] no such folder")
         if move and f.readonly:
             return await self.no(b"[READ-ONLY] the folder was opened with EXAMINE")
+        if not self.boxes.spool.room():
+            return await self.no(b"[OVERQUOTA] the card is full")
         flags = folders.Flags(self.boxes.home(box))
         old, new = [], []
         try:
