@@ -2,8 +2,8 @@
 #   micropython localsrv_sim.py CONFIG.json IMAGE [LOGIN_DELAY]
 # Opens the spool and the mailboxes as the App does (no message read, mail
 # for one user written straight into its mailbox), delivers held local mail, then serves
-# POP3 (cfg pop3.port) and the LAN SMTP listener (cfg smtp.port) on
-# 127.0.0.1. Prints "READY smtp=N pop3=M heap=F" once both listen,
+# POP3 (cfg pop3.port), IMAP when cfg imap.port is set, and the LAN SMTP
+# listener (cfg smtp.port) on 127.0.0.1. Prints "READY smtp=N pop3=M heap=F" once both listen,
 # "DELIVERED heap=F" after local mail from the LAN went into the mailboxes,
 # "POKE heap=F" when outside mail was queued (the scheduler's poke on the
 # box), and "LOW heap=F" whenever the free heap reaches a new low (checked
@@ -48,6 +48,10 @@ def main(cfg_path, image, delay=None):
         server.reserve(8)  # as the App does: session buffers before the heap is cut up
         await pop3.serve(cfg, boxes, "127.0.0.1", cfg["pop3"]["port"], cfg["pop3"]["sessions"])
         await lan.serve(cfg, spool, policy, "127.0.0.1", cfg["smtp"]["port"], delivered, poke, cfg["smtp"]["sessions"])
+        if cfg["imap"]["port"]:  # as the App does: IMAP's code only when it is on
+            from gateway.imap import listener as imap
+
+            await imap.serve(cfg, boxes, "127.0.0.1")
         # As the App does: what waited in the spool goes on once the listeners are up.
         log.info("opened: %d delivered from the spool" % boxes.deliver_pending(spool))
         gc.collect()

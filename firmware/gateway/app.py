@@ -93,6 +93,10 @@ class App:
                             self.cfg["smtp"]["sessions"])
         )
         log.info("listening on %s: smtp %d, pop3 %d" % (host, self.cfg["smtp"]["port"], self.cfg["pop3"]["port"]))
+        if self.cfg["imap"]["port"]:  # off by default: its code is loaded only here (docs/imap.md)
+            from gateway.imap import listener
+
+            self.servers.append(await listener.serve(self.cfg, self.mailboxes, host))
         from gateway.scheduler import Scheduler
 
         self.scheduler = Scheduler(self.cfg, self.cycle(), self.board)

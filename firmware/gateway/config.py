@@ -19,6 +19,7 @@ _NUMBERS = {
     "secs": (0, 1 << 40, "must be a number of seconds (0 or more)"),
     "minutes": (-720, 840, "must be minutes from -720 to 840"),
     "port": (1, 65535, "must be a port number (1-65535)"),
+    "port_or_off": (0, 65535, "must be a port number (1-65535) or 0 (off)"),
     "sessions": (1, 16, "must be a number of sessions (1-16)"),
 }
 
@@ -70,6 +71,12 @@ def _schema():
             "cert": ("str", ""),  # DER files on the flash (MicroPython's ssl takes no PEM); both set = STLS offered
             "key": ("str", ""),
             "sessions": ("sessions", 4),  # mail clients at once; more get -ERR [SYS/TEMP]
+        },
+        "imap": {  # gateway.imap, docs/imap.md; STARTTLS with pop3's cert and key
+            # 0 = off, the default: its code and sessions need heap that a
+            # plain ESP32-WROOM does not have beside the rest (docs/heap.md).
+            "port": ("port_or_off", 0),
+            "sessions": ("sessions", 2),  # a phone and a PC; more get * BYE [UNAVAILABLE]
         },
         "wifi": {  # ESP32 boards without Ethernet
             "ssid": ("str", ""),

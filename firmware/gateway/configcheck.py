@@ -46,8 +46,13 @@ def windows(key, value):
 def across(cfg):
     """Values that are fine alone but fail together, at run time and with
     a cryptic message, if they get past here."""
-    if cfg["smtp"]["port"] == cfg["pop3"]["port"]:
-        raise ConfigError("pop3.port", "is smtp.port too (%d); each listener needs its own" % cfg["smtp"]["port"])
+    taken = {}
+    for name in ("smtp", "pop3", "imap"):
+        port = cfg[name]["port"]
+        if port in taken:
+            raise ConfigError(name + ".port", "is %s.port too (%d); each listener needs its own" % (taken[port], port))
+        if port:  # imap's 0 is off
+            taken[port] = name
     owner = {}
     for user in sorted(cfg["users"]):
         for address in cfg["users"][user]["addresses"]:

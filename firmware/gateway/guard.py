@@ -1,10 +1,11 @@
 # What one client address may do to the listeners, whatever it sends: the
-# failed-login record SMTP AUTH and POP3 share (Logins), and each listener's
-# session slots (Slots). Both are fixed in size or bounded by the sessions
-# open, never by the number of attackers.
+# failed-login record SMTP AUTH, POP3 and IMAP share (Logins, check_password),
+# and each mail client listener's session slots (Slots, listen). Both are
+# fixed in size or bounded by the sessions open, never by the number of
+# attackers.
 import time
 
-from gateway import log
+from gateway import log, sasl
 
 
 def _now():
@@ -128,3 +129,67 @@ class Slots:
         else:
             del self.by_address[ip]
         self.open -= 1
+
+
+def check_password(policy, ip, user, given, what):
+    """0 when `given` is user's password; -1 for a failure, counted (the
+    caller waits Logins.DELAY before it answers); or, while ip is locked
+    out, the seconds left (no password is checked then, the right one
+    included). Neither a coroutine nor a late import: a login on a cut-up
+    heap needs no block for either."""
+    logins = policy.logins()
+    wait = logins.locked(ip)
+    if wait:
+        return wait
+    secret = policy.password(user)
+    if secret and sasl.equal(secret, given):
+        return 0
+    logins.failed(ip, user, what)
+    return -1
+
+
+async def listen(host, port, max_sessions, policy, make, denied, busy, what):
+    """The listener of a mail client protocol (POP3, IMAP): make(reader,
+    writer, ip) gives the session, whose run() serves it. A client from a
+    network outside smtp.allow gets the line `denied`; beyond max_sessions,
+    beyond half of them from one address, or when the heap has no room for
+    one more session, `busy` and a sentence. Either way it is closed."""
+    import asyncio
+
+    from gateway.compat import peer_address
+
+    slots = Slots(max_sessions)
+
+    async def client(reader, writer):
+        peer = peer_address(writer.get_extra_info("peername"))
+        ip = peer[0] if isinstance(peer, tuple) else None
+        session = None
+        refusal = None if policy.allowed_peer(ip) else denied
+        if refusal is None:
+            refusal = slots.take(ip)
+            if refusal is None:
+                try:
+                    session = make(reader, writer, ip)
+                except MemoryError:
+                    slots.give(ip)
+                    refusal = "Too many connections, try later"
+            refusal = refusal and busy + refusal
+        try:
+            if session is None:
+                writer.write(refusal.encode() + b"\r\n")
+                await writer.drain()
+            else:
+                try:
+                    await session.run()
+                finally:
+                    slots.give(ip)
+        except Exception as e:  # one broken session must never stop the listener
+            log.error("%s: session failed: %r" % (what, e))
+        finally:
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except Exception:
+                pass
+
+    return await asyncio.start_server(client, host, port)

@@ -4,8 +4,8 @@
 # dot-stuffed on the way, so a 10 MB message costs what a 1 KB one does.
 import asyncio
 
-from gateway import log, sasl
-from gateway.compat import const, peer_address, ticks_add, ticks_diff, ticks_ms
+from gateway import log
+from gateway.compat import const, ticks_add, ticks_diff, ticks_ms
 from gateway.wire import LineReader, LineTooLong
 
 _LINE = const(256)  # RFC 2449: a command line is at most 255 octets
@@ -130,19 +130,18 @@ class POP3Session:
         user, self.user = self.user, None
         if user is None:
             return await self.bad("-ERR USER first")
-        logins = self.policy.logins()
-        wait = logins.locked(self.peer)
-        if wait:
+        from gateway.guard import check_password
+
+        wait = check_password(self.policy, self.peer, user, arg, "pop3")
+        if wait > 0:
             self.done = True
             return await self.reply("-ERR [SYS/TEMP] too many failed logins from your address, try again in %d minutes"
                                     % ((wait + 59) // 60))
-        secret = self.policy.password(user)
-        if not secret or not sasl.equal(secret, arg):
+        if wait:
             self.failures += 1
-            logins.failed(self.peer, user, "pop3")
-            await asyncio.sleep(logins.DELAY)
+            await asyncio.sleep(self.policy.logins().DELAY)
             await self.reply("-ERR [AUTH] wrong user name or password")
-            if self.failures >= logins.SESSION_TRIES:
+            if self.failures >= self.policy.logins().SESSION_TRIES:
                 self.done = True
             return
         if not self.mailboxes.lock(user):
@@ -163,16 +162,10 @@ class POP3Session:
         if not self.tls:
             return await self.bad("-ERR STLS not available")
         await self.reply("+OK begin TLS negotiation")
-        from gateway.compat import start_tls
+        from gateway.wire import server_tls
 
-        try:
-            await start_tls(self.lines.stream, self.writer, self.tls)
-        except OSError as e:
-            log.warn("pop3: TLS handshake failed: %s" % e)
-            self.done = True
-            return
+        self.done = not await server_tls(self.lines, self.writer, self.tls, "pop3")
         self.tls = None  # offered once; CAPA no longer lists it
-        self.lines.start = self.lines.end = 0  # RFC 2595: discard pre-TLS input
 
     async def pop_quit(self, arg):
         self.done = True
@@ -295,48 +288,12 @@ class POP3Session:
 
 
 async def serve(cfg, mailboxes, host, port, max_sessions=8):
-    """The POP3 listener for the networks in cfg["smtp"]["allow"]; beyond
-    max_sessions, beyond half of them from one address, or when the
-    heap has no room for one more session, a client gets -ERR [SYS/TEMP]
-    and is closed. STLS is offered when cfg["pop3"] names a cert and key."""
-    from gateway.guard import Slots
-
+    """The POP3 listener (gateway.guard.listen says who is refused).
+    STLS is offered when cfg["pop3"] names a cert and key."""
     from gateway.compat import server_tls
+    from gateway.guard import listen
 
     tls = server_tls(cfg.get("pop3") or {}, "pop3")
-    slots = Slots(max_sessions)
-
-    async def client(reader, writer):
-        session = None
-        peer = peer_address(writer.get_extra_info("peername"))
-        ip = peer[0] if isinstance(peer, tuple) else None
-        refusal = None if mailboxes.policy.allowed_peer(ip) else "-ERR your network may not use this server"
-        if refusal is None:
-            refusal = slots.take(ip)
-            refusal = refusal and "-ERR [SYS/TEMP] " + refusal
-        if refusal is None:
-            try:
-                session = POP3Session(reader, writer, mailboxes, tls, ip)
-            except MemoryError:
-                log.warn("pop3: no memory for another session")
-                slots.give(ip)
-                refusal = "-ERR [SYS/TEMP] Too many connections, try later"
-        try:
-            if session is None:
-                writer.write(refusal.encode() + b"\r\n")
-                await writer.drain()
-                return
-            try:
-                await session.run()
-            finally:
-                slots.give(ip)
-        except Exception as e:  # one broken session must never stop the listener
-            log.error("pop3: session failed: %r" % e)
-        finally:
-            try:
-                writer.close()
-                await writer.wait_closed()
-            except Exception:
-                pass
-
-    return await asyncio.start_server(client, host, port)
+    return await listen(host, port, max_sessions, mailboxes.policy,
+                        lambda r, w, ip: POP3Session(r, w, mailboxes, tls, ip),
+                        "-ERR your network may not use this server", "-ERR [SYS/TEMP] ", "pop3")

@@ -98,6 +98,22 @@ class LineReader:
         return await readinto(self.stream, mv)
 
 
+async def server_tls(lines, writer, ctx, what):
+    """The server side of STARTTLS (POP3's STLS, IMAP's STARTTLS) once the
+    go-ahead is sent: True when the handshake is done. Input buffered
+    before it is discarded (RFC 2595, RFC 3501 6.2.1): it came in clear."""
+    from gateway import log
+    from gateway.compat import start_tls
+
+    try:
+        await start_tls(lines.stream, writer, ctx)
+    except OSError as e:
+        log.warn("%s: TLS handshake failed: %s" % (what, e))
+        return False
+    lines.start = lines.end = 0
+    return True
+
+
 async def read_reply(reader):
     """One SMTP reply, single or multi-line, as (code, [text lines]).
     Raises ProtocolError on a malformed reply and EOFError on a closed line."""
