@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "build" / "figures"
@@ -32,9 +31,3 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("figures")
         for row in rows:
             terminalreporter.write_line(f"{row['name']}: {row['value']}")
-
-
-@pytest.fixture
-def fw_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("FW_TMP", str(tmp_path))
-    return tmp_path

@@ -288,9 +288,7 @@ def main():
     except config.ConfigError as e:
         print("odmrgw: %s is broken (%s); starting with defaults, fix it at the console" % (CONFIG, e))
         cfg = config.validate({})
-    from gateway.configcheck import missing_file
-
-    missing = missing_file(cfg)
+    missing = config.missing_file(cfg)
     if missing:  # the rest still works: only what needs that file fails
         print("odmrgw: %s: %s" % (CONFIG, missing))
     config = None  # the app drops the module once booted (docs/heap.md)

@@ -56,9 +56,7 @@ def main():
     os.chdir(flash)
     try:
         cfg = config.load(cfg_name)
-        from gateway.configcheck import missing_file
-
-        missing = missing_file(cfg)
+        missing = config.missing_file(cfg)
         if missing:
             raise missing
     except config.ConfigError as e:

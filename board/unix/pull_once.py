@@ -26,13 +26,14 @@ def main():
     def handler():
         # Made at the turn, after the client's code was dropped: the
         # receiver and the policy never share the heap with it.
-        from gateway.policy import InboundHandler, Policy
+        from gateway.handlers import InboundHandler
+        from gateway.policy import Policy
 
         return InboundHandler(cfg, spool, Policy(cfg))
 
     try:
         with open(sys.argv[1]) as f:
-            cfg = json.load(f)
+            cfg = json.load(f)  # a validated config (gateway.config.save's), read without the validator's code
         spool = Spool(root + "/spool", board.now)
         spool.recover()
         drop_modules(("gateway.spoolread",))

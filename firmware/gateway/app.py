@@ -20,7 +20,7 @@ class App:
         self.cfg = cfg
         self.cfg_path = cfg_path
         self.unsaved = False
-        self.spool = self.policy = self.mailboxes = self.scheduler = None
+        self.spool = self.policy = self.mailboxes = self.scheduler = self.forwarder = None
         self.servers = []
         self.ring = None
 
@@ -53,6 +53,7 @@ class App:
         self.spool.start()
         self.policy = Policy(self.cfg)
         self.mailboxes = Mailboxes(root + "/mail", self.policy, self.spool)
+        self.mailboxes.on_forward = self._forward
 
     async def hand_off(self):
         """Older firmware's mailboxes move into today's layout, a step at a
@@ -136,6 +137,15 @@ class App:
     def _delivered(self, *args):
         # mail from the LAN for our own users goes to their mailboxes at once
         self.mailboxes.deliver_pending(self.spool)
+
+    def _forward(self, spool):
+        # Mail for an internal host (cfg["forward"]): its code is loaded
+        # at the first such message.
+        if self.forwarder is None:
+            from gateway.forward import Forwarder
+
+            self.forwarder = Forwarder(self.cfg, self.policy, self.mailboxes)
+        self.forwarder.kick(spool)
 
     def _outbound(self, *args):
         if self.scheduler:

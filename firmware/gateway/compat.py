@@ -10,7 +10,6 @@ try:
     import gc
     import micropython
 
-    MICROPYTHON = True
     # The viper compiler reads ptr8(x) and ptr32(x) as casts by name; these
     # only give a module something to import on both runtimes.
     ptr8 = ptr32 = None
@@ -93,6 +92,20 @@ try:
 
 except ImportError:  # CPython: the stand-ins live apart (never loaded on the box)
     from gateway.compat_cpython import *  # noqa: F403 # cpython-only
+
+
+
+def peer_ip(peername):
+    """The client's address as text ("a.b.c.d") from what a stream's
+    get_extra_info("peername") gives on this runtime, or None. An IPv4-mapped
+    IPv6 address (::ffff:a.b.c.d) is its IPv4 address. Listeners, the
+    allow list, the login guard and the Received line all take this one."""
+    peer = peer_address(peername)
+    ip = peer[0] if isinstance(peer, (tuple, list)) else peer
+    if not isinstance(ip, str):
+        return None
+    return ip[7:] if ip[:7].lower() == "::ffff:" else ip
+
 
 # The listeners' TLS (STARTTLS on the LAN SMTP listener, STLS on POP3): one
 # server context per certificate, made at start from the DER files on the

@@ -6,7 +6,6 @@ import sys  # cpython-only
 import time  # cpython-only
 import traceback  # cpython-only
 
-MICROPYTHON = False
 _TICKS_PERIOD = 1 << 30
 
 

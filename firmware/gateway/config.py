@@ -8,6 +8,7 @@
 import json
 import os
 
+from gateway import ipv4
 from gateway.compat import drop_modules
 
 _TLS_MODES = ("implicit", "starttls", "none")
@@ -121,33 +122,6 @@ def _is_str_list(value):
     return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
 
 
-def _check_net(text):
-    parts = text.split("/")
-    quad = parts[0].split(".")
-    if len(parts) > 2 or len(quad) != 4:
-        return False
-    for q in quad:
-        if not q.isdigit() or int(q) > 255:
-            return False
-    return len(parts) == 1 or (parts[1].isdigit() and int(parts[1]) <= 32)
-
-
-def _is_hhmm(text):
-    h, _, m = text.partition(":") if isinstance(text, str) else ("", "", "")
-    return h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60
-
-
-def _is_window(w):
-    return (
-        isinstance(w, dict)
-        and sorted(w) == ["from", "interval", "to"]
-        and _is_hhmm(w["from"])
-        and _is_hhmm(w["to"])
-        and isinstance(w["interval"], int)
-        and w["interval"] > 0
-    )
-
-
 def _check_leaf(kind, key, value):
     """Returns the value (a fresh copy for lists) or raises ConfigError."""
     if kind == "str" or kind == "user":
@@ -162,7 +136,7 @@ def _check_leaf(kind, key, value):
             raise ConfigError(key, "must be true or false")
     elif kind == "tls":
         if value not in _TLS_MODES:
-            raise ConfigError(key, "must be one of implicit, starttls, none")
+            raise ConfigError(key, "must be one of " + ", ".join(_TLS_MODES))
     elif kind == "domains" or kind == "addresses":
         if not _is_str_list(value):
             raise ConfigError(key, "must be a list of names")
@@ -172,16 +146,15 @@ def _check_leaf(kind, key, value):
                 raise ConfigError(key, "%r is not %s" % (v, "an address (user@domain)" if kind == "addresses" else "a domain"))
         value = [v.lower() for v in value]
     elif kind == "ip":
-        if not isinstance(value, str) or "/" in value or not _check_net(value):
+        if not ipv4.is_address(value):
             raise ConfigError(key, "must be an IPv4 address like 0.0.0.0")
     elif kind == "addr" or kind == "label":
-        _checks().network_leaf(kind, key, value)
+        _raise(_checks().network_leaf(kind, key, value))
     elif kind == "windows":
-        if not isinstance(value, list) or not all(_is_window(w) for w in value):
-            _checks().windows(key, value)  # names the entry and the field
+        _raise(_checks().windows(key, value))  # names the entry and the field
         value = [dict(w) for w in value]
     elif kind == "nets":
-        if not _is_str_list(value) or not all(_check_net(v) for v in value):
+        if not _is_str_list(value) or not all(ipv4.is_network(v) for v in value):
             raise ConfigError(key, "must be a list of networks like 192.168.0.0/16")
         value = list(value)
     else:
@@ -218,19 +191,35 @@ def validate(cfg):
         for domain, user in out["catch_all"].items():
             if user not in out["users"]:
                 raise ConfigError("catch_all." + domain, "no such user %r" % user)
-        _checks().across(out)
+        _raise(_checks().across(out))
         return out
     finally:
         drop_modules(("gateway.configcheck",))
 
 
 def _checks():
-    # The checks across keys and of the network keys live in their own
-    # module, loaded while a config is validated and dropped afterwards.
+    # The checks across keys, of the network keys and of the poll windows
+    # live in their own module, loaded while a config is validated and
+    # dropped afterwards. They say what is wrong; this module raises.
     from gateway import configcheck
 
     return configcheck
 
+
+def _raise(problem):
+    """problem: None, or the (key, sentence) a check in configcheck found."""
+    if problem:
+        raise ConfigError(*problem)
+
+
+def missing_file(cfg, exists=None):
+    """ConfigError for the first file key naming a file that is not there
+    (on this board's flash, or as exists(name) says), or None. Checked where
+    the flash is at hand (the box at start, `odmrgw config push` on the
+    box), not by validate()."""
+    problem = _checks().missing_file(cfg, exists)
+    drop_modules(("gateway.configcheck",))
+    return ConfigError(*problem) if problem else None
 
 
 def load(path):

@@ -202,7 +202,7 @@ class Seen:
             except OSError:
                 pass
             raise
-        from gateway.spool import Scan
+        from gateway.record import Scan
 
         # Entry by entry: a mailbox of the first layout holds every message
         # in this directory, and a list of 10,000 names would not fit.

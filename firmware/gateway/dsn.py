@@ -3,18 +3,10 @@
 # person, the machine-readable delivery-status part, and the headers of the
 # original message (never its body: the report stays small).
 from gateway.compat import const
-from gateway.log import civil
+from gateway.log import rfc5322_date
 
-_DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")  # 1970-01-01 was a Thursday
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _CHUNK = const(1024)
 MAX_HEADERS = 16384  # bytes of the original's header copied into the report
-
-
-def rfc5322_date(t):
-    """'Sun, 29 Nov 2026 17:03:44 +0000' from unix seconds."""
-    y, m, d, hh, mm, ss, days = civil(t)
-    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (_DAYS[days % 7], d, _MONTHS[m - 1], y, hh, mm, ss)
 
 
 def status_of(code, text):

@@ -11,11 +11,13 @@
 import asyncio
 
 from gateway import log
-from gateway.compat import const
-from gateway.smtp.dots import end_of_data, stuff
-from gateway.wire import LineReader, ProtocolError, read_reply
+from gateway.compat import drop_modules
+from gateway.wire import SMTPError
 
-_CHUNK = const(512)
+# The client's code, loaded for a flush and dropped after it (the poll
+# cycle drops and reloads the same modules): a resident module never holds
+# the classes of a dropped one.
+CLIENT = ("gateway.smtp.submit", "gateway.smtp.client")
 
 
 def parse_target(text):
@@ -24,17 +26,17 @@ def parse_target(text):
     return host, int(port) if port else 25
 
 
-class Temporary(Exception):
-    """The internal host cannot take the message now: try again later."""
-
-
 class Forwarder:
+    """Sends what waits for an internal host, with the SMTP client the
+    smarthost flush uses (in clear: the host is on the office LAN). The
+    App makes it with the mailboxes that take what a host refuses."""
+
     TIMEOUT = 120  # s for one whole SMTP conversation
 
-    def __init__(self, cfg, policy):
-        self.hostname = cfg.get("hostname") or "gateway"
+    def __init__(self, cfg, policy, mailboxes):
+        self.hostname = cfg["hostname"]
         self.policy = policy
-        self.buf = bytearray(_CHUNK)
+        self.mailboxes = mailboxes
         self.busy = False
         self.again = False
 
@@ -64,11 +66,14 @@ class Forwarder:
             log.error("forward: %r" % (e,))
         finally:
             self.busy = False
+            drop_modules(CLIENT)
 
     async def flush(self, spool):
         """Forwards every pending "local" recipient that has a forward
-        target; returns how many recipients the internal hosts took."""
-        boxes = self.policy.mailboxes
+        target; returns how many recipients the internal hosts took. A 4xx,
+        a dead host or a timeout leaves a recipient for the next try; a 5xx
+        sends it to its mailbox instead."""
+        boxes = self.mailboxes
         sent = 0
         fell_back = False
         for id in spool.walk("local"):
@@ -80,85 +85,37 @@ class Forwarder:
                     groups.setdefault(target, []).append(addr)
             for target, addrs in groups.items():
                 try:
-                    ok, refused = await asyncio.wait_for(self._send(target, env, addrs, spool), self.TIMEOUT)
-                except (OSError, EOFError, ProtocolError, Temporary, asyncio.TimeoutError) as e:
+                    results = await asyncio.wait_for(self._send(target, env, addrs, spool), self.TIMEOUT)
+                except (SMTPError, asyncio.TimeoutError) as e:
                     log.warn("forward: %s to %s not sent (%r), tried again later" % (id, target, e))
                     continue
+                ok = [r.address for r in results if r.delivered]
                 if ok:
                     spool.done(id, "local", ok)
                     sent += len(ok)
                     log.info("forward: %s to %s for %d recipient(s)" % (id, target, len(ok)))
-                for addr in refused:
-                    log.warn("forward: %s refused <%s> of %s; kept in the mailbox" % (target, addr, id))
-                    boxes.keep_here(id, addr)
-                    fell_back = True
+                for r in results:
+                    if r.code >= 500:
+                        log.warn("forward: %s refused <%s> of %s (%d %s); kept in the mailbox" % (
+                            target, r.address, id, r.code, r.text))
+                        boxes.keep_here(id, r.address)
+                        fell_back = True
         if fell_back:
             spool.rescan = True  # what the forward host refused is the hand-off's again
             boxes.deliver_pending(spool)
         return sent
 
     async def _send(self, target, env, addrs, spool):
-        """(accepted, permanently refused) recipients; raises Temporary."""
+        """The Results (gateway.smtp.submit) of one message to one host."""
+        from gateway.smtp.client import SMTPClient
+        from gateway.smtp.submit import send_message
+
         host, port = parse_target(target)
-        r, w = await asyncio.open_connection(host, port)
+        client = await SMTPClient.connect(host, port, "forward host " + target)
         try:
-            lines = LineReader(r, 512)
-
-            async def cmd(text):
-                w.write(text.encode() + b"\r\n")
-                await w.drain()
-                return (await read_reply(lines))[0]
-
-            if (await read_reply(lines))[0] != 220:
-                raise Temporary("no 220 greeting")
-            if await cmd("EHLO " + self.hostname) != 250 and await cmd("HELO " + self.hostname) != 250:
-                raise Temporary("EHLO and HELO refused")
-            code = await cmd("MAIL FROM:<%s>" % env.mail_from)
-            if code >= 500:
-                return [], addrs
-            if code != 250:
-                raise Temporary("MAIL %d" % code)
-            ok = []
-            refused = []
-            for addr in addrs:
-                code = await cmd("RCPT TO:<%s>" % addr)
-                if code in (250, 251):
-                    ok.append(addr)
-                elif code >= 500:
-                    refused.append(addr)
-            if not ok:
-                return ok, refused
-            code = await cmd("DATA")
-            if code != 354:
-                if code >= 500:
-                    return [], refused + ok
-                raise Temporary("DATA %d" % code)
-            await self._body(w, spool, env)
-            code = (await read_reply(lines))[0]
-            if code >= 500:
-                return [], refused + ok
-            if code != 250:
-                raise Temporary("end of data %d" % code)
-            try:
-                await cmd("QUIT")
-            except (OSError, EOFError, ProtocolError):
-                pass  # the message is delivered; a rude hang-up changes nothing
-            return ok, refused
+            await client.greeting()
+            await client.ehlo(self.hostname)
+            with spool.open(env.id, env) as body:
+                return await send_message(client, env.mail_from, addrs, body, env.size)
         finally:
-            w.close()
-            await w.wait_closed()
-
-    async def _body(self, w, spool, env):
-        """The spooled message, dot-stuffed, then the terminator."""
-        buf = self.buf
-        mv = memoryview(buf)
-        bol = True
-        with spool.open(env.id, env) as body:
-            while True:
-                n = body.readinto(buf)
-                if not n:
-                    break
-                bol = stuff(w.write, buf, mv, n, bol)
-                await w.drain()
-        w.write(end_of_data(bol))
-        await w.drain()
+            await client.quit()

@@ -156,13 +156,12 @@ async def listen(host, port, max_sessions, policy, make, denied, busy, what):
     one more session, `busy` and a sentence. Either way it is closed."""
     import asyncio
 
-    from gateway.compat import peer_address
+    from gateway.compat import peer_ip
 
     slots = Slots(max_sessions)
 
     async def client(reader, writer):
-        peer = peer_address(writer.get_extra_info("peername"))
-        ip = peer[0] if isinstance(peer, tuple) else None
+        ip = peer_ip(writer.get_extra_info("peername"))
         session = None
         refusal = None if policy.allowed_peer(ip) else denied
         if refusal is None:

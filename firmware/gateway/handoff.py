@@ -7,11 +7,10 @@ from array import array
 
 from gateway import log
 from gateway.compat import const
-from gateway.mailbox import _mkdir
+from gateway.record import TRAILER, mkdir
 from gateway.spool import Draft, SpoolFull, record_header
 
 _ENOSPC = const(28)
-_TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 
 
 def deliver(self, spool):
@@ -52,8 +51,8 @@ def deliver(self, spool):
                 break
             count += n
             forwards = forwards or f
-    if forwards:
-        self.policy.forwarder().kick(spool)
+    if forwards and self.on_forward:
+        self.on_forward(spool)
     return count
 
 
@@ -91,7 +90,7 @@ def _deliver_id(self, spool, id):
 
 
 def _copy(self, user, addr, env, key, spool):
-    _mkdir(self._dir(user))
+    mkdir(self._dir(user))
     id = env.id
     if self.info(user, id):
         return
@@ -101,7 +100,7 @@ def _copy(self, user, addr, env, key, spool):
     header = record_header(id, env.received, env.mail_from, [(addr, "local")])
     # The hand-off may use the room the receiver kept for it, down to
     # the spool's reserve (journals, the log).
-    if spool.free_bytes() < spool.reserve + env.hlen + env.size + _TRAILER:
+    if spool.free_bytes() < spool.reserve + env.hlen + env.size + TRAILER:
         raise SpoolFull("no room for a copy")
     path = "%s/%s.m" % (self.bucket(user, id, spool), id)
     draft = Draft(spool, id, path, header, floor=spool.reserve)
@@ -116,5 +115,5 @@ def _copy(self, user, addr, env, key, spool):
     except BaseException:
         draft.abort()  # no cut-short copy is left behind
         raise
-    self._count(user, 1, draft.hlen + draft.size + _TRAILER)
+    self._count(user, 1, draft.hlen + draft.size + TRAILER)
     log.info("mailbox: %s delivered to %s (%d bytes)" % (id, user, draft.size))

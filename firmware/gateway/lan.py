@@ -1,7 +1,7 @@
 # The LAN SMTP listener: office PCs submit mail here. It is the receiver's own
-# SMTP engine; the LanHandler (gateway.policy) decides who may connect and
+# SMTP engine; the LanHandler (gateway.handlers) decides who may connect and
 # where mail may go, so the relay rules live in one place.
-from gateway.policy import LanHandler, peer_ip
+from gateway.handlers import LanHandler
 
 
 async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=None, sessions=4):
@@ -13,9 +13,9 @@ async def serve(cfg, spool, policy, host, port, on_delivered=None, on_outbound=N
     from gateway.compat import server_tls
     from gateway.smtp.server import serve as smtp_serve
 
-    tls = server_tls(cfg.get("smtp") or {}, "smtp")
+    tls = server_tls(cfg["smtp"], "smtp")
 
-    def handler(peer):
-        return LanHandler(cfg, spool, policy, peer_ip(peer), on_delivered, on_outbound, tls)
+    def handler():
+        return LanHandler(cfg, spool, policy, on_delivered, on_outbound, tls)
 
-    return await smtp_serve(handler, host, port, sessions, with_peer=True)
+    return await smtp_serve(handler, host, port, sessions)

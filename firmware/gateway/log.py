@@ -84,6 +84,17 @@ def civil(t):
     return y, m, d, secs // 3600, secs // 60 % 60, secs % 60, days
 
 
+_DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")  # 1970-01-01 was a Thursday
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_date(t):
+    """'Sun, 29 Nov 2026 17:03:44 +0000' from unix seconds (Received lines,
+    reports)."""
+    y, m, d, hh, mm, ss, days = civil(t)
+    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (_DAYS[days % 7], d, _MONTHS[m - 1], y, hh, mm, ss)
+
+
 def iso8601(t):
     """'2026-11-29T17:03:44Z'."""
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % civil(t)[:6]

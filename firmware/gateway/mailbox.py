@@ -33,20 +33,13 @@ from array import array
 
 from gateway import dedupe, log
 from gateway.compat import const, drop_modules, fsync
-from gateway.spool import _MAGIC, Body, Scan, _exists, _remove, buckets
+from gateway.record import MAGIC, TRAILER, Scan, buckets, exists, mkdir, remove
+from gateway.spool import Body
 
 _CHUNK = const(512)
 _GROUP = const(5)  # a group directory: the ids' first 5 digits, 16 buckets
-_TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 _ID_LINE = const(9)  # one journal line: 8 hex digits and LF
 _EMPTY = b"DELE 0000 00000000\n"  # the journal's head when nothing is pending
-
-
-def _mkdir(path):
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
 
 
 class BodyLines:
@@ -144,17 +137,18 @@ class Mailboxes:
         self._locked = set()
         self._kept = set()  # (id, address) the forward host refused
         self.waiting = False  # the hand-off stopped for want of room
+        self.on_forward = None  # on_forward(spool): mail waits for gateway.forward (the App wires it)
         self.legacy = set()  # users whose directory holds older firmware's mail
         # Records the receiver is still writing: not cut short, not shown.
-        self._drafts = spool._drafts if spool is not None else ()
+        self._drafts = spool.drafts if spool is not None else ()
         if policy is None:
             return
         policy.mailboxes = self
         if spool is not None:
             spool.mailboxes = self
-        _mkdir(root)
+        mkdir(root)
         for user in policy.users:
-            _mkdir(self._dir(user))
+            mkdir(self._dir(user))
             self.recover(user)
 
     def _dir(self, user):
@@ -192,7 +186,7 @@ class Mailboxes:
             if e1 < 0 or e2 < 0 or self.buf[e1 + 1] != 70:  # "F"
                 return None
             parts = bytes(self.buf[:e1]).split(b" ")
-            if len(parts) != 4 or parts[0] != _MAGIC or parts[2] != id.encode() or not parts[1].isdigit():
+            if len(parts) != 4 or parts[0] != MAGIC or parts[2] != id.encode() or not parts[1].isdigit():
                 return None
             hlen = int(parts[1])
             rp = b"Return-Path: <%s>\r\n" % bytes(self.mv[e1 + 3 : e2])
@@ -205,13 +199,13 @@ class Mailboxes:
                 crc = binascii.crc32(self.mv[:k], crc)
                 got += k
             size = f.seek(0, 2)
-            body = size - hlen - _TRAILER
+            body = size - hlen - TRAILER
             if body < 0:
                 return None
-            f.seek(size - _TRAILER)
-            f.readinto(self.mv[:_TRAILER])
+            f.seek(size - TRAILER)
+            f.readinto(self.mv[:TRAILER])
             t = b"END2 %s %010d %08x " % (id.encode(), body, crc)
-            if bytes(self.mv[:34]) != t or bytes(self.mv[34:_TRAILER]) != b"%08x\n" % binascii.crc32(t):
+            if bytes(self.mv[:34]) != t or bytes(self.mv[34:TRAILER]) != b"%08x\n" % binascii.crc32(t):
                 return None
             return hlen, body, int(parts[3]), rp
 
@@ -253,11 +247,11 @@ class Mailboxes:
                 key = self._key(body)
             if key and not self._first(user, key, id, int(self.spool.clock())):
                 log.info("mailbox: %s for %s is a re-send, dropped" % (id, user))
-                _remove(draft.path)
+                remove(draft.path)
                 return
         except OSError as e:
             log.warn("mailbox: no duplicate check for %s: %r" % (id, e))
-        self._count(user, 1, draft.hlen + draft.size + _TRAILER)
+        self._count(user, 1, draft.hlen + draft.size + TRAILER)
 
     def _count(self, user, n, size):
         u = self._usage.get(user)
@@ -380,9 +374,9 @@ class Mailboxes:
 
     def _unlink(self, user, id):
         path = self._path(user, id)
-        st = _exists(path)
+        st = exists(path)
         if st:
-            _remove(path)
+            remove(path)
             self._count(user, -1, -st[6])
 
     # --- POP3 UPDATE --------------------------------------------------------------
@@ -399,7 +393,7 @@ class Mailboxes:
 
     def _make_journal(self, user):
         path = self._journal(user)
-        if _exists(path):
+        if exists(path):
             return
         with open(path, "wb") as f:
             f.write(_EMPTY)
@@ -415,7 +409,7 @@ class Mailboxes:
         try:
             self._make_journal(user)
         except OSError:
-            _remove(path)  # a journal cut short by a full card is no journal
+            remove(path)  # a journal cut short by a full card is no journal
             raise
         crc = n = 0
         with open(path, "r+b") as f:
@@ -489,13 +483,13 @@ class Mailboxes:
                 name = e[0]
                 if name[-4:] == ".msg" or name == "dele" or len(name) == 6 and e[1] & 0x4000:
                     self.legacy.add(user)
-        if _exists(self._journal(user)):
+        if exists(self._journal(user)):
             self._apply_journal(user)
         else:
             try:
                 self._make_journal(user)
             except OSError as e:
-                _remove(self._journal(user))
+                remove(self._journal(user))
                 log.warn("mailbox: no room for the journal of %s yet: %r" % (user, e))
         try:
             self.seen.make(self._dir(user) + "/seen")

@@ -18,8 +18,9 @@ import os
 
 from gateway import handoff, log
 from gateway.compat import const
-from gateway.spool import Scan, SpoolFull, _remove
-from gateway.spoolread import Envelope, _valid
+from gateway.record import Scan, remove
+from gateway.spool import SpoolFull
+from gateway.spoolread import Envelope, valid
 
 _ENOSPC = const(28)
 _TAIL = const(96)  # enough to hold a first-layout trailer
@@ -117,7 +118,7 @@ def _move(boxes, spool, user, path, id, first):
             addr = ((boxes.policy.users.get(user) or {}).get("addresses") or [user])[0]
         else:
             env = Envelope(path)
-            if not _valid(spool, path, boxes.mv, False):
+            if not valid(path, boxes.mv):
                 raise ValueError("cut short")
             addr = env.rcpts[0][0]
     except (ValueError, IndexError):
@@ -143,5 +144,5 @@ def _finish_update(home):
             for line in f:
                 id = line.strip().decode()
                 if id and id != "END":
-                    _remove(home + "/" + id + ".msg")
+                    remove(home + "/" + id + ".msg")
     os.remove(path)

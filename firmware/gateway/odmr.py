@@ -5,7 +5,6 @@
 from gateway import log
 from gateway.compat import drop_modules
 
-DEFAULT_PORT = 366
 # The turned line's receive buffer (the receiver's SMTPSession takes any
 # size that holds a command line and a text line; 4 KB as its own).
 BUFFER = 4096
@@ -71,7 +70,7 @@ def session_buffer():
 
 
 async def pull(cfg, handler, buf=None, unload=CUSTOMER):
-    """One ODMR session with cfg["relay"]; handler is an InboundHandler,
+    """One ODMR session with cfg["relay"] (cfg validated); handler is an InboundHandler,
     or a function that makes one (called only once the line has turned).
     The modules named in `unload` are dropped at the turn (a process that
     does nothing else, like board/unix/pull_once.py, drops SASL too).
@@ -79,17 +78,17 @@ async def pull(cfg, handler, buf=None, unload=CUSTOMER):
     from gateway.smtp.client import SMTPClient
     from gateway.wire import SMTPError
 
-    conf = cfg.get("relay") or {}
-    host = conf.get("host")
+    conf = cfg["relay"]
+    host = conf["host"]
     if not host:
         return Outcome(0, "no relay configured (relay.host)")
     if buf is None:
         buf = session_buffer()
-    domains = cfg.get("domains") or []
+    domains = cfg["domains"]
     try:
         # The client reads its replies into the turned line's buffer too:
         # the provider says nothing between its 250 and our 220.
-        client = await SMTPClient.open(conf, DEFAULT_PORT, cfg.get("hostname") or "gateway", "relay", buf)
+        client = await SMTPClient.open(conf, cfg["hostname"], "relay", buf)
     except SMTPError as e:
         return _failed(e)
     try:
@@ -114,7 +113,7 @@ async def pull(cfg, handler, buf=None, unload=CUSTOMER):
     drop_modules(unload)
     if not hasattr(handler, "rcpt"):
         handler = handler()
-    n = await _serve(reader, writer, handler, (host, conf.get("port") or DEFAULT_PORT), buf)
+    n = await _serve(reader, writer, handler, host, buf)
     return Outcome(250, "pulled %d message(s)" % n, pulled=n)
 
 

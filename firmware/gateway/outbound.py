@@ -11,8 +11,6 @@ from gateway.smtp import submit
 from gateway.smtp.client import SMTPClient
 from gateway.wire import SMTPError
 
-DEFAULT_PORT = 587
-BOUNCE_AFTER = 5 * 86400  # Postfix's maximal_queue_lifetime
 RETRY_MIN = 300  # first pause after a 4xx, doubled per try
 RETRY_MAX = 4 * 3600
 
@@ -61,8 +59,7 @@ class Outbound:
         self.spool = spool
         self.policy = policy
         self.clock = clock
-        poll = cfg.get("poll") or {}
-        self.bounce_after = poll.get("bounce_after") or BOUNCE_AFTER
+        self.bounce_after = cfg["poll"]["bounce_after"]
         self.retry = {} if retry is None else retry  # id -> (tries, not before)
 
     async def flush(self):
@@ -71,7 +68,7 @@ class Outbound:
         that is due. Once the line is refused or gone, the rest that is due
         counts as deferred; old mail is still bounced on the way."""
         out = Summary()
-        conf = self.cfg.get("smarthost") or {}
+        conf = self.cfg["smarthost"]
         client = None
         try:
             for id in self.spool.walk("out", self.BATCH):
@@ -110,11 +107,11 @@ class Outbound:
 
     async def _open(self, conf, out):
         """The smarthost line, or None with out.error saying why."""
-        if not conf.get("host"):
+        if not conf["host"]:
             out.error = "no smarthost configured (smarthost.host): outgoing mail waits"
             return None
         try:
-            return await SMTPClient.open(conf, DEFAULT_PORT, self.cfg.get("hostname") or "gateway", "smarthost")
+            return await SMTPClient.open(conf, self.cfg["hostname"], "smarthost")
         except SMTPError as e:
             out.error, out.temporary = "%d %s" % (e.code, e.text), e.temporary
             return None
@@ -124,10 +121,10 @@ class Outbound:
         rcpts = _out(env)
         with self.spool.open(id, env) as body:
             results = await submit.send_message(client, env.mail_from, rcpts, body, env.size)
-        sent = [a for a, code, _ in results if 200 <= code < 300]
-        failed = [(a, code, text) for a, code, text in results if code >= 500]
+        sent = [r.address for r in results if r.delivered]
+        failed = [(r.address, r.code, r.text) for r in results if r.code >= 500]
         later = len(results) - len(sent) - len(failed)
-        fate = self._bounce(env, failed, (self.cfg.get("smarthost") or {}).get("host")) if failed else None
+        fate = self._bounce(env, failed, self.cfg["smarthost"]["host"]) if failed else None
         if failed and not fate:
             later += len(failed)  # no room for the bounce yet: try it all again later
             failed = []
@@ -177,7 +174,7 @@ class Outbound:
             return None
         try:
             with self.spool.open(env.id, env) as body:
-                dsn.write(draft, self.cfg.get("hostname") or "gateway", env, failed, self.clock(), body, remote)
+                dsn.write(draft, self.cfg["hostname"], env, failed, self.clock(), body, remote)
             draft.commit()
         except BaseException:
             draft.abort()

@@ -67,7 +67,7 @@ class PollCycle:
         """(ok, retry, summary) of the ODMR pull, as plain values; its code
         is dropped before the last hand-off, which gets its heap."""
         from gateway import odmr
-        from gateway.policy import InboundHandler
+        from gateway.handlers import InboundHandler
 
         # The mailboxes get the pulled mail every HANDOFF messages and at the
         # end, not one by one (the provider's delivery is not slowed down

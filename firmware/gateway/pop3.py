@@ -22,13 +22,14 @@ class POP3Session:
     MAX_ERRORS = 10  # bad commands before we hang up
     # Failed logins: delay, tries per session and lockout in gateway.guard.
 
-    def __init__(self, reader, writer, mailboxes, tls=None, peer=None):
+    def __init__(self, reader, writer, mailboxes, tls=None, peer=None, clear_text=False):
         self.lines = LineReader(reader, _LINE)
         self.writer = writer
         self.mailboxes = mailboxes
         self.policy = mailboxes.policy
         self.tls = tls  # an ssl context when STLS may be offered
         self.peer = peer  # the client's IP address
+        self.clear_text = clear_text  # cfg["clear_text_logins"]: passwords without TLS, for an old client
         self.user = None  # set by USER, then confirmed by PASS
         self.box = None  # the locked mailbox's user after login
         self.msgs = None  # the mailbox's Listing, taken at login
@@ -116,7 +117,7 @@ class POP3Session:
         """True while a password would cross the network in clear and must
         not be taken: STLS is offered and not done yet (RFC 2595 2.2), and
         the config's clear_text_logins does not allow it for an old client."""
-        return self.tls is not None and not self.policy.cfg.get("clear_text_logins")
+        return self.tls is not None and not self.clear_text
 
     async def pop_user(self, arg):
         if self._in_clear():
@@ -293,7 +294,7 @@ async def serve(cfg, mailboxes, host, port, max_sessions=8):
     from gateway.compat import server_tls
     from gateway.guard import listen
 
-    tls = server_tls(cfg.get("pop3") or {}, "pop3")
+    tls = server_tls(cfg["pop3"], "pop3")
     return await listen(host, port, max_sessions, mailboxes.policy,
-                        lambda r, w, ip: POP3Session(r, w, mailboxes, tls, ip),
+                        lambda r, w, ip: POP3Session(r, w, mailboxes, tls, ip, cfg["clear_text_logins"]),
                         "-ERR your network may not use this server", "-ERR [SYS/TEMP] ", "pop3")

@@ -35,13 +35,13 @@ class Scheduler:
     max_nap = 60  # s; look at the clock at least this often
 
     def __init__(self, cfg, cycle, board, sleep=None, rand=None):
-        poll = cfg.get("poll") or {}
-        self.interval = poll.get("interval") or 900
-        self.windows = [Window(w) for w in poll.get("windows") or ()]
-        self.debounce = poll.get("debounce", 30)
-        self.backoff_min = poll.get("backoff_min") or 60
-        self.backoff_max = poll.get("backoff_max") or 3600
-        self.offset = (poll.get("utc_offset") or 0) * 60  # windows are local time
+        poll = cfg["poll"]  # validated: gateway.config holds the defaults
+        self.interval = poll["interval"]
+        self.windows = [Window(w) for w in poll["windows"]]
+        self.debounce = poll["debounce"]
+        self.backoff_min = poll["backoff_min"]
+        self.backoff_max = poll["backoff_max"]
+        self.offset = poll["utc_offset"] * 60  # windows are local time
         self.cycle = cycle
         self.board = board
         self._sleep = sleep

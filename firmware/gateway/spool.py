@@ -16,14 +16,13 @@
 # body has no checksum of its own: a trailer at the very end of the length
 # that the directory entry holds proves that everything before it is on the
 # card, because f_sync writes the data sectors, then the FAT, and only then
-# the directory entry with the length (docs/spool.md, "crash guarantee"). Records
-# written by older firmware end in "END1 ... <crc32 body:8>"; recovery still
-# checks those bodies.
+# the directory entry with the length (docs/spool.md, "crash guarantee").
 # Progress (recipients handled) goes to a separate append-only file <id>.d,
 # so a committed message file is never written again. Buckets hold 256 ids,
 # which keeps every FAT directory scan short. This module writes; recovery,
-# listing and reading are in spoolread, imported when first needed, so a
-# receiver that only writes does not carry them in its heap.
+# listing and reading are in spoolread, imported when first needed (_read),
+# so a receiver that only writes does not carry them in its heap. The format
+# and the file helpers the mailboxes share are in gateway.record.
 #
 # A message for exactly one mailbox is written as this same record straight
 # into that mailbox (Mailboxes.route): it is stored once, and its commit is
@@ -35,70 +34,22 @@ import os
 import time
 from array import array
 
-from gateway.compat import const, fsync, ilistdir
+from gateway.compat import const, fsync
+from gateway.record import MAGIC, exists, letter, remove
 
-_MAGIC = b"ODMRGW1"
 _RESERVE = const(256)  # ids reserved per write of the seq file (a sync each)
 _SLOT = const(512)  # one seq slot per sector: a torn write spoils only one
-_QUEUES = ("local", "out")
-_LETTERS = "lo"  # a file's extension: the letters of its queues, in this order
 
 
 class SpoolFull(Exception):
     """Not enough room on the card: the receiver answers 452 4.3.1."""
 
 
-def _exists(path):
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
+def _read():
+    """The reading side, loaded at its first use."""
+    from gateway import spoolread
 
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-class Scan:
-    """`with Scan(path) as entries:` os.ilistdir that always runs to its end.
-    An unfinished VfsFat iterator is closed by its finaliser at some later
-    collection, which may come after the card was unmounted: f_closedir on
-    a volume that is gone crashed the 32-bit build. A directory that is
-    missing or fails to read lists as empty, or ends there."""
-
-    def __init__(self, path):
-        try:
-            self._it = ilistdir(path)
-        except OSError:
-            self._it = iter(())
-
-    def __enter__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            return next(self._it)
-        except OSError:
-            self._it = iter(())
-            raise StopIteration
-
-    def __exit__(self, *exc):
-        for _ in self:
-            pass
-        return False
-
-
-def buckets(root, width=6):
-    """The bucket directories under root, oldest first: names of `width`
-    hex digits, the ids' first (a few dozen names at 10,000 messages)."""
-    with Scan(root) as entries:
-        return sorted(e[0] for e in entries if e[1] & 0x4000 and len(e[0]) == width)
+    return spoolread
 
 
 class Body:
@@ -170,7 +121,7 @@ class Draft:
         fsync(self._f)
         self._f.close()
         self._f = None
-        self.spool._drafts.discard(self.id)
+        self.spool.drafts.discard(self.id)
         if self.owner:
             self.spool.mailboxes.arrived(self)
         elif "l" in self.path[self.path.rfind(".") :]:  # a spool record for the mailboxes
@@ -189,8 +140,8 @@ class Draft:
             except OSError:
                 pass
             self._f = None
-            _remove(self.path)
-        self.spool._drafts.discard(self.id)
+            remove(self.path)
+        self.spool.drafts.discard(self.id)
 
 
 class Spool:
@@ -198,7 +149,6 @@ class Spool:
     reserve = 32 * 1024  # the hand-off's own floor: what journals and the log keep
     size_factor = 1.5  # MAIL with SIZE=n needs n * this free (Postfix's rule)
     check_every = 64 * 1024  # re-check free space every so many body bytes
-    verify = True  # recover() checks the body checksums of older END1 records
     FRESH = 64  # committed ids the hand-off is told of; past that it scans
 
     def __init__(self, root, clock=None):
@@ -207,7 +157,7 @@ class Spool:
         self._next = None  # the next id to hand out
         self._limit = 0  # ids below this are reserved in the seq file
         self._slot = 0
-        self._drafts = set()
+        self.drafts = set()  # ids being written: no listing shows them yet
         self._made = set()  # bucket directories known to exist
         self.mailboxes = None  # set by Mailboxes(..., spool): routes mail for one user
         # What the hand-off must look at: the "local" records committed since
@@ -223,11 +173,9 @@ class Spool:
     # --- ids: 8 hex digits from a counter, so sortable and never reused ------
     def _new_id(self):
         if self._next is None:
-            if not _exists(self.root):
+            if not exists(self.root):
                 os.mkdir(self.root)
-            from gateway import spoolread
-
-            self._next = max(self._seq(None), spoolread.highest(self) + 1)
+            self._next = max(self._seq(None), _read().highest(self) + 1)
         if self._next >= self._limit:
             self._seq(self._next + _RESERVE)
         self._next += 1
@@ -255,7 +203,7 @@ class Spool:
                     if line == b"SEQ %08x %08x\n" % (n, binascii.crc32(line[4:12])) and n > best:
                         best, self._slot = n, 1 - k
             return best
-        if not _exists(path):
+        if not exists(path):
             with open(path, "wb") as f:
                 # Whatever the gap holds counts only with a valid checksum.
                 f.seek(2 * _SLOT - 1)
@@ -272,14 +220,18 @@ class Spool:
         """A sweep of the whole card (host tools, tests): removes every record
         that is not a whole committed message, and progress files without a
         message. -> (kept, removed). The box itself boots with start()."""
-        from gateway import spoolread
-
-        return spoolread.recover(self)
+        self._made = set()
+        kept, removed, top = _read().recover(self)
+        # The next id: past the seq file's reservation and, should that file
+        # be lost or damaged, past every id on the card.
+        self._next = max(self._seq(None), top + 1)
+        self._limit = 0
+        return kept, removed
 
     def start(self):
         """At boot: only the spool directory. Records are judged when first
         listed, so this costs the same at 10,000 messages as at none."""
-        if not _exists(self.root):
+        if not exists(self.root):
             try:
                 os.mkdir(self.root)
             except OSError:
@@ -289,9 +241,7 @@ class Spool:
     def ids(self, queue, after="", limit=0):
         """Ids of whole records with `queue` pending, oldest first: those
         after `after`, at most `limit` of them (0: all)."""
-        from gateway import spoolread
-
-        return spoolread.ids(self, queue, after, limit)
+        return _read().ids(self, queue, after, limit)
 
     def walk(self, queue, batch=16):
         """Every whole record with `queue` pending, oldest first, listed
@@ -307,9 +257,8 @@ class Spool:
                 yield id
 
     def envelope(self, id):
-        from gateway import spoolread
-
-        env = spoolread.Envelope(spoolread.path(self, id))
+        read = _read()
+        env = read.Envelope(read.path(self, id))
         # Only the pending recipients, renumbered: nothing in it is done. A
         # record with none done keeps its list (100 recipients: a second
         # 512-byte block that a cut-up heap may not have).
@@ -323,26 +272,21 @@ class Spool:
         passes it: records are write-once, so path and sizes still hold, and
         the header is not found and parsed again."""
         if env is None:
-            from gateway import spoolread
-
-            env = spoolread.Envelope(spoolread.path(self, id))
+            read = _read()
+            env = read.Envelope(read.path(self, id))
         return Body(env.path, env.hlen, env.size)
 
     def counts(self):
         """{queue: records} from the names alone: no record is opened."""
-        from gateway import spoolread
-
-        return spoolread.counts(self)
+        return _read().counts(self)
 
     def done(self, id, queue, addresses=None):
-        from gateway import spoolread
-
-        spoolread.done(self, id, queue, addresses)
-
-    def _path(self, id):
-        from gateway import spoolread
-
-        return spoolread.path(self, id)
+        """Marks `queue`'s recipients of id (those in `addresses`, or all)
+        as handled; the record goes once none is left, and its bucket with
+        it when that is empty and no longer the one new ids go into."""
+        bucket = _read().done(self, id, queue, addresses)
+        if bucket and (self._next is None or id[:6] != ("%08x" % self._next)[:6]):
+            self.prune(bucket)
 
     def free_bytes(self):
         try:
@@ -369,7 +313,7 @@ class Spool:
         digits), made if need be."""
         d = "%s/%s" % (home, id[:width])
         if d not in self._made:  # a stat per message costs time and heap
-            if not _exists(d):
+            if not exists(d):
                 os.mkdir(d)
             if len(self._made) > 16:  # a group and a bucket for each of 8 users, and the spool's
                 self._made = set()
@@ -381,9 +325,9 @@ class Spool:
             raise SpoolFull("card full")
         ext = ""
         for addr, q in rcpts:
-            letter = _letter(q)
-            if letter not in ext:
-                ext = "lo" if ext else letter
+            mark = letter(q)
+            if mark not in ext:
+                ext = "lo" if ext else mark
         if not ext:
             raise ValueError("no recipients")
         # Mail for one mailbox goes straight there; otherwise the hand-off
@@ -392,30 +336,25 @@ class Spool:
         id = self._new_id()
         d = self.mailboxes.bucket(owner, id, self) if owner else self.bucket(self.root, id)
         header = record_header(id, int(self.clock()), mail_from, rcpts)
-        self._drafts.add(id)
+        self.drafts.add(id)
         try:
             return Draft(self, id, "%s/%s.%s" % (d, id, "m" if owner else ext), header, copies, owner)
         except OSError:
-            self._drafts.discard(id)
+            self.drafts.discard(id)
             raise
 
 
 def record_header(id, received, mail_from, rcpts):
     """A record's header, line by line (see Draft)."""
     # Line one has a fixed-width length field, so its own length is known.
-    hlen = len(b"%s %06d %s %d\n" % (_MAGIC, 0, id.encode(), received)) + len(mail_from.encode()) + 3
+    hlen = len(b"%s %06d %s %d\n" % (MAGIC, 0, id.encode(), received)) + len(mail_from.encode()) + 3
     for addr, q in rcpts:
         hlen += len(addr.encode()) + 5  # "R <q> <rcpt>\n"
     return _header(id, received, hlen, mail_from, rcpts)
 
 
 def _header(id, now, hlen, mail_from, rcpts):
-    yield b"%s %06d %s %d\n" % (_MAGIC, hlen, id.encode(), now)
+    yield b"%s %06d %s %d\n" % (MAGIC, hlen, id.encode(), now)
     yield b"F %s\n" % mail_from.encode()
     for addr, q in rcpts:
-        yield b"R %s %s\n" % (_letter(q).encode(), addr.encode())
-
-
-def _letter(queue):
-    i = _QUEUES.index(queue)
-    return _LETTERS[i : i + 1]  # a slice: s[i] would intern a qstr
+        yield b"R %s %s\n" % (letter(q).encode(), addr.encode())

@@ -1,15 +1,13 @@
-# The reading side of the spool (format: see spool.py): boot-time recovery,
-# queue listings, message bodies and progress marks. Imported on first use by
-# the Spool methods that need it, so a receiver that only writes messages
-# does not carry this code in its heap.
+# The reading side of the spool (format: see spool.py): the sweep, queue
+# listings, envelopes and progress marks. Imported on first use by the Spool
+# methods that need it, so a receiver that only writes messages does not
+# carry this code in its heap. It reads the spool it is given and returns
+# what it found: the Spool keeps its own state.
 import binascii
 import os
 from errno import ENOENT
 
-from gateway.compat import const
-from gateway.spool import _LETTERS, _MAGIC, _QUEUES, Scan, _exists, _letter, _remove, buckets
-
-_TRAILER = const(43)  # len(b"END2 %s %010d %08x %08x\n") with an 8-digit id (Draft.commit)
+from gateway.record import LETTERS, MAGIC, QUEUES, TRAILER, Scan, buckets, exists, letter, remove
 
 
 def _done_line(i):
@@ -25,7 +23,7 @@ class Envelope:
         self.path = path
         with open(path, "rb") as f:
             line = f.readline()
-            if line[:8] != _MAGIC + b" ":
+            if line[:8] != MAGIC + b" ":
                 raise ValueError("not a spool record")
             _, hlen, id, received = line.split()
             self.hlen = int(hlen)
@@ -41,8 +39,8 @@ class Envelope:
                 if line[:1] == b"F":
                     self.mail_from = line[2:-1].decode()
                 else:
-                    self.rcpts.append((line[4:-1].decode(), _QUEUES[_LETTERS.index(line[2:3].decode())]))
-            self.size = f.seek(0, 2) - self.hlen - _TRAILER
+                    self.rcpts.append((line[4:-1].decode(), QUEUES[LETTERS.index(line[2:3].decode())]))
+            self.size = f.seek(0, 2) - self.hlen - TRAILER
         if got != self.hlen or not self.rcpts:
             raise ValueError("bad header length")
         self.done = set()
@@ -83,7 +81,7 @@ def bits(sp, bucket, letters, queue=None):
         for e in entries:
             name = e[0]
             ext = name[9:]
-            if not ext or ext == "d" or not (letters in ext or ext in letters) or name[:8] in sp._drafts:
+            if not ext or ext == "d" or not (letters in ext or ext in letters) or name[:8] in sp.drafts:
                 continue
             # A single-queue record exists only while something in it is
             # pending; a mixed one needs a look at its progress (a header
@@ -111,17 +109,17 @@ def highest(sp):
 
 def counts(sp):
     out = {}
-    for q in _QUEUES:
+    for q in QUEUES:
         out[q] = 0
         for b in buckets(sp.root):
-            out[q] += sum(bin(x).count("1") for x in bits(sp, b, _letter(q), q))
+            out[q] += sum(bin(x).count("1") for x in bits(sp, b, letter(q), q))
     return out
 
 
 def ids(sp, queue, after="", limit=0):
     """Whole records only: each listed record is judged here (header sum
     and trailer, no body), and one cut short by a power cut is removed."""
-    letter = _letter(queue)
+    mark = letter(queue)
     maps = []
     # First judged, then listed: the names are made in one run, not strewn
     # among the judging's garbage (a small heap would be cut up by them).
@@ -134,7 +132,7 @@ def ids(sp, queue, after="", limit=0):
             continue
         if limit and n == limit:
             break
-        m = bits(sp, b, letter, queue)
+        m = bits(sp, b, mark, queue)
         maps.append((b, m))
         for i in range(256):
             if not m[i >> 3] & 1 << (i & 7):
@@ -158,21 +156,23 @@ def _whole(sp, id, buf):
     a cut: the record is left for another look."""
     try:
         p = path(sp, id)
-        if _valid(sp, p, buf, False):
+        if valid(p, buf):
             return True
     except (KeyError, OSError):
         return False
-    _remove(p)
-    _remove(p[: p.rfind(".")] + ".d")
+    remove(p)
+    remove(p[: p.rfind(".")] + ".d")
     return False
 
 
 # --- progress --------------------------------------------------------------
 def done(sp, id, queue, addresses=None):
+    """Marks the recipients handled; returns the bucket directory of a
+    record that is gone with that (every recipient handled), else None."""
     try:
         p = path(sp, id)
     except KeyError:
-        return  # already complete and gone
+        return None  # already complete and gone
     env = Envelope(p)
     marks = [
         i
@@ -180,32 +180,31 @@ def done(sp, id, queue, addresses=None):
         if q == queue and i not in env.done and (addresses is None or addr in addresses)
     ]
     if not marks:
-        return
+        return None
     dpath = p[: p.rfind(".")] + ".d"
     if len(marks) + len(env.done) == len(env.rcpts):
         # All handled. The message file goes first: a crash here leaves
         # only an orphan progress file, which recover() removes.
         os.remove(p)
-        _remove(dpath)
-        if sp._next is None or id[:6] != ("%08x" % sp._next)[:6]:
-            sp.prune(p[: p.rfind("/")])
-        return
+        remove(dpath)
+        return p[: p.rfind("/")]
     from gateway.compat import fsync
 
     with open(dpath, "ab") as f:
         for i in marks:
             f.write(_done_line(i))
         fsync(f)
+    return None
 
 
 # --- the sweep (host tools, tests) -----------------------------------------
 def recover(sp):
     """Removes every record that is not a whole committed message, and
-    progress files without a message. Returns (kept, removed)."""
-    if not _exists(sp.root):
+    progress files without a message. Returns (kept, removed, the highest
+    id seen as a number)."""
+    if not exists(sp.root):
         os.mkdir(sp.root)
     kept = removed = top = 0
-    sp._made = set()
     buf = memoryview(bytearray(512))
     for b in buckets(sp.root):
         d = sp.root + "/" + b
@@ -222,27 +221,23 @@ def recover(sp):
                     try:
                         path(sp, name[:8])
                     except KeyError:
-                        _remove(p)  # the progress of a message already gone
-                elif _valid(sp, p, buf, sp.verify, True):
+                        remove(p)  # the progress of a message already gone
+                elif valid(p, buf, True):
                     kept += 1
                 else:
-                    _remove(p)
-                    _remove(p[: p.rfind(".")] + ".d")
+                    remove(p)
+                    remove(p[: p.rfind(".")] + ".d")
                     removed += 1
         sp.prune(d)
-    # The next id: past the seq file's reservation and, should that file be
-    # lost or damaged, past every id on the card.
-    sp._next = max(sp._seq(None), top + 1)
-    sp._limit = 0
-    return kept, removed
+    return kept, removed, top
 
 
-def _valid(sp, path, buf, bodies, unread=None):
+def valid(path, buf, unread=None):
     """A whole committed record: its header parses and sums right, and at
     the end of the length the directory entry gives stands the trailer that
-    names this id, body length and header sum, with its own sum right.
-    `bodies`: an older END1 record's body is summed too. A read error is no
-    proof of a cut: it raises, or with `unread` given returns that."""
+    names this id, body length and header sum, with its own sum right. A
+    read error is no proof of a cut: it raises, or with `unread` given
+    returns that."""
     try:
         env = Envelope(path)
         if env.size < 0 or not env.pending():
@@ -250,19 +245,12 @@ def _valid(sp, path, buf, bodies, unread=None):
         with open(path, "rb") as f:
             hcrc = _crc(f, buf, env.hlen)
             f.seek(env.hlen + env.size)
-            n = f.readinto(buf[:_TRAILER])
+            n = f.readinto(buf[:TRAILER])
             t = bytes(buf[:n])
-            if n != _TRAILER or t[-1:] != b"\n" or t[5:34] != b"%s %010d %08x " % (env.id.encode(), env.size, hcrc):
+            if n != TRAILER or t[:5] != b"END2 " or t[-1:] != b"\n" or t[5:34] != b"%s %010d %08x " % (
+                    env.id.encode(), env.size, hcrc):
                 return False
-            if t[:5] == b"END2 ":
-                return int(t[34:42], 16) == binascii.crc32(t[:34])
-            if t[:5] != b"END1 ":
-                return False
-            # Older firmware's record: the trailer ends in the body's sum.
-            if not bodies:
-                return True
-            f.seek(env.hlen)
-            return int(t[34:42], 16) == _crc(f, buf, env.size)
+            return int(t[34:42], 16) == binascii.crc32(t[:34])
     except (ValueError, KeyError, IndexError):
         return False
     except OSError:

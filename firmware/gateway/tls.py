@@ -8,16 +8,16 @@ from gateway.wire import SMTPError, reason
 
 def server_name(conf):
     """The name the certificate must carry: server_name, else the host."""
-    return conf.get("server_name") or conf.get("host")
+    return conf["server_name"] or conf["host"]
 
 
 def context(conf, what):
     """An SSLContext that trusts only conf["ca"] and verifies the peer."""
     import ssl
 
-    path = conf.get("ca")
+    path = conf["ca"]
     if not path:
-        raise SMTPError(554, "5.7.0 %s.ca is not set: without a CA the box cannot verify %s" % (what, conf.get("host")))
+        raise SMTPError(554, "5.7.0 %s.ca is not set: without a CA the box cannot verify %s" % (what, conf["host"]))
     try:
         with open(path, "rb") as f:
             der = f.read()

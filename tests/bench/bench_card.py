@@ -85,8 +85,12 @@ from gateway.policy import Policy
 from gateway.mailbox import Mailboxes
 
 image, n = sys.argv[1], int(sys.argv[2])
-cfg = {"users": {"alice": {"password": "x", "addresses": ["alice@example.test"]},
-                 "bob": {"password": "y", "addresses": ["bob@example.test"]}}}
+from gateway import config
+from gateway.compat import drop_modules
+cfg = config.validate({"users": {"alice": {"password": "x", "addresses": ["alice@example.test"]},
+                                 "bob": {"password": "y", "addresses": ["bob@example.test"]}}})
+config = None
+drop_modules(("gateway.config",))
 b = Board(image)
 root = b.mount_sd()
 gc.collect()

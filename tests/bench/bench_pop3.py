@@ -58,13 +58,13 @@ def aiosmtpd_seconds():
 def cpython_pop3_seconds(tmp):
     """The firmware's POP3 server and mailbox on CPython, in a thread."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "firmware"))
-    from gateway import pop3
+    from gateway import config, pop3
     from gateway.mailbox import Mailboxes
     from gateway.policy import Policy
     from gateway.spool import Spool
 
-    cfg = {"users": {"alice": {"password": USERS["alice"], "addresses": ["alice@example.test"]}},
-           "smtp": {"allow": ["127.0.0.0/8"]}}  # POP3 takes the LAN listener's allow list
+    cfg = config.validate({"users": {"alice": {"password": USERS["alice"], "addresses": ["alice@example.test"]}},
+                           "smtp": {"allow": ["127.0.0.0/8"]}})  # POP3 takes the LAN listener's allow list
     spool = Spool(tmp + "/spool")
     spool.recover()
     boxes = Mailboxes(tmp + "/mail", Policy(cfg))

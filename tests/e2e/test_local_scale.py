@@ -38,8 +38,9 @@ def clock():
 
 spool = Spool(root + "/spool", clock)
 spool.start()
-cfg = {"users": {"alice": {"password": "x", "addresses": ["alice@example.test"]},
-                 "bob": {"password": "y", "addresses": ["bob@example.test"]}}}
+from gateway import config
+cfg = config.validate({"users": {"alice": {"password": "x", "addresses": ["alice@example.test"]},
+                                 "bob": {"password": "y", "addresses": ["bob@example.test"]}}})
 boxes = Mailboxes(root + "/mail", Policy(cfg), spool)
 body = b"x" * 900 + b"\\r\\n"
 for i in range(stored + waiting):

@@ -172,7 +172,7 @@ def body_crc(spool, id):
 
 def deliver(spool, feed):
     Sink.spool = spool
-    asyncio.run(server.SMTPSession(feed, feed, Sink(), ("10.0.0.1", 25), BUF).run())
+    asyncio.run(server.SMTPSession(feed, feed, Sink(), "10.0.0.1", BUF).run())
     return feed
 
 

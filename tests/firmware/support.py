@@ -43,6 +43,18 @@ class raises:
         return True
 
 
+def config(cfg):
+    """cfg with the schema's defaults filled in, as the box's parts get it
+    (they read the validated config and hold no defaults of their own)."""
+    from gateway import config as schema
+    from gateway.compat import drop_modules
+
+    try:
+        return schema.validate(cfg)
+    finally:
+        drop_modules(("gateway.config",))
+
+
 # Two office users, no catch-all: the config the listener tests share.
 OFFICE = {
     "users": {
@@ -90,6 +102,25 @@ def exists(path):
         return True
     except OSError:
         return False
+
+
+def read_body(spool, id, bufsize=700):
+    """The message bytes of spool record id, read through a small buffer."""
+    out = bytearray()
+    buf = bytearray(bufsize)
+    with spool.open(id) as body:
+        while True:
+            n = body.readinto(buf)
+            if not n:
+                return bytes(out)
+            out += buf[:n]
+
+
+def record_path(spool, id):
+    """Where the spool keeps record id on the card (what a test damages)."""
+    from gateway import spoolread
+
+    return spoolread.path(spool, id)
 
 
 class Card:

@@ -22,7 +22,7 @@ def test_a_dropped_module_gives_its_code_back_and_loads_again():
     from gateway import dsn
 
     assert "gateway.dsn" in sys.modules
-    assert dsn.rfc5322_date(0).startswith("Thu, 01 Jan 1970 00:00:00")
+    assert dsn.status_of(550, "5.1.1 no such user") == "5.1.1"  # the module loaded afresh works
 
 
 def test_ticks_diff_wraps():

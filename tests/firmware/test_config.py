@@ -202,7 +202,5 @@ def test_network_takes_dhcp_or_a_whole_static_address():
 
 def test_files_the_config_names_are_looked_for():
     cfg = config.validate({"pop3": {"cert": "cert.der", "key": "key.der"}, "relay": {"ca": "ca.der"}})
-    from gateway.configcheck import missing_file
-
-    assert str(missing_file(cfg, lambda name: name != "key.der")) == "pop3.key: no file key.der on the box's flash"
-    assert missing_file(cfg, lambda name: True) is None
+    assert str(config.missing_file(cfg, lambda name: name != "key.der")) == "pop3.key: no file key.der on the box's flash"
+    assert config.missing_file(cfg, lambda name: True) is None

@@ -1,7 +1,7 @@
 # The RFC 3464 report builder on its own: dates by arithmetic, status codes,
 # and the original's header copied up to the blank line whatever the reads.
 import support
-from gateway import dsn
+from gateway import dsn, log
 
 
 class Draft:
@@ -32,9 +32,9 @@ class Pieces:
 
 
 def test_dates_by_arithmetic():
-    assert dsn.rfc5322_date(0) == "Thu, 01 Jan 1970 00:00:00 +0000"
-    assert dsn.rfc5322_date(951782400) == "Tue, 29 Feb 2000 00:00:00 +0000"
-    assert dsn.rfc5322_date(4102444799) == "Thu, 31 Dec 2099 23:59:59 +0000"
+    assert log.rfc5322_date(0) == "Thu, 01 Jan 1970 00:00:00 +0000"
+    assert log.rfc5322_date(951782400) == "Tue, 29 Feb 2000 00:00:00 +0000"
+    assert log.rfc5322_date(4102444799) == "Thu, 31 Dec 2099 23:59:59 +0000"
 
 
 def test_status_from_the_enhanced_code_or_the_basic_one():

@@ -6,6 +6,7 @@ import binascii
 import os
 
 import support
+from mailbox_support import copy, cut_card, keep_pristine, listed, stored
 from gateway.dedupe import Seen
 from gateway.mailbox import BodyLines, Mailboxes
 from gateway.policy import Policy
@@ -15,20 +16,15 @@ from gateway.spool import Spool
 # remount repeatedly in one process.
 MICROPYTHON_HEAP = "160k"
 
-CFG = {
+CFG = support.config({
     "users": {
         "alice": {"password": "a", "addresses": ["alice@example.test"], "quota": 4000},
         "bob": {"password": "b", "addresses": ["bob@example.test"]},
     },
     "catch_all": {"example.test": "bob"},
-}
+})
 
 
-
-def listed(boxes, user):
-    """The ids a POP3 session would list, oldest first."""
-    got = boxes.listing(user)
-    return [got.uid(i) for i in range(len(got))]
 
 def message(n, msgid=True, body=b"Hello.\r\n.leading dot\r\n"):
     head = b"Received: from provider by gateway; %d\r\nSubject: test %d\r\n" % (n, n)
@@ -41,40 +37,6 @@ def put(spool, data, rcpts=("alice@example.test",), mail_from="sender@outside.te
     d = spool.begin(mail_from, [(r, "out" if r.endswith("outside.test") else "local") for r in rcpts])
     d.write(data)
     return d.commit()
-
-
-def stored(boxes, user, id):
-    src = boxes.open_body(user, id, bytearray(64))
-    out = b""
-    while True:
-        p = src.piece()
-        if not p:
-            break
-        out += bytes(p)
-    src.close()
-    return out
-
-
-def copy(src, dst):
-    buf = bytearray(4096)
-    with open(src, "rb") as a, open(dst, "wb") as b:
-        while True:
-            n = a.readinto(buf)
-            if not n:
-                return
-            b.write(memoryview(buf)[:n])
-
-
-def keep_pristine(template):
-    """Unmounts the template card and keeps a copy of its image."""
-    template.unmount()
-    copy(template.image, template.image + ".pristine")
-
-
-def cut_card(template, cut):
-    """The pristine card again, mounted with a power cut after `cut` block writes."""
-    copy(template.image + ".pristine", template.image)
-    return template.remount(cut_after=cut)
 
 
 def setup(root):

@@ -8,19 +8,19 @@ import support
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool, SpoolFull
-from test_mailbox import cut_card, keep_pristine, listed, stored
+from mailbox_support import cut_card, keep_pristine, listed, stored
 
 # Full-card runs fill a FAT image and remount it in one process, beside this
 # module and test_mailbox (its helpers) compiled from source.
 MICROPYTHON_HEAP = "192k"
 
-CFG = {
+CFG = support.config({
     "users": {
         "alice": {"password": "a", "addresses": ["alice@example.test"]},
         "bob": {"password": "b", "addresses": ["bob@example.test"]},
     },
     "catch_all": {},
-}
+})
 
 
 def message(n, size=0):
@@ -216,7 +216,7 @@ def test_a_hand_off_that_finds_no_room_waits_and_goes_on_after_expunge():
 def test_every_directory_listing_runs_to_its_end():
     # An ilistdir iterator left unfinished is closed by its finaliser after
     # the card may have gone (a crash on the 32-bit build): the firmware
-    # lists directories only through spool.Scan, which always ends them.
+    # lists directories only through record.Scan, which always ends them.
     if support.MICROPYTHON:
         support.skip("reads the firmware's source")
     import gateway
@@ -228,23 +228,23 @@ def test_every_directory_listing_runs_to_its_end():
         with open(here + "/" + name) as f:
             text = f.read()
         uses = text.count("ilistdir(")
-        allowed = 1 if name == "spool.py" else 0  # Scan itself
-        assert uses == allowed, "%s calls ilistdir outside spool.Scan" % name
+        allowed = 1 if name == "record.py" else 0  # Scan itself
+        assert uses == allowed, "%s calls ilistdir outside record.Scan" % name
 
 
 def test_scan_finishes_an_iterator_left_early():
-    from gateway import spool as spool_module
+    from gateway import record
 
     root = support.tmpdir()
     for n in range(5):
         with open("%s/f%d" % (root, n), "wb"):
             pass
-    scan = spool_module.Scan(root)
+    scan = record.Scan(root)
     with scan as entries:
         for e in entries:
             break
     assert list(scan._it) == []  # nothing left for a finaliser to close
-    with spool_module.Scan(root + "/missing") as entries:
+    with record.Scan(root + "/missing") as entries:
         assert list(entries) == []
 
 

@@ -5,19 +5,19 @@ import support
 from gateway import outbound, sasl
 from gateway.policy import Policy
 from gateway.spool import Spool
-from test_odmr import CHALLENGE, Provider
+from peers import CHALLENGE, Provider
 
 # One process holds the scripted smarthost as well as the box (client, dsn,
 # policy, spool as .mpy); the bounce tests also build DSNs on the same card.
 MICROPYTHON_HEAP = "208k"
 MICROPYTHON_HEAPS = {"test_each_recipient_leaves_only_on_its_250_and_5xx_bounces_to_the_sender": "256k"}
 
-CFG = {
+CFG = support.config({
     "hostname": "gw.example.test",
     "domains": ["example.test"],
     "users": {"alice": {"password": "pw", "addresses": ["alice@example.test"]}},
     "poll": {"interval": 900, "bounce_after": 86400},
-}
+})
 MSG = b"Subject: report\r\nMessage-ID: <m1@example.test>\r\n\r\n.dot line\r\nbye\r\n"
 NOW = 1800000000
 

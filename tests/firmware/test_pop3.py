@@ -17,7 +17,7 @@ from gateway.spool import Spool
 # once the mailbox and spool code grew for the scale issue (13).
 MICROPYTHON_HEAP = "176k"
 
-CFG = dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"]})  # POP3 takes the LAN listener's allow list
+CFG = support.config(dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"]}))  # POP3 takes the LAN listener's allow list
 
 BIG_LINES = 4000
 DOTTY = b"Subject: dots\r\nMessage-ID: <d@x>\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nlast line\r\n"

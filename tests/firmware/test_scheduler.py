@@ -2,6 +2,10 @@
 import support
 from gateway.scheduler import Scheduler
 
+# Each test validates its config (gateway.config, loaded and dropped again):
+# the default 64k left too little after it for a cycle's task.
+MICROPYTHON_HEAP = "96k"
+
 
 class Clock:
     def __init__(self, t):
@@ -40,7 +44,7 @@ def _run(cfg, cycles, start=0, results=(), events=None, rand=lambda: 0.5, during
     clock = Clock(start)
     cycle = Cycle(clock, results, during)
     events = dict(events or {})
-    s = Scheduler(cfg, cycle, clock, rand=rand)
+    s = Scheduler(support.config(cfg), cycle, clock, rand=rand)
 
     async def sleep(seconds):
         assert seconds > 0
@@ -77,7 +81,7 @@ def test_a_window_has_its_own_interval_and_starts_on_time():
 
 def test_window_over_midnight_in_local_time():
     # 22:00-02:00 local at UTC+2 is 20:00-24:00 UTC.
-    cfg = {"poll": {"interval": 7200, "utc_offset": 120, "windows": [{"from": "22:00", "to": "02:00", "interval": 900}]}}
+    cfg = support.config({"poll": {"interval": 7200, "utc_offset": 120, "windows": [{"from": "22:00", "to": "02:00", "interval": 900}]}})
     s = Scheduler(cfg, None, Clock(0))
     assert s.interval_at(21 * 3600) == 900 and s.interval_at(19 * 3600) == 7200 and s.interval_at(86400 + 3600) == 7200
     assert s.regular_after(19 * 3600) == 20 * 3600
@@ -129,7 +133,7 @@ def test_never_two_cycles_at_once_and_a_poll_during_a_cycle_runs_after_it():
 
     clock = Clock(0)
     cycle = Cycle(clock, during=during)
-    s = Scheduler({"poll": {"interval": 900}}, cycle, clock)
+    s = Scheduler(support.config({"poll": {"interval": 900}}), cycle, clock)
     box.append(s)
 
     async def main():

@@ -2,7 +2,6 @@
 # bad input, AUTH, and the hand-off to the spool.
 import support
 from gateway import sasl
-from test_spool import _read as _body
 from gateway.smtp import server
 from gateway.spool import Spool, SpoolFull
 
@@ -37,12 +36,12 @@ class Accept(server.Handler):
 def _session(chunks, handler=None, card=None, **limits):
     """Runs one session; returns (replies as (code, text) list, handler, spool)."""
     card = card or support.Card()
-    sp = Spool(card.root + "/spool")
+    sp = Spool(card.root + "/spool", lambda: 1796000000)  # the board's clock
     h = handler or Accept(sp)
     if h.spool is None:
         h.spool = sp
     stream = support.ScriptedStream(chunks)
-    s = server.SMTPSession(stream, stream, h, ("192.0.2.7", 4000))
+    s = server.SMTPSession(stream, stream, h, "192.0.2.7")
     for k in limits:
         setattr(s, k, limits[k])
     support.run(s.run())
@@ -73,8 +72,11 @@ def test_a_pipelined_transaction_lands_in_the_spool_with_a_received_header():
     assert not [t for t in ehlo if t.startswith("AUTH")]
     id = h.delivered_ids[0]
     assert sp.ids("local") == [id] and sp.ids("out") == [id]
-    body = _body(sp, id)
-    assert body.startswith(b"Received: from pc.example.test (192.0.2.7)\r\n\tby gateway with ESMTP; ")
+    body = support.read_body(sp, id)
+    # Dated by the board's clock, as the spool stamps the record.
+    assert body.startswith(b"Received: from pc.example.test (192.0.2.7)\r\n\tby gateway with ESMTP; "
+                           b"Mon, 30 Nov 2026 00:53:20 +0000\r\n")
+    assert sp.envelope(id).received == 1796000000
     assert body.endswith(b"\r\nSubject: hi\r\n\r\n.dot\r\n")
     env = sp.envelope(id)
     assert env.mail_from == "a@x.test" and env.rcpts == [("b@x.test", "local"), ("out@far.test", "out")]
@@ -188,6 +190,9 @@ def test_card_full_at_the_received_line_gives_452_and_no_message():
     class FullAtFirstWrite(Accept):
         def begin(self, session, mail_from, rcpts):
             return FullDraft()
+
+        def now(self):  # no spool, so no clock of its own
+            return 0
 
     replies, h, *_ = _session([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"],
                               FullAtFirstWrite())

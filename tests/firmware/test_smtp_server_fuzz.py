@@ -29,7 +29,7 @@ def check_session(chunks, root, seen):
     h = Accept()
     h.spool = sp
     stream = support.ScriptedStream(chunks)
-    s = server.SMTPSession(stream, stream, h, ("192.0.2.1", 1))
+    s = server.SMTPSession(stream, stream, h, "192.0.2.1")
     s.max_errors = 8
     support.run(s.run())
     assert stream.closed

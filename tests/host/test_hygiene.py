@@ -45,6 +45,67 @@ def test_imports_only_esp32_modules(path):
     assert not bad, "not on the ESP32 port: " + ", ".join(bad)
 
 
+def _gateway_module(path):
+    parts = path.relative_to(REPO / "firmware").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _gateway_imports(path):
+    """The gateway modules a module imports, wherever the import stands: a
+    lazy import inside a function is an edge too, since it loads the module
+    all the same (`from gateway import spoolread` names a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "gateway")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "gateway":
+            for a in node.names:
+                sub = node.module + "." + a.name
+                found.add(sub if (REPO / "firmware" / (sub.replace(".", "/") + ".py")).exists() else node.module)
+    return found
+
+
+def _cycle(graph):
+    """One import cycle in graph {module: modules it imports}, as a list
+    that starts and ends with the same module, or None."""
+    state = {}  # module -> 1 while on the path, 2 once all it reaches is done
+
+    def visit(path):
+        mod = path[-1]
+        state[mod] = 1
+        for dep in sorted(graph.get(mod, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(path + [dep])
+                if found:
+                    return found
+        state[mod] = 2
+        return None
+
+    for mod in sorted(graph):
+        if mod not in state:
+            found = visit([mod])
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_firmware_gateway_has_no_import_cycles():
+    """Leaf modules below, wiring above: a module never imports, even
+    lazily, one that imports it back (issue 14)."""
+    gateway = sorted((REPO / "firmware" / "gateway").rglob("*.py"))
+    graph = {_gateway_module(p): _gateway_imports(p) - {_gateway_module(p)} for p in gateway}
+    assert "gateway.spoolread" in graph and "gateway.record" in graph["gateway.spoolread"]
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle in firmware/gateway: " + " -> ".join(cycle)
+
+
 def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
     from host_tools import mpy
 

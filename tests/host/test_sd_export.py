@@ -15,8 +15,9 @@ from board import Board
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool
-cfg = {"users": {"alice": {"password": "a", "addresses": ["alice@example.test"]},
-                 "bob": {"password": "b", "addresses": ["bob@example.test"]}}, "catch_all": {}}
+from gateway import config
+cfg = config.validate({"users": {"alice": {"password": "a", "addresses": ["alice@example.test"]},
+                                 "bob": {"password": "b", "addresses": ["bob@example.test"]}}, "catch_all": {}})
 board = Board(sys.argv[1])
 root = board.mount_sd()
 spool = Spool(root + "/spool")

@@ -72,7 +72,7 @@ def test_parallel_guesses_from_one_address_get_five_verdicts_in_all():
     # and its record, so the sixth verdict finds the address locked. Eight
     # sessions from one address, run at once without a listener (whose
     # per-address cap would not let eight in).
-    from gateway.policy import LanHandler
+    from gateway.handlers import LanHandler
     from gateway.smtp.server import SMTPSession
 
     office = Office()
@@ -83,8 +83,8 @@ def test_parallel_guesses_from_one_address_get_five_verdicts_in_all():
     async def main():
         sessions = []
         for s in streams:
-            h = LanHandler(office.cfg, office.spool, office.policy, "127.0.0.9")
-            sessions.append(SMTPSession(s, s, h, ("127.0.0.9", 4000), bytearray(600)).run())
+            h = LanHandler(office.cfg, office.spool, office.policy)
+            sessions.append(SMTPSession(s, s, h, "127.0.0.9", bytearray(600)).run())
         await asyncio.gather(*sessions)
 
     with support.patched(Logins, DELAY=0):

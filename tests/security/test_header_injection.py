@@ -1,6 +1,7 @@
 # Attacks that try to forge header lines in mail the box stores or passes on.
 import support
 from attacker import Office, attack, send
+from mailbox_support import stored
 
 # Both listeners, the spool and the test's clients (compiled from source)
 # in one process; the box's own budget is the budget suite's (docs/heap.md).
@@ -30,17 +31,9 @@ def test_ehlo_with_bare_cr_gets_501_and_writes_nothing_into_the_received_line():
     attack(office, script)
     listing = office.boxes.listing("alice")
     assert len(listing) == 1
-    id = listing.uid(0)
-    src = office.boxes.open_body("alice", id, bytearray(512))
-    stored = b""
-    while True:
-        piece = src.piece()
-        if not piece:
-            break
-        stored += bytes(piece)
-    src.close()
-    assert b"Received: from pc1.example.test (127.0.0.1)" in stored
-    assert b"Injected" not in stored and b"\r" not in stored.replace(b"\r\n", b"")
+    body = stored(office.boxes, "alice", listing.uid(0))
+    assert b"Received: from pc1.example.test (127.0.0.1)" in body
+    assert b"Injected" not in body and b"\r" not in body.replace(b"\r\n", b"")
 
 
 def test_a_bare_cr_in_a_smarthost_reply_forges_no_line_in_the_bounce():

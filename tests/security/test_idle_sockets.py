@@ -4,7 +4,7 @@ import asyncio
 import support
 from attacker import CFG, Office, attack
 from gateway import sasl
-from gateway.policy import LanHandler
+from gateway.handlers import LanHandler
 from gateway.pop3 import POP3Session
 from gateway.guard import Slots
 

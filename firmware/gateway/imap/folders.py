@@ -10,7 +10,9 @@ import os
 from gateway.compat import const
 from gateway.imap import slots
 from gateway.imap.folder import ANNOUNCED
-from gateway.spool import Draft, Scan, _exists, _remove, record_header
+from gateway import record
+from gateway.record import Scan
+from gateway.spool import Draft, record_header
 
 SPECIAL = (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"))
 _NAME = const(32)  # the longest folder name a user may make
@@ -39,7 +41,7 @@ def mailbox(user, name):
 def exists(boxes, user, name):
     box = mailbox(user, name)
     return box is not None and (box == user or name.upper() in ("SENT", "DRAFTS", "TRASH") or
-                                _exists(boxes.home(box)) is not None)
+                                record.exists(boxes.home(box)) is not None)
 
 
 def names(boxes, user):
@@ -108,7 +110,7 @@ def _remove_tree(path):
         if is_dir:
             _remove_tree(path + "/" + name)
         else:
-            _remove(path + "/" + name)
+            record.remove(path + "/" + name)
     try:
         os.rmdir(path)
     except OSError:
@@ -153,12 +155,12 @@ def begin(boxes, box, mail_from, received):
     spool = boxes.spool
     id = spool._new_id()
     d = spool.bucket(boxes.home(box), id)
-    spool._drafts.add(id)
+    spool.drafts.add(id)
     try:
         return Draft(spool, id, "%s/%s.m" % (d, id), record_header(id, received, mail_from, [(box, "local")]),
                      floor=spool.reserve)
     except OSError:
-        spool._drafts.discard(id)
+        spool.drafts.discard(id)
         raise
 
 

@@ -19,7 +19,7 @@ async def serve(cfg, boxes, host):
     port, max_sessions = cfg["imap"]["port"], cfg["imap"]["sessions"]
     log.info("listening on %s: imap %d" % (host, port))
 
-    tls = server_tls(cfg.get("pop3") or {}, "pop3")
+    tls = server_tls(cfg["pop3"], "pop3")
     running = [0]
 
     def make(reader, writer, ip):

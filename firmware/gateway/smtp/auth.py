@@ -36,7 +36,7 @@ async def command(session, arg):
     # From the verdict to the record of a failure nothing waits, so logins
     # in flight at once from one address all count against its lockout.
     logins = session.handler.logins(session)
-    ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+    ip = session.peer
     wait = logins.locked(ip) if logins else 0
     if wait:
         session.error(454, "4.7.0 Too many failed logins from your address, try again in %d minutes" % ((wait + 59) // 60))

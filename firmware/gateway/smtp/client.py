@@ -1,5 +1,6 @@
-# The SMTP client: the outbound flush to the smarthost, and the ODMR customer
-# up to its ATRN (after which the roles reverse and the receiver takes over).
+# The SMTP client: the outbound flush to the smarthost, the ODMR customer up
+# to its ATRN (after which the roles reverse and the receiver takes over),
+# and the forward to an internal host (gateway.forward).
 # Replies go through wire's bounded line reader, so multi-line replies and
 # replies split across TCP reads parse the same way; message bodies stream
 # from the spool through one fixed buffer, dot-stuffed on the way out.
@@ -39,12 +40,20 @@ class SMTPClient:
 
     # --- set-up --------------------------------------------------------------
     @classmethod
-    async def open(cls, conf, default_port, hostname, what, buf=None):
+    async def connect(cls, host, port, what, buf=None):
+        """A plain TCP connection to host:port, nothing said yet."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
+        except Exception as e:  # noqa: BLE001 - OSError, gaierror or a timeout, by runtime
+            raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, reason(e) or "timeout"))
+        return cls(reader, writer, what, buf)
+
+    @classmethod
+    async def open(cls, conf, hostname, what, buf=None):
         """Connect, TLS as configured, greeting, EHLO, STARTTLS + EHLO, AUTH.
-        gateway.tls is loaded only when TLS is on."""
-        host = conf.get("host")
-        port = conf.get("port") or default_port
-        mode = conf.get("tls") or "starttls"
+        conf is a validated endpoint (relay, smarthost). gateway.tls is
+        loaded only when TLS is on."""
+        mode = conf["tls"]
         if mode == "none":
             tls = ctx = None
             log.warn("%s: TLS is off (tls = none): the login and the mail cross the network in clear" % what)
@@ -52,21 +61,17 @@ class SMTPClient:
             from gateway import tls
 
             ctx = tls.context(conf, what)
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
-        except Exception as e:  # noqa: BLE001 - OSError, gaierror or a timeout, by runtime
-            raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, reason(e) or "timeout"))
-        client = cls(reader, writer, what, buf)
+        client = await cls.connect(conf["host"], conf["port"], what, buf)
         try:
             if mode == "implicit":
                 await client._upgrade(ctx, tls.server_name(conf))
             await client.greeting()
             await client.ehlo(hostname)
-            if ctx and mode != "implicit":  # any other mode but none is starttls: never clear by mistake
+            if ctx and mode != "implicit":  # the validator allows no other mode but starttls
                 await client.starttls(ctx, tls.server_name(conf))
                 await client.ehlo(hostname)
-            if conf.get("user"):
-                await client.login(conf["user"], conf.get("secret") or "")
+            if conf["user"]:
+                await client.login(conf["user"], conf["secret"])
         except SMTPError as e:
             # Say goodbye when the server can still hear it.
             await (client.quit() if e.code != 421 else client.close())
@@ -89,9 +94,14 @@ class SMTPClient:
 
     async def ehlo(self, hostname):
         code, lines = await self.command("EHLO " + hostname)
+        self.ext = {}
+        if code >= 500:
+            # An old server that does not know EHLO (RFC 5321 3.2): HELO,
+            # and no extensions.
+            code, lines = await self.command("HELO " + hostname)
+            lines = lines[:1]
         if code != 250:
             raise SMTPError(code, "%s refused EHLO: %s" % (self.what, " ".join(lines)))
-        self.ext = {}
         for line in lines[1:]:
             keyword, _, params = line.partition(" ")
             self.ext[keyword.upper()] = params.strip()

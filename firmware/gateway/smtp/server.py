@@ -4,10 +4,9 @@
 # users or mailboxes: every decision is a Handler hook (aiosmtpd style), and
 # the message goes to whatever Draft the handler's begin() returns.
 import asyncio
-import time
 
 from gateway import log, wire
-from gateway.compat import peer_address, ticks_add, ticks_diff, ticks_ms
+from gateway.compat import peer_ip, ticks_add, ticks_diff, ticks_ms
 from gateway.smtp import data
 
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
@@ -56,6 +55,11 @@ class Handler:
 
     def rcpt(self, session, address):
         return 550, "5.7.1 No mail accepted for this recipient"
+
+    def now(self):
+        """Unix seconds for the Received line: the board's clock, which
+        the spool keeps (the clock every record is stamped with)."""
+        return self.spool.clock()
 
     def begin(self, session, mail_from, rcpts):
         return self.spool.begin(mail_from, rcpts)
@@ -363,15 +367,13 @@ class SMTPSession:
         r = self.reader
         sink = draft.write
         r.sink_error = None
-        y, mo, d, hh, mi, s, wd = time.gmtime(time.time())[:7]
         try:
-            # The Received: line (RFC 5321 4.4), dated in UTC: the box's clock
-            # is UTC once NTP has set it.
-            draft.write(b"Received: from %s (%s)\r\n\tby %s with %s; %s, %d %s %d %02d:%02d:%02d +0000\r\n" % (
-                self.helo.encode(), str(self.peer[0] if isinstance(self.peer, tuple) else self.peer or "unknown").encode(),
+            # The Received: line (RFC 5321 4.4), dated by the board's clock
+            # (UTC once NTP has set it).
+            draft.write(b"Received: from %s (%s)\r\n\tby %s with %s; %s\r\n" % (
+                self.helo.encode(), (self.peer or "unknown").encode(),
                 h.hostname.encode(), b"ESMTPA" if self.user else b"ESMTP" if self.esmtp else b"SMTP",
-                b"MonTueWedThuFriSatSun"[3 * wd : 3 * wd + 3], d, b"JanFebMarAprMayJunJulAugSepOctNovDec"[3 * mo - 3 : 3 * mo],
-                y, hh, mi, s))
+                log.rfc5322_date(h.now()).encode()))
         except Exception as e:  # noqa: BLE001 - reported once the data is read
             r.sink_error = e
             sink = None
@@ -474,9 +476,9 @@ def reserve(count=1, made=()):
         _spare.append(bytearray(SMTPSession.buffer_size))
 
 
-async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
+async def serve(handler_factory, host, port, max_sessions=8):
     """An asyncio server: each connection gets SMTPSession(handler_factory())
-    (handler_factory(peer) with with_peer=True); beyond max_sessions at once,
+    with the client's address as its peer (compat.peer_ip); beyond max_sessions at once,
     beyond half of them from one address (gateway.guard), or when no
     memory is left for one more, a connection gets 421."""
     from gateway.guard import Slots
@@ -485,8 +487,7 @@ async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
     spare = _spare
 
     async def client(reader, writer):
-        peer = peer_address(writer.get_extra_info("peername"))
-        ip = peer[0] if isinstance(peer, tuple) else peer
+        ip = peer_ip(writer.get_extra_info("peername"))
         buf = None
         refusal = slots.take(ip)
         if refusal is None:
@@ -506,9 +507,9 @@ async def serve(handler_factory, host, port, max_sessions=8, with_peer=False):
                 pass
             return
         try:
-            await SMTPSession(reader, writer, handler_factory(peer) if with_peer else handler_factory(), peer, buf).run()
+            await SMTPSession(reader, writer, handler_factory(), ip, buf).run()
         except Exception as e:  # noqa: BLE001 - one broken session must not stop the server
-            log.error("smtp: session from %s ended: %r" % (peer, e))
+            log.error("smtp: session from %s ended: %r" % (ip, e))
         finally:
             slots.give(ip)
             spare.append(buf)

@@ -13,15 +13,26 @@ def max_size(client):
         return 0
 
 
+class Result:
+    """One recipient's fate: .address, .code and .text of the reply that
+    decided it; .delivered when that was the server's 2xx."""
+
+    def __init__(self, address, code, text):
+        self.address = address
+        self.code = code
+        self.text = text
+        self.delivered = 200 <= code < 300
+
+
 async def send_message(client, mail_from, rcpts, body, size):
-    """Sends one message; returns [[address, code, text]] per recipient.
-    A recipient is delivered only if its own code is 250: the RCPT's 2xx
+    """Sends one message; returns a Result per recipient, in order. A
+    recipient is delivered only if its own code is 2xx: the RCPT's 2xx
     and then the server's 250 after the final dot. Connection failures
     raise SMTPError (the caller keeps the message)."""
     limit = max_size(client)
     if limit and size > limit:
         text = "5.3.4 The message (%d bytes) is larger than %s accepts (%d bytes)" % (size, client.what, limit)
-        return [[a, 552, text] for a in rcpts]
+        return [Result(a, 552, text) for a in rcpts]
     params = ""
     if "SIZE" in client.ext:
         params += " SIZE=%d" % size
@@ -48,33 +59,34 @@ async def send_message(client, mail_from, rcpts, body, size):
 
 
 async def _finish(client, rcpts, replies, body):
+    """The Results: a recipient the RCPT refused keeps that reply; one it
+    took gets what decided the message (DATA's refusal, or the reply to
+    the final dot)."""
     mail = replies[0]
     if mail[0] >= 400:
         await _rset(client)
-        return [[a, mail[0], " ".join(mail[1])] for a in rcpts]
-    results = []
-    for i, a in enumerate(rcpts):
-        code, lines = replies[1 + i] if 1 + i < len(replies) else (503, ["not tried"])
-        results.append([a, code, " ".join(lines)])
-    data = replies[1 + len(rcpts)] if len(replies) > 1 + len(rcpts) else None
-    accepted = [r for r in results if r[1] < 300]
+        return [Result(a, mail[0], " ".join(mail[1])) for a in rcpts]
+    n = len(rcpts)
+    per_rcpt = [replies[1 + i] if 1 + i < len(replies) else (503, ["not tried"]) for i in range(n)]
+    data = replies[1 + n] if len(replies) > 1 + n else None
+    final = None
     if data is None or data[0] != 354:
         await _rset(client)
-        code, text = (data[0], " ".join(data[1])) if data else (503, "DATA not sent")
-        for r in accepted:
-            r[1], r[2] = code, text
-        return results
-    if not accepted:
+        final = data or (503, ["DATA not sent"])
+    elif not any(code < 300 for code, _ in per_rcpt):
         # The server said 354 although every RCPT failed: end the empty
         # transaction cleanly (RFC 2920 3.1).
         await client.send(b".\r\n")
         await client.reply(client.data_end_timeout, "reply to the final dot")
-        return results
-    await _body(client, body)
-    code, lines = await client.reply(client.data_end_timeout, "reply to the final dot")
-    for r in accepted:
-        r[1], r[2] = code, " ".join(lines)
-    return results
+    else:
+        await _body(client, body)
+        final = await client.reply(client.data_end_timeout, "reply to the final dot")
+    out = []
+    for a, (code, lines) in zip(rcpts, per_rcpt):
+        if code < 300 and final:
+            code, lines = final
+        out.append(Result(a, code, " ".join(lines)))
+    return out
 
 
 async def _body(client, body):

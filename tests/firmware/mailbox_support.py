@@ -1,0 +1,43 @@
+# Helpers the mailbox tests share (test_mailbox, test_mailbox_store): what a
+# POP3 session would list and read, and power-cut rounds on a card image.
+# Apart from support.py, so that only these tests pay its heap.
+
+
+def listed(boxes, user):
+    """The ids a POP3 session would list, oldest first."""
+    got = boxes.listing(user)
+    return [got.uid(i) for i in range(len(got))]
+
+
+def stored(boxes, user, id):
+    src = boxes.open_body(user, id, bytearray(64))
+    out = b""
+    while True:
+        p = src.piece()
+        if not p:
+            break
+        out += bytes(p)
+    src.close()
+    return out
+
+
+def copy(src, dst):
+    buf = bytearray(4096)
+    with open(src, "rb") as a, open(dst, "wb") as b:
+        while True:
+            n = a.readinto(buf)
+            if not n:
+                return
+            b.write(memoryview(buf)[:n])
+
+
+def keep_pristine(template):
+    """Unmounts the template card and keeps a copy of its image."""
+    template.unmount()
+    copy(template.image, template.image + ".pristine")
+
+
+def cut_card(template, cut):
+    """The pristine card again, mounted with a power cut after `cut` block writes."""
+    copy(template.image + ".pristine", template.image)
+    return template.remount(cut_after=cut)
