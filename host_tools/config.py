@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from host_tools import mpy, serialport
-from host_tools.deploy import Device
+from host_tools.device import Device
 
 REMOTE = "config.json"
 BOX_CERT, BOX_KEY = "box-cert.der", "box-key.der"
@@ -168,7 +168,7 @@ def box_certificate(cfg, remote, ca):
 
 def write_atomically(dev, path, data):
     dev.write(path + ".tmp", data)
-    dev.t.exec("import os\nos.rename(%r, %r)" % (path + ".tmp", path))
+    dev.rename(path + ".tmp", path)
 
 
 def read_remote(dev):
@@ -195,9 +195,9 @@ def push(port, file, restart=True, tls_ca=None, tls_ca_key=None):
         except ValueError:
             remote = {}  # a broken config on the box is replaced all the same
         tls = box_certificate(cfg, remote, ca)
-        from gateway.configcheck import missing_file
+        from gateway.config import missing_file
 
-        missing = missing_file(cfg, lambda name: name in cas or name in tls or dev.t.fs_exists(name))
+        missing = missing_file(cfg, lambda name: name in cas or name in tls or dev.exists(name))
         if missing:
             raise SystemExit(f"odmrgw config: {file}: {missing}; nothing was written")
         for name, der in cas.items():

@@ -29,7 +29,9 @@ def _send(port, line, timeout, until=(PROMPT,)):
     """Sends a line; returns what came back up to the first of `until`."""
     import serial
 
-    with serial.Serial(port, 115200, timeout=0.1) as s:
+    from host_tools.device import BAUD
+
+    with serial.Serial(port, BAUD, timeout=0.1) as s:
         s.reset_input_buffer()
         s.write(line.encode() + b"\r")
         got = bytearray()

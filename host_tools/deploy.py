@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from host_tools import mpy, serialport
+from host_tools.device import Device
 
 ESP32 = mpy.REPO / "board" / "esp32"
 PINS = ESP32 / "pins"
@@ -33,60 +34,6 @@ def add_parser(sub):
 
 def boards():
     return sorted(p.stem for p in PINS.glob("*.py"))
-
-
-class Device:
-    """One mpremote session with the box, in the raw REPL, without a soft
-    reset (the simulated board would end on one). A context manager."""
-
-    def __init__(self, port):
-        from mpremote.transport_serial import SerialTransport
-
-        serialport.check(port)
-        self.t = SerialTransport(port, baudrate=115200)
-        self.t.enter_raw_repl(soft_reset=False)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        if self.t:
-            self.t.exit_raw_repl()
-            self.t.close()
-            self.t = None
-
-    def eval(self, expr):
-        return self.t.eval(expr)
-
-    def read(self, path):
-        """The file's bytes, or None if it does not exist."""
-        return bytes(self.t.fs_readfile(path)) if self.t.fs_exists(path) else None
-
-    def write(self, path, data, progress=None):
-        self.t.fs_writefile(path, data, chunk_size=512, progress_callback=progress)
-
-    def makedirs(self, path):
-        self.t.exec("import os\np=''\nfor d in %r.split('/'):\n p+=d\n try: os.mkdir(p)\n except OSError: pass\n p+='/'" % path)
-
-    def remove(self, path):
-        self.t.exec("import os\ntry: os.remove(%r)\nexcept OSError: pass" % path)
-
-    def platform(self):
-        return self.eval("__import__('sys').platform")
-
-    def restart(self):
-        """Restart the gateway: a hard reset on the box. The simulated board
-        has nothing to reset to, so it stays at its REPL."""
-        if self.platform() == "linux":
-            print("simulated board: it stays at its REPL; restart `odmrgw sim` to run the new files")
-            return
-        print("restarting the box")
-        self.t.exec_raw_no_follow("import machine; machine.reset()")
-        self.t.close()
-        self.t = None
 
 
 def mpy_cross_version():

@@ -1,14 +1,17 @@
 """`odmrgw relay`: the desktop relay, the provider side of ODMR (RFC 2645).
 The modules are imported only when the command runs."""
+import argparse
 import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("relay", help="run the desktop relay (the ODMR provider), or manage its queue")
-    p.add_argument("--config", metavar="FILE", help="the relay's TOML config")
+    # --config is taken before or after the subcommand; SUPPRESS keeps a
+    # subcommand's parser from resetting what was given before it.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="the relay's TOML config")
+    p = sub.add_parser("relay", parents=[config], help="run the desktop relay (the ODMR provider), or manage its queue")
     cmds = p.add_subparsers(dest="relay_cmd")
-    q = cmds.add_parser("queue", help="list, show, drop or inject queued messages")
-    q.add_argument("--config", dest="sub_config", metavar="FILE", help="the relay's TOML config")
+    q = cmds.add_parser("queue", parents=[config], help="list, show, drop or inject queued messages")
     qc = q.add_subparsers(dest="queue_cmd", required=True)
     qc.add_parser("list", help="every queued message, oldest first per box")
     for name, what in (("show", "envelope and text of one message"), ("drop", "delete a message from every box")):
@@ -17,8 +20,8 @@ def add_parser(sub):
     inj.add_argument("file")
     inj.add_argument("--from", dest="sender", help="envelope sender (default: the From: header)")
     inj.add_argument("--to", action="append", help="recipient (repeatable; default: To:/Cc: in held domains)")
-    pf = cmds.add_parser("postfix-config", help="print the Postfix lines that put Postfix in front of this relay")
-    pf.add_argument("--config", dest="sub_config", metavar="FILE", help="the relay's TOML config")
+    pf = cmds.add_parser("postfix-config", parents=[config],
+                         help="print the Postfix lines that put Postfix in front of this relay")
     pf.add_argument("--maps", default="/etc/postfix", metavar="DIR",
                     help="where the two map files go (default /etc/postfix)")
     pf.add_argument("--write", action="store_true", help="write the map files into --maps, print only the main.cf lines")
@@ -29,7 +32,7 @@ def add_parser(sub):
 def run(args):
     from host_tools.relay.config import ConfigError, load
 
-    path = getattr(args, "sub_config", None) or args.config
+    path = getattr(args, "config", None)
     if not path:
         raise SystemExit("odmrgw relay: --config FILE is required")
     try:

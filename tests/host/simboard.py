@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from host_tools import mpy
+from host_tools.device import BAUD
 from host_tools.sd import SDTOOL
 from host_tools.sim import PtyConsole
 
@@ -33,7 +34,7 @@ def wait_for(port_path, marker=b"gw> ", timeout=20):
 
     end = time.monotonic() + timeout
     got = bytearray()
-    with serial.Serial(str(port_path), 115200, timeout=0.1) as s:
+    with serial.Serial(str(port_path), BAUD, timeout=0.1) as s:
         s.write(b"\r")
         while marker not in got and time.monotonic() < end:
             got += s.read(4096)

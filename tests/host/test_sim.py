@@ -12,6 +12,7 @@ import time
 import pytest
 
 from host_tools import mpy, sim
+from host_tools.device import BAUD
 from tests.conftest import REPO
 from tests.host import simboard
 
@@ -213,7 +214,7 @@ def test_a_stopped_gateway_closes_its_listeners_and_the_console_says_it_is_stopp
     try:
         pop3 = json.loads((tmp_path / "flash" / "config.json").read_text())["pop3"]["port"]
         assert console.banner(str(board.link)).startswith("console of the gateway: type help")
-        with serial.Serial(str(board.link), 115200, timeout=0.1) as s:
+        with serial.Serial(str(board.link), BAUD, timeout=0.1) as s:
             s.write(b"\x03")
         simboard.wait_for(board.link, b">>> ")
         with pytest.raises(ConnectionRefusedError):
