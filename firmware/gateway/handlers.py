@@ -7,28 +7,12 @@ from gateway.policy import split_address
 from gateway.smtp.server import Handler
 
 
-def _declared_size(params):
-    """SIZE=n from MAIL parameters (a dict, or a list of "KEY=value")."""
-    try:
-        if isinstance(params, dict):
-            for k, v in params.items():
-                if k.upper() == "SIZE":
-                    return int(v)
-        else:
-            for p in params or ():
-                k, _, v = p.partition("=")
-                if k.upper() == "SIZE":
-                    return int(v)
-    except (ValueError, TypeError):
-        pass
-    return 0
-
-
 class _SpoolingHandler(Handler):
-    """What both listeners share: limits from the config, the spool, the
-    declared size for quota checks, and the hand-offs after the 250, decided
-    by the queues of the message that got it (not by the handler's state: a
-    pipelined MAIL may already have started the next transaction)."""
+    """What both listeners share: limits from the config, the spool, quota
+    checks by the transaction's declared size (session.size), and the
+    hand-offs after the 250, decided by the queues of the message that got
+    it. No transaction state is kept here: a pipelined MAIL may already
+    have started the next transaction."""
 
     def __init__(self, cfg, spool, policy, on_delivered=None, on_outbound=None):
         self.max_size = cfg["smtp"]["max_size"]
@@ -37,14 +21,9 @@ class _SpoolingHandler(Handler):
         self.policy = policy
         self.on_delivered = on_delivered
         self.on_outbound = on_outbound
-        self.size = 0
 
-    def mail(self, session, address, params):
-        self.size = _declared_size(params)
-        return None
-
-    def local_rcpt(self, address):
-        refusal = self.policy.check_local_rcpt(address, self.size)
+    def local_rcpt(self, session, address):
+        refusal = self.policy.check_local_rcpt(address, session.size)
         if refusal:
             return refusal
         return "local"
@@ -79,7 +58,7 @@ class InboundHandler(_SpoolingHandler):
         _, dom = split_address(address)
         if not dom or not self.policy.is_local_domain(dom):
             return 550, "5.7.1 Relaying denied: not a domain of this gateway"
-        return self.local_rcpt(address)
+        return self.local_rcpt(session, address)
 
 
 class LanHandler(_SpoolingHandler):
@@ -114,14 +93,14 @@ class LanHandler(_SpoolingHandler):
         # also leave no mailbox for the bounce if the smarthost refuses it.
         if session.user and self.policy.user_for(address) != session.user:
             return 553, "5.7.1 %s may send only from their own addresses, not <%s>" % (session.user, address)
-        return _SpoolingHandler.mail(self, session, address, params)
+        return None
 
     def rcpt(self, session, address):
         _, dom = split_address(address)
         if not dom:
             return 550, "5.1.3 Bad recipient address syntax"
         if self.policy.is_local_domain(dom):
-            return self.local_rcpt(address)
+            return self.local_rcpt(session, address)
         if not session.user:
             return 550, "5.7.1 Relaying denied: authenticate first"
         return "out"

@@ -26,8 +26,9 @@ MICROPYTHON_HEAP = "96k"
 
 
 class Session:
-    def __init__(self, peer="127.0.0.1", user=None, secure=False):
+    def __init__(self, peer="127.0.0.1", user=None, secure=False, size=0):
         self.peer = peer
+        self.size = size
         self.user = user
         self.secure = secure
 
@@ -116,13 +117,19 @@ def test_inbound_accepts_our_users_only():
 
 
 def test_inbound_declared_size_reaches_the_quota_check():
+    # The engine keeps MAIL's SIZE= with the transaction (session.size);
+    # the handler holds none of it.
+    from gateway.smtp.server import SMTPSession
+
     p = Policy(CFG)
     h = InboundHandler(CFG, None, p)
-    s = Session()
-    h.mail(s, "someone@provider.test", {"SIZE": "50000"})
-    assert h.rcpt(s, "alice@example.test")[0] == 552
-    h.mail(s, "someone@provider.test", ["SIZE=100", "BODY=8BITMIME"])
-    assert h.rcpt(s, "alice@example.test") == "local"
+    stream = support.ScriptedStream([b"EHLO relay\r\nMAIL FROM:<x@provider.test> SIZE=50000\r\nRCPT TO:<alice@example.test>\r\n"
+                                     b"RSET\r\nMAIL FROM:<x@provider.test> SIZE=100 BODY=8BITMIME\r\n"
+                                     b"RCPT TO:<alice@example.test>\r\nQUIT\r\n"])
+    support.run(SMTPSession(stream, stream, h, "192.0.2.9", bytearray(600)).run())
+    codes = [line[:3] for line in bytes(stream.out).split(b"\r\n") if line[3:4] == b" "]
+    assert codes[-5:] == [b"552", b"250", b"250", b"250", b"221"]
+    assert not hasattr(h, "size")
 
 
 def test_lan_refuses_networks_outside_the_allow_list():

@@ -40,7 +40,8 @@ class Handler:
     # connect(session): None or a refusal; ehlo_keywords(session): extra
     # EHLO lines (None = none); auth_password(session, user): the password
     # or None; logins(session): the failed-login record (gateway.guard) or
-    # None; mail(session, address, params): None or a refusal;
+    # None; mail(session, address, params): None or a refusal (the
+    # declared SIZE is session.size once MAIL is taken);
     # delivered(session, id, rcpts): after the 250 went out, with the
     # committed message's [(address, queue)]. One shared default
     # costs less heap than six functions.
@@ -126,6 +127,7 @@ class SMTPSession:
     def _reset(self):
         self.mail_from = None
         self.rcpts = []
+        self.size = 0  # SIZE= of this transaction's MAIL (0: not declared)
 
     def reply(self, code, text):
         self._out.append(wire.format_reply(code, text))
@@ -315,6 +317,7 @@ class SMTPSession:
             self.reply(*refusal)
             return
         self.mail_from = address
+        self.size = size
         self.reply(250, "2.1.0 OK")
 
     def smtp_RCPT(self, arg):
