@@ -84,15 +84,14 @@ def civil(t):
     return y, m, d, secs // 3600, secs // 60 % 60, secs % 60, days
 
 
-_DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")  # 1970-01-01 was a Thursday
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
 def rfc5322_date(t):
     """'Sun, 29 Nov 2026 17:03:44 +0000' from unix seconds (Received lines,
-    reports)."""
+    reports). The names are slices of one string each: tuples of them would
+    stay in the heap of every box that never writes a report."""
     y, m, d, hh, mm, ss, days = civil(t)
-    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (_DAYS[days % 7], d, _MONTHS[m - 1], y, hh, mm, ss)
+    w = days % 7 * 3  # 1970-01-01 was a Thursday
+    return "%s, %02d %s %d %02d:%02d:%02d +0000" % (
+        "ThuFriSatSunMonTueWed"[w : w + 3], d, "JanFebMarAprMayJunJulAugSepOctNovDec"[3 * m - 3 : 3 * m], y, hh, mm, ss)
 
 
 def iso8601(t):
