@@ -3,6 +3,17 @@
 # Apart from support.py, so that only these tests pay its heap.
 
 
+def boot(root, cfg):
+    """What App.open_card does: the spool, then the mailboxes on it."""
+    from gateway.mailbox import Mailboxes
+    from gateway.policy import Policy
+    from gateway.spool import Spool
+
+    spool = Spool(root + "/spool")
+    spool.start()
+    return spool, Mailboxes(root + "/mail", Policy(cfg), spool)
+
+
 def listed(boxes, user):
     """The ids a POP3 session would list, oldest first."""
     got = boxes.listing(user)

@@ -6,8 +6,13 @@ import os
 
 import support
 from gateway.spool import Draft, Spool, record_header
-from test_mailbox import listed, stored
-from test_mailbox_store import CFG, boot
+from mailbox_support import boot as boot_with, listed, stored
+
+CFG = support.config(support.OFFICE)
+
+
+def boot(root):
+    return boot_with(root, CFG)
 
 # Builds both older layouts with the spool's own code and remounts, beside
 # test_mailbox and test_mailbox_store (their helpers) compiled from source.

@@ -8,19 +8,13 @@ import support
 from gateway.mailbox import Mailboxes
 from gateway.policy import Policy
 from gateway.spool import Spool, SpoolFull
-from mailbox_support import cut_card, keep_pristine, listed, stored
+from mailbox_support import boot as boot_with, cut_card, keep_pristine, listed, stored
 
 # Full-card runs fill a FAT image and remount it in one process, beside this
 # module and test_mailbox (its helpers) compiled from source.
 MICROPYTHON_HEAP = "192k"
 
-CFG = support.config({
-    "users": {
-        "alice": {"password": "a", "addresses": ["alice@example.test"]},
-        "bob": {"password": "b", "addresses": ["bob@example.test"]},
-    },
-    "catch_all": {},
-})
+CFG = support.config(support.OFFICE)
 
 
 def message(n, size=0):
@@ -28,10 +22,7 @@ def message(n, size=0):
 
 
 def boot(root):
-    """What App.open_card does."""
-    spool = Spool(root + "/spool")
-    spool.start()
-    return spool, Mailboxes(root + "/mail", Policy(CFG), spool)
+    return boot_with(root, CFG)
 
 
 def send(spool, data, rcpts=("alice@example.test",), filler=0):
