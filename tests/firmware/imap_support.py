@@ -1,12 +1,15 @@
 # What the IMAP tests share: a mailbox with messages in it, and a session
 # fed scripted bytes (the bytes a client sends, split where a test says).
 import support
-from gateway.imap import session as imap
-from gateway.mailbox import Mailboxes
-from gateway.policy import Policy
-from gateway.spool import Spool
 
-CFG = dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"]})
+# Validated (every default filled in) before the firmware's modules load, as
+# the box does at boot.
+CFG = support.config(dict(support.OFFICE, smtp={"allow": ["127.0.0.0/8"]}))
+
+from gateway.imap import session as imap  # noqa: E402
+from gateway.mailbox import Mailboxes  # noqa: E402
+from gateway.policy import Policy  # noqa: E402
+from gateway.spool import Spool  # noqa: E402
 
 PLAIN = (b"From: Ann Example <ann@outside.test>\r\nTo: alice@example.test, \"Bob, B.\" <bob@example.test>\r\n"
          b"Subject: hello there\r\nMessage-ID: <m1@outside.test>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n"
