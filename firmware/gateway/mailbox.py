@@ -154,6 +154,8 @@ class Mailboxes:
     def _dir(self, user):
         return self.root + "/" + user
 
+    home = _dir  # a user's directory, where the IMAP store keeps its state
+
     def _path(self, user, id):
         return "%s/%s/%s/%s/%s.m" % (self.root, user, id[:_GROUP], id[:6], id)
 

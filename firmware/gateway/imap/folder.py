@@ -216,7 +216,7 @@ class Folder:
         new = []
         top = self.ids[self.n - 1] if self.n else -1
         room = len(self.ids) - self.n
-        for id in boxes._each(self.user):
+        for id in boxes.each(self.user):
             uid = int(id, 16)
             if uid > top:
                 if len(new) >= room:

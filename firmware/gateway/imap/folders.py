@@ -154,7 +154,7 @@ def begin(boxes, box, mail_from, received):
     listed, nor judged cut short, until its commit."""
     spool = boxes.spool
     id = spool._new_id()
-    d = spool.bucket(boxes.home(box), id)
+    d = boxes.bucket(box, id, spool)
     spool.drafts.add(id)
     try:
         return Draft(spool, id, "%s/%s.m" % (d, id), record_header(id, received, mail_from, [(box, "local")]),
