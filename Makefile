@@ -22,9 +22,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# Installs only what is missing, so a machine that has them is left alone.
+# Installs only what is missing, so a machine that has them is left alone
+# (asked of dpkg by package name: isync's command is mbsync, getmail6's getmail).
 debs:
-	@missing=""; for p in $(DEBS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
