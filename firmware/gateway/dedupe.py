@@ -83,6 +83,7 @@ class Seen:
         self.buf = buf  # at least PROBE * 32 bytes, shared with the mailbox
         self.mv = memoryview(buf)
         self.waiting = bytearray(self.PENDING * _REC)
+        self.wv = memoryview(self.waiting)
         self.paths = []  # the index file of each waiting record
 
     def first(self, path, key, id, received):
@@ -91,7 +92,7 @@ class Seen:
         got = self._find(path, key, received)
         if got is not None:
             return got == id[:_ID].encode()  # the same id: a retry after a crash
-        rec = memoryview(self.waiting)[len(self.paths) * _REC :][:_REC]
+        rec = self._waiting(len(self.paths))
         rec[:_KEY] = key
         rec[_KEY : _KEY + _ID] = ("%-8s" % id[:_ID]).encode()
         rec[_KEY + _ID : _KEY + _ID + 4] = int(received).to_bytes(4, "little")
@@ -110,16 +111,18 @@ class Seen:
     def _find(self, path, key, now):
         """The id (bytes) key is on record for, else None."""
         for i in range(len(self.paths)):
-            rec = memoryview(self.waiting)[i * _REC :][:_REC]
-            if self.paths[i] == path and bytes(rec[:_KEY]) == key and self._live(rec, now):
-                return _id(rec)
+            if self.paths[i] == path:
+                rec = self._waiting(i)
+                if bytes(rec[:_KEY]) == key and self._live(rec, now):
+                    return _id(rec)
         try:
             f = open(path, "rb")
         except OSError:
             return None
         with f:
             self._read(f, key)
-        for rec in self._slots():
+        for i in range(self.PROBE):
+            rec = self._slot(i)
             if bytes(rec[:_KEY]) == key and self._live(rec, now):
                 return _id(rec)
         return None
@@ -129,8 +132,11 @@ class Seen:
         if f.readinto(self.mv[: self.PROBE * _REC]) != self.PROBE * _REC:
             raise OSError(5)  # a table cut short: it is made whole again
 
-    def _slots(self):
-        return (self.mv[i * _REC :][:_REC] for i in range(self.PROBE))
+    def _slot(self, i):
+        return self.mv[i * _REC : (i + 1) * _REC]
+
+    def _waiting(self, i):
+        return self.wv[i * _REC : (i + 1) * _REC]
 
     def flush(self):
         """Writes the waiting records, one open and one sync per user. A
@@ -147,7 +153,7 @@ class Seen:
         keep = 0
         for i in range(len(self.paths)):
             if self.paths[i] != path:
-                self.waiting[keep * _REC : (keep + 1) * _REC] = self.waiting[i * _REC : (i + 1) * _REC]
+                self.wv[keep * _REC : (keep + 1) * _REC] = self._waiting(i)
                 self.paths[keep] = self.paths[i]
                 keep += 1
         del self.paths[keep:]
@@ -156,7 +162,7 @@ class Seen:
         with open(path, "r+b") as f:  # no table (no room at boot): not recorded
             for i in range(len(self.paths)):
                 if self.paths[i] == path:
-                    self._put(f, memoryview(self.waiting)[i * _REC :][:_REC])
+                    self._put(f, self._waiting(i))
 
     def _put(self, f, rec):
         """Into the first free slot of the key's, else over the oldest."""
@@ -167,15 +173,14 @@ class Seen:
         except OSError:
             return  # a table cut short (power cut at its making): this record is lost
         best, oldest = 0, None
-        i = 0
-        for slot in self._slots():
+        for i in range(self.PROBE):
+            slot = self._slot(i)
             if not self._live(slot, now) or bytes(slot[:_KEY]) == key:
                 best = i
                 break
             t = _time(slot)
             if oldest is None or t < oldest:
                 best, oldest = i, t
-            i += 1
         f.seek((self._start(key) + best) * _REC)
         f.write(rec)
 

@@ -361,13 +361,13 @@ class Mailboxes:
         out = Listing(min(self.usage(user)[0], self.MAX_LISTED))
         room = len(out.ids)
         for id in self.each(user):
+            if out.n >= room:
+                break
             try:
                 info = self.info(user, id)
             except OSError:
                 continue  # unreadable now: not shown, not judged
             if info:
-                if out.n >= room:
-                    break
                 out.add(int(id, 16), len(info[3]) + info[1])
             elif id not in self._drafts:
                 log.warn("mailbox: removing %s of %s, cut short" % (id, user))

@@ -38,7 +38,6 @@ class IMAPSession:
     IDLE_POLL = 30  # s between looks at the mailbox while a client IDLEs
     MAX_ERRORS = 10  # bad commands before we hang up
     DISCARD = 65536  # a LITERAL+ too big for the buffer is skipped up to this; past it, BYE
-    MAX_APPEND = 10240000  # an APPENDed message's limit when the config has no smtp.max_size
     # Failed logins: delay, tries per session and lockout in gateway.guard.
 
     def __init__(self, reader, writer, boxes, tls=None, peer=None, clock=None):
@@ -597,7 +596,7 @@ class IMAPSession:
         size = pending[0] if pending else len(args[-1])
         if box is None:
             return await self.no(b"[TRYCREATE] no such folder")
-        if size > (self.policy.cfg.get("smtp") or {}).get("max_size", self.MAX_APPEND):
+        if size > self.policy.cfg["smtp"]["max_size"]:
             return await self.no(b"[TOOBIG] the message is bigger than smtp.max_size")
         spool = self.boxes.spool
         if not spool.room(size):
