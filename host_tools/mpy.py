@@ -85,6 +85,64 @@ def receiver_heap(exe=None):
     return RECEIVER_HEAP[pointer_bits(exe)]
 
 
+# The smallest heap block (py/gc.c) of each pointer size.
+HEAP_BLOCK = {32: 16, 64: 32}
+
+
+def heap_bytes(heap):
+    """-X heapsize's text ("112k", "4m", "70000") as bytes."""
+    text = str(heap).lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("km")) * scale
+
+
+def rom_heapsize(heap, image_len, exe=None):
+    """The -X heapsize that leaves the box `heap` once the board has read
+    a ROMFS image of image_len bytes into one bytearray. The box maps that
+    image from flash and it takes no heap; the unix port has no flash, so it
+    gets the room on top: its bytes, the bytearray's header and last block,
+    and the collector's tables for them (one byte of allocation table per 4
+    blocks, one bit of finaliser table per block, py/gc.c). Checked in
+    tests/host/test_rom.py to within a few blocks."""
+    block = HEAP_BLOCK[pointer_bits(exe)]
+    room = (image_len + 2 * block) * (8 * block + 3) // (8 * block)
+    return heap_bytes(heap) + -(-room // block) * block
+
+
+def rom_image():
+    """The gateway package as one ROMFS image (docs/heap.md), built from the
+    .mpy cache and rewritten only when its content changes. A board whose
+    MicroPython has a romfs partition runs this bytecode in place from
+    flash, so the code's bytes stop taking heap."""
+    out = compiled()
+    image = out.parent / f"{out.name}.romfs"
+    data = _romfs(out / "gateway")
+    if not image.exists() or image.read_bytes() != data:
+        tmp = image.with_name(f".{image.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, image)
+    return image
+
+
+def _romfs(package):
+    """mpremote's ROMFS writer over one package directory of .mpy files."""
+    from mpremote.romfs import VfsRomWriter
+
+    rom = VfsRomWriter()
+
+    def add(folder):
+        rom.opendir(folder.name)
+        for p in sorted(folder.iterdir()):
+            if p.is_dir():
+                add(p)
+            elif p.suffix == ".mpy":
+                rom.mkfile(p.name, p.read_bytes())
+        rom.closedir()
+
+    add(package)
+    return rom.finalise()
+
+
 def env(extra_paths=()):
     """Environment for micropython: the firmware and the unix board as .mpy,
     compiled for the chosen binary, on its path, as the box loads them."""
@@ -136,6 +194,11 @@ def gateway_sources():
     module in firmware/gateway that runs on the box, sorted."""
     return [(p, p.relative_to(FIRMWARE).with_suffix(".mpy")) for p in sorted((FIRMWARE / "gateway").rglob("*.py"))
             if p.name not in CPYTHON_ONLY]
+
+
+def gateway_modules():
+    """The dotted names of the gateway's modules, packages' __init__ aside."""
+    return [".".join(rel.with_suffix("").parts) for src, rel in gateway_sources() if src.name != "__init__.py"]
 
 
 def package_json():

@@ -12,9 +12,10 @@
 #              A missing or unformatted card is what a box with no card does:
 #              the console and `status` say so, the rest does not start.
 #   --no-console  serve without reading stdin (no prompt in the output)
+#   --rom IMAGE   the gateway's code from a ROMFS image, as on a board with a
+#                 romfs partition (docs/heap.md); without it, from .mpy files
 import os
 import sys
-from board import Board
 
 
 def _arg(name, default=None):
@@ -30,8 +31,13 @@ def _split(path):
 def main():
     cfg_file, image = _arg("--config"), _arg("--sd")
     if not (cfg_file and image):
-        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console]")
+        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console] [--rom IMAGE]")
         return 2
+    from board import Board, mount_rom
+
+    rom = _arg("--rom")
+    if rom:
+        mount_rom(rom)
     import asyncio
     from gateway import config, log
     from gateway.app import App

@@ -1,0 +1,63 @@
+"""The gateway's code from a ROMFS image, as on a board with a romfs partition
+(docs/heap.md): the sim reads the image into one bytearray and gets that much
+more heap, so what is left must be the box's heap, no more and no less, and
+the code must come from the image, not from the .mpy files beside it."""
+import subprocess
+
+from tests.conftest import record_figure
+
+# Heap the whole firmware takes once imported from the image: its function,
+# class and module objects, the interned names; the bytecode and constants
+# stay in the image. Measured 2026-12-02: 50,416 bytes on the 32-bit build
+# (119,696 from .mpy files), 90,688 on the PyPI 64-bit one (167,840).
+ROM_IMPORT_HEAP_BUDGET = {64: 92 * 1024, 32: 52 * 1024}
+
+
+def _run(tmp_path, script, heap):
+    from host_tools import mpy
+
+    path = tmp_path / "probe.py"
+    path.write_text(script)
+    proc = subprocess.run([mpy.micropython_exe(), "-X", f"heapsize={heap}", str(path)], env=mpy.env(),
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.split()
+
+
+def test_the_image_leaves_the_box_exactly_its_heap(tmp_path):
+    from host_tools import mpy
+
+    image = mpy.rom_image()
+    block = mpy.HEAP_BLOCK[mpy.pointer_bits()]
+    for heap in (mpy.budget_heap(), mpy.sim_heap()):
+        measure = "import gc\ngc.collect()\nprint(gc.mem_free())\n"
+        plain = int(_run(tmp_path, "import board\n" + measure, heap)[-1])
+        with_rom = int(_run(tmp_path, f"from board import mount_rom\nmount_rom({str(image)!r})\n" + measure,
+                            mpy.rom_heapsize(heap, image.stat().st_size))[-1])
+        # the mount's own objects (the VfsRom, its mount entry, a longer
+        # sys.path) are on the box's heap too; the image must not give more
+        assert plain - 512 <= with_rom <= plain + 2 * block, (heap, plain, with_rom)
+
+
+def test_the_gateway_is_imported_from_the_image(tmp_path):
+    from host_tools import mpy
+
+    image = mpy.rom_image()
+    out = _run(tmp_path, f"from board import mount_rom\nmount_rom({str(image)!r})\n"
+                         "import gateway.app, gateway.imap.session\n"
+                         "print(gateway.app.__file__, gateway.imap.session.__file__)\n", "512k")
+    assert out == ["/rom/gateway/app.mpy", "/rom/gateway/imap/session.mpy"]
+
+
+def test_whole_firmware_from_the_image_stays_in_budget(tmp_path):
+    from host_tools import mpy
+    image = mpy.rom_image()
+    modules = [m for m in mpy.gateway_modules() if not m.startswith("gateway.imap.")]
+    out = _run(tmp_path, f"from board import mount_rom\nmount_rom({str(image)!r})\n"
+                         "import gc\ngc.collect()\nbase = gc.mem_alloc()\n"
+                         + "".join(f"import {m}\n" for m in modules)
+                         + "gc.collect()\nprint(gc.mem_alloc() - base)\n", "512k")
+    used, bits = int(out[-1]), mpy.pointer_bits()
+    record_figure("heap after importing all firmware from its ROMFS image",
+                  f"{used} bytes, {len(modules)} modules, image {image.stat().st_size} bytes, unix port {bits}-bit")
+    assert used < ROM_IMPORT_HEAP_BUDGET[bits], f"the firmware from ROM takes {used} bytes, budget {ROM_IMPORT_HEAP_BUDGET[bits]}"
