@@ -117,7 +117,7 @@ def rom_image():
     flash, so the code's bytes stop taking heap."""
     out = compiled()
     image = out.parent / f"{out.name}.romfs"
-    data = _romfs(out / "gateway")
+    data = romfs({p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "gateway").rglob("*.mpy")})
     if not image.exists() or image.read_bytes() != data:
         tmp = image.with_name(f".{image.name}.{os.getpid()}")
         tmp.write_bytes(data)
@@ -125,22 +125,29 @@ def rom_image():
     return image
 
 
-def _romfs(package):
-    """mpremote's ROMFS writer over one package directory of .mpy files."""
+def romfs(files):
+    """A ROMFS image (mpremote's writer) of {"dir/name.mpy": bytes}."""
     from mpremote.romfs import VfsRomWriter
 
+    tree = {}
+    for path, data in files.items():
+        *folders, name = path.split("/")
+        node = tree
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        node[name] = data
     rom = VfsRomWriter()
 
-    def add(folder):
-        rom.opendir(folder.name)
-        for p in sorted(folder.iterdir()):
-            if p.is_dir():
-                add(p)
-            elif p.suffix == ".mpy":
-                rom.mkfile(p.name, p.read_bytes())
-        rom.closedir()
+    def add(node):
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                rom.opendir(name)
+                add(node[name])
+                rom.closedir()
+            else:
+                rom.mkfile(name, node[name])
 
-    add(package)
+    add(tree)
     return rom.finalise()
 
 

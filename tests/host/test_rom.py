@@ -61,3 +61,32 @@ def test_whole_firmware_from_the_image_stays_in_budget(tmp_path):
     record_figure("heap after importing all firmware from its ROMFS image",
                   f"{used} bytes, {len(modules)} modules, image {image.stat().st_size} bytes, unix port {bits}-bit")
     assert used < ROM_IMPORT_HEAP_BUDGET[bits], f"the firmware from ROM takes {used} bytes, budget {ROM_IMPORT_HEAP_BUDGET[bits]}"
+
+
+def test_deploy_puts_the_gateway_into_a_romfs_partition_it_fits(tmp_path):
+    from host_tools import deploy, mpy
+
+    files = deploy.build(deploy.DEFAULT_BOARD, mpy.native_march())
+    package = sorted(p[len("lib/"):] for p in files if p.startswith("lib/gateway/"))
+    copied, image, size = deploy.for_rom(files, 128 * 1024)
+    assert image is not None and size == len(image) <= 128 * 1024
+    assert sorted(copied) == sorted(p for p in files if not p.startswith("lib/gateway/"))
+    # the image, mounted as the box mounts it, holds each module byte for byte
+    (tmp_path / "gateway.romfs").write_bytes(image)
+    listing = _run(tmp_path, "import vfs, os\nf = open('gateway.romfs', 'rb')\nvfs.mount(vfs.VfsRom(f.read()), '/rom')\n"
+                             "def walk(d):\n for name, kind, *_ in os.ilistdir(d):\n"
+                             "  p = d + '/' + name\n  if kind == 0x4000: walk(p)\n"
+                             "  else: print(p[5:], __import__('hashlib').sha256(open(p, 'rb').read()).digest().hex())\n"
+                             "walk('/rom')\n", "1m")
+    import hashlib
+
+    assert dict(zip(listing[::2], listing[1::2])) == {p: hashlib.sha256(files["lib/" + p]).hexdigest() for p in package}
+
+
+def test_deploy_copies_the_gateway_to_lib_without_a_partition_or_room():
+    from host_tools import deploy, mpy
+
+    files = deploy.build(deploy.DEFAULT_BOARD, mpy.native_march())
+    for rom_size in (0, 64 * 1024):
+        copied, image, size = deploy.for_rom(files, rom_size)
+        assert image is None and size > rom_size and copied == files
