@@ -33,7 +33,7 @@ def main():
     if not (cfg_file and image):
         print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console] [--rom IMAGE]")
         return 2
-    from board import Board, mount_rom
+    from board import Board, mount_rom, presize_poll
 
     rom = _arg("--rom")
     if rom:
@@ -70,6 +70,7 @@ def main():
         board.umount_sd()
         return 2
     config = None  # the app drops the module once booted (docs/heap.md)
+    presize_poll(sum(cfg[k]["sessions"] for k in ("smtp", "pop3", "imap")))
     app = App(board, cfg, cfg_name)
     app.attach_log()
     try:
