@@ -33,11 +33,13 @@ def main():
     if not (cfg_file and image):
         print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console] [--rom IMAGE]")
         return 2
-    from board import Board, mount_rom, presize_poll
-
     rom = _arg("--rom")
     if rom:
+        from rom import mount_rom
+
         mount_rom(rom)
+    from board import Board
+    from pollset import presize_poll
     import asyncio
     from gateway import config, log
     from gateway.app import App

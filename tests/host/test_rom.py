@@ -34,8 +34,8 @@ def test_the_image_leaves_the_box_exactly_its_heap(tmp_path):
     block = mpy.HEAP_BLOCK[mpy.pointer_bits()]
     for heap in (mpy.budget_heap(), mpy.sim_heap()):
         measure = "import gc\ngc.collect()\nprint(gc.mem_free())\n"
-        plain = int(_run(tmp_path, "import board\n" + measure, heap)[-1])
-        with_rom = int(_run(tmp_path, f"from board import mount_rom\nmount_rom({str(image)!r})\n" + measure,
+        plain = int(_run(tmp_path, "import rom\n" + measure, heap)[-1])
+        with_rom = int(_run(tmp_path, f"from rom import mount_rom\nmount_rom({str(image)!r})\n" + measure,
                             mpy.rom_heapsize(heap, image.stat().st_size))[-1])
         # the mount's own objects (the VfsRom, its mount entry, a longer
         # sys.path) are on the box's heap too; the image must not give more
@@ -46,7 +46,7 @@ def test_the_gateway_is_imported_from_the_image(tmp_path):
     from host_tools import mpy
 
     image = mpy.rom_image()
-    out = _run(tmp_path, f"from board import mount_rom\nmount_rom({str(image)!r})\n"
+    out = _run(tmp_path, f"from rom import mount_rom\nmount_rom({str(image)!r})\n"
                          "import gateway.app, gateway.imap.session\n"
                          "print(gateway.app.__file__, gateway.imap.session.__file__)\n", "512k")
     assert out == ["/rom/gateway/app.mpy", "/rom/gateway/imap/session.mpy"]
@@ -56,7 +56,7 @@ def _rom_import(tmp_path, first, measured):
     """Heap taken by importing `measured` from the image once `first` are in."""
     from host_tools import mpy
 
-    out = _run(tmp_path, f"from board import mount_rom\nmount_rom({str(mpy.rom_image())!r})\n"
+    out = _run(tmp_path, f"from rom import mount_rom\nmount_rom({str(mpy.rom_image())!r})\n"
                          + "".join(f"import {m}\n" for m in first)
                          + "import gc\ngc.collect()\nbase = gc.mem_alloc()\n"
                          + "".join(f"import {m}\n" for m in measured)

@@ -264,14 +264,14 @@ def test_a_lan_message_to_a_local_mailbox_costs_about_one_card_sync(tmp_path):
 def test_the_sims_poll_set_never_moves_under_a_socket_without_a_descriptor(tmp_path):
     """A TLS socket has no file descriptor on the unix port; when the poll's
     array of descriptors moved to grow, its entry pointed anywhere and the
-    box crashed (SIGSEGV in the office day, one run in five). board.presize_poll
+    box crashed (SIGSEGV in the office day, one run in five). pollset.presize_poll
     grows it once at start. Replayed with a stream that has no descriptor and
     more sockets than the array first holds, each with a neighbour block so
     the array cannot grow in place."""
     script = tmp_path / "poll.py"
     script.write_text(
         "import io, select, socket\n"
-        "from board import presize_poll\n"
+        "from pollset import presize_poll\n"
         "from asyncio import core\n"
         "class NoFd(io.IOBase):\n"
         "    def ioctl(self, req, arg):\n"
