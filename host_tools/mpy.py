@@ -17,13 +17,13 @@ CACHE = REPO / "build" / "mpy"
 DEFAULT_HEAP = "64k"
 # The heap the whole box must run in (docs/heap.md): what a plain
 # ESP32-WROOM leaves Python, less a margin for fragmentation, on a 32-bit
-# build; a 64-bit build's pointers and 32-byte blocks need about 1.4x that.
-BUDGET_HEAP = {32: "112k", 64: "160k"}
-# What `odmrgw sim` gives the box by default: with the code in its ROMFS
-# image, the budget on a 32-bit build, where `sim --once` over STARTTLS
-# passes at 112k and not at 96k (2026-12-02); on the 64-bit build, the
-# smallest 16k step it passes at (192k) plus one.
-SIM_HEAP = {32: "112k", 64: "208k"}
+# build; a 64-bit build's pointers and 32-byte blocks need more: the office
+# day passes there at 176k and not at 160k (2026-12-02).
+BUDGET_HEAP = {32: "112k", 64: "176k"}
+# What `odmrgw sim` gives the box by default, with the code in its ROMFS
+# image: the budget on a 32-bit build (`sim --once` over STARTTLS passes at
+# 96k, the office day at 112k, 2026-12-02), one 16k step above it on 64-bit.
+SIM_HEAP = {32: "112k", 64: "192k"}
 # The bare receiver (board/unix/smtpd_sim.py: spool and SMTP engine only)
 # at the smallest heap it starts and serves in: on 2026-12-02 60k on the
 # 32-bit build and 84k on the 64-bit one, after the day's merges (the
