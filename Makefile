@@ -49,7 +49,7 @@ test-long: $(STAMP) debs
 heap: $(STAMP) debs
 	@test -n "$(MICROPYTHON32)" || { echo "make heap: say which binary, MICROPYTHON32=PATH (a 32-bit micropython)"; exit 2; }
 	@test -x "$(MICROPYTHON32)" || { echo "make heap: $(MICROPYTHON32) is not an executable file"; exit 2; }
-	ODMRGW_MICROPYTHON=$(abspath $(MICROPYTHON32)) $(BIN)/pytest -n 2 tests/budget tests/host/test_hygiene.py $(PYTEST_ARGS)
+	ODMRGW_MICROPYTHON=$(abspath $(MICROPYTHON32)) $(BIN)/pytest -n 2 tests/budget tests/host/test_hygiene.py tests/host/test_rom.py $(PYTEST_ARGS)
 
 bench: $(STAMP) debs
 	$(BIN)/python -m tests.bench

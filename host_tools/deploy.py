@@ -7,10 +7,15 @@ On the box (paths relative to its working directory, "/" on the ESP32):
     board.mpy, pins.mpy       board/esp32/board.py and board/esp32/pins/NAME.py
     lib/gateway/**.mpy        firmware/gateway
     odmrgw.manifest           JSON {path: sha256} of what the last deploy wrote
+
+On a board whose MicroPython has a romfs partition (docs/freezing.md), the
+gateway goes into that partition as one ROMFS image instead of lib/gateway:
+its bytecode then runs in place from flash and takes no heap (docs/heap.md).
 """
 import hashlib
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +26,12 @@ ESP32 = mpy.REPO / "board" / "esp32"
 PINS = ESP32 / "pins"
 MANIFEST = "odmrgw.manifest"
 DEFAULT_BOARD = "devkitc_sd"
+# The size of the board's first romfs partition, 0 for none: stock firmware
+# has no vfs.rom_ioctl; rom_ioctl(1) counts the partitions and rom_ioctl(2, 0)
+# maps the first, or is a negative errno (extmod/vfs_rom_ioctl.c).
+ROM_PROBE = ("(lambda r: 0 if r is None or r(1) < 1 or isinstance(r(2, 0), int) else len(r(2, 0)))"
+             "(getattr(__import__('vfs'), 'rom_ioctl', None))")
+ROM = "romfs partition"  # the manifest's name for the image
 
 
 def add_parser(sub):
@@ -97,15 +108,39 @@ def digest(data):
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def for_rom(files, rom_size):
+    """(files to copy, ROMFS image or None, the image's size). The gateway
+    goes into the romfs partition when the board has one it fits in,
+    otherwise into lib/."""
+    package = {path[len("lib/"):]: data for path, data in files.items() if path.startswith("lib/gateway/")}
+    image = mpy.romfs(package)
+    if len(image) > rom_size:
+        return files, None, len(image)
+    return {path: data for path, data in files.items() if not path.startswith("lib/gateway/")}, image, len(image)
+
+
 def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
     """Returns the list of paths written."""
     with Device(port) as dev:
         march = board_march(dev.eval("__import__('sys').implementation._mpy"))
-        files = build(board, march)
+        rom_size = dev.eval(ROM_PROBE)
         old = {} if force else json.loads(dev.read(MANIFEST) or b"{}")
-        new = {path: digest(data) for path, data in files.items()}
+    files, image, size = for_rom(build(board, march), rom_size)
+    if rom_size and image is None:
+        say(f"the gateway ({size} bytes) does not fit the board's romfs partition ({rom_size} bytes): "
+            "copying it to lib/ instead")
+    new = {path: digest(data) for path, data in files.items()}
+    if image is not None:
+        new[ROM] = digest(image)
+    elif ROM in old:
+        image = mpy.romfs({})  # an emptied partition: old code there would shadow lib/
+    rom_changed = image is not None and old.get(ROM) != new.get(ROM)
+    if rom_changed:
+        say(f"writing the romfs partition ({len(image)} of {rom_size} bytes)")
+        put_rom(port, image)
+    with Device(port) as dev:
         changed = [p for p in files if old.get(p) != new[p]]
-        stale = [p for p in old if p not in new]
+        stale = [p for p in old if p not in new and p != ROM]
         say(f"{len(files)} files for board {board}: {len(changed)} changed, {len(files) - len(changed)} unchanged")
         made = set()
         for i, path in enumerate(changed, 1):
@@ -119,9 +154,20 @@ def deploy(port, board=DEFAULT_BOARD, force=False, restart=True, say=print):
             say(f"removing {path}")
             dev.remove(path)
         dev.write(MANIFEST, json.dumps(new, indent=0, sort_keys=True).encode())
-        if restart and (changed or stale):
+        if restart and (changed or stale or rom_changed):
             dev.restart()
-    return changed
+    return changed + [ROM] * rom_changed
+
+
+def put_rom(port, image):
+    """`mpremote romfs deploy`, which writes a romfs partition block by block."""
+    with tempfile.TemporaryDirectory(prefix="odmrgw-rom-") as tmp:
+        path = Path(tmp) / "gateway.romfs"
+        path.write_bytes(image)
+        proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", port, "resume", "romfs", "deploy", str(path)],
+                              capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"odmrgw deploy: writing the romfs partition failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
 
 
 def run(args):

@@ -29,17 +29,28 @@ def add_parser(sub):
     p.add_argument("--heap", help="MicroPython heap size (default %s on a 32-bit build, %s on 64-bit; see docs/heap.md)"
                    % (mpy.SIM_HEAP[32], mpy.SIM_HEAP[64]))
     p.add_argument("--once", action="store_true", help="one poll cycle, print its summary, exit 0 or 1")
+    p.add_argument("--no-rom", dest="rom", action="store_false",
+                   help="load the gateway from .mpy files, as a board with stock MicroPython does, "
+                        "not from its ROMFS image (the code then takes heap too)")
     p.add_argument("--pty", metavar="PATH", help="put the console on a pseudo-terminal, linked at PATH")
     p.set_defaults(func=run)
 
 
-def command(config, sd, heap=None, once=False, echo=True, console=True):
+def command(config, sd, heap=None, once=False, echo=True, console=True, rom=True):
     """The board's main module runs as .mpy from the firmware cache, like
-    every other module, so the sim's heap is the box's heap."""
-    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap or mpy.sim_heap()}"]
+    every other module, so the sim's heap is the box's heap. With rom the
+    gateway's code comes from its ROMFS image, as on a board with a romfs
+    partition, and takes no part of `heap` (docs/heap.md)."""
+    heap = heap or mpy.sim_heap()
+    tail = []
+    if rom:
+        image = mpy.rom_image()
+        heap = mpy.rom_heapsize(heap, image.stat().st_size)
+        tail = ["--rom", str(image)]
+    cmd = [mpy.micropython_exe(), "-X", f"heapsize={heap}"]
     if not once:
         cmd.append("-i")  # the REPL follows when the console hands over (Ctrl-C)
-    cmd += ["-m", "main", "--config", str(Path(config).resolve()), "--sd", str(Path(sd).resolve())]
+    cmd += ["-m", "main", "--config", str(Path(config).resolve()), "--sd", str(Path(sd).resolve())] + tail
     if once:
         cmd.append("--once")
     if not echo:
@@ -57,12 +68,12 @@ def where(config):
     return {"env": mpy.env(), "cwd": str(Path(config).resolve().parent)}
 
 
-def popen(config, sd, heap=None, once=False, echo=True, console=True, **kw):
+def popen(config, sd, heap=None, once=False, echo=True, console=True, rom=True, **kw):
     """The simulated board as a child holding the card's lock (CardBusy if
     another process has it); stop() releases it."""
     lock = CardLock(sd, "odmrgw sim").acquire()
     try:
-        proc = subprocess.Popen(command(config, sd, heap, once, echo, console), **where(config), pass_fds=(lock.fd,), **kw)
+        proc = subprocess.Popen(command(config, sd, heap, once, echo, console, rom), **where(config), pass_fds=(lock.fd,), **kw)
     except BaseException:
         lock.release()
         raise
@@ -107,7 +118,7 @@ def check_files(config, sd):
 def run(args):
     check_files(args.config, args.sd)
     if args.pty:
-        with PtyConsole(args.config, args.sd, args.pty, args.heap) as sim:
+        with PtyConsole(args.config, args.sd, args.pty, args.heap, args.rom) as sim:
             print(f"simulated gateway running; console on {args.pty}")
             print(f"  mpremote connect {args.pty} resume exec \"print('hello')\"")
             print("Ctrl-C here stops it.")
@@ -120,7 +131,7 @@ def run(args):
 
     old = signal.signal(signal.SIGINT, lambda *a: None)
     try:
-        proc = popen(args.config, args.sd, args.heap, once=args.once, echo=not sys.stdin.isatty())
+        proc = popen(args.config, args.sd, args.heap, once=args.once, echo=not sys.stdin.isatty(), rom=args.rom)
         try:
             return proc.wait()
         finally:
@@ -145,7 +156,7 @@ class PtyConsole:
     """The simulated board with its stdin/stdout bridged to a pty linked at
     `link`. A context manager: leaving it stops the process and the bridge."""
 
-    def __init__(self, config, sd, link, heap=None):
+    def __init__(self, config, sd, link, heap=None, rom=True):
         self.master, slave = os.openpty()
         tty.setraw(slave)  # before anything flows: no echo, no line editing
         attrs = termios.tcgetattr(slave)
@@ -157,7 +168,7 @@ class PtyConsole:
         self.link = Path(link)
         try:
             place_link(self.link, self.device)
-            self.proc = popen(config, sd, heap, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            self.proc = popen(config, sd, heap, rom=rom, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               bufsize=0)
         except BaseException:
             os.close(self.master)

@@ -12,9 +12,10 @@
 #              A missing or unformatted card is what a box with no card does:
 #              the console and `status` say so, the rest does not start.
 #   --no-console  serve without reading stdin (no prompt in the output)
+#   --rom IMAGE   the gateway's code from a ROMFS image, as on a board with a
+#                 romfs partition (docs/heap.md); without it, from .mpy files
 import os
 import sys
-from board import Board
 
 
 def _arg(name, default=None):
@@ -30,8 +31,15 @@ def _split(path):
 def main():
     cfg_file, image = _arg("--config"), _arg("--sd")
     if not (cfg_file and image):
-        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console]")
+        print("usage: main.py --config FILE --sd IMAGE [--once] [--no-echo] [--no-console] [--rom IMAGE]")
         return 2
+    rom = _arg("--rom")
+    if rom:
+        from rom import mount_rom
+
+        mount_rom(rom)
+    from board import Board
+    from pollset import presize_poll
     import asyncio
     from gateway import config, log
     from gateway.app import App
@@ -64,6 +72,7 @@ def main():
         board.umount_sd()
         return 2
     config = None  # the app drops the module once booted (docs/heap.md)
+    presize_poll(sum(cfg[k]["sessions"] for k in ("smtp", "pop3", "imap")))
     app = App(board, cfg, cfg_name)
     app.attach_log()
     try:

@@ -272,7 +272,10 @@ def test_office_day_at_the_budget_heap(office):
     office.proc = None
     office.out.close()
     _check_delivery(office)
-    record_figure(f"office day ({mpy.pointer_bits()}-bit, {STORED} stored)", f"passed at {_heap()}")
+    lowest = min(int(line.split()[1]) for line in text.splitlines() if line.startswith("heap     "))
+    record_figure(f"office day ({mpy.pointer_bits()}-bit, {STORED} stored)",
+                  f"passed at {_heap()}, {LAN_SESSIONS} LAN SMTP and {len(USERS)} POP3 sessions during the pull, "
+                  f"lowest free heap at a status: {lowest} bytes")
 
 
 def _retr_biggest(box):

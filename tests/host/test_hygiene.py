@@ -182,7 +182,7 @@ def _modules(tmp_path):
     from host_tools import mpy
 
     mpy.compile_firmware(tmp_path)
-    modules = [".".join(rel.with_suffix("").parts) for src, rel in mpy.gateway_sources() if src.name != "__init__.py"]
+    modules = mpy.gateway_modules()
     return [m for m in modules if not m.startswith("gateway.imap.")], [m for m in modules if m.startswith("gateway.imap.")]
 
 

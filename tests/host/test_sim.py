@@ -259,3 +259,33 @@ def test_a_lan_message_to_a_local_mailbox_costs_about_one_card_sync(tmp_path):
     ring = took / 2 + 1  # App.WATCHDOG_PERIOD is 2 s
     first = 4
     assert busy - idle <= count + count // 16 + 1 + ring + first, (busy, idle, took)
+
+
+def test_the_sims_poll_set_never_moves_under_a_socket_without_a_descriptor(tmp_path):
+    """A TLS socket has no file descriptor on the unix port; when the poll's
+    array of descriptors moved to grow, its entry pointed anywhere and the
+    box crashed (SIGSEGV in the office day, one run in five). pollset.presize_poll
+    grows it once at start. Replayed with a stream that has no descriptor and
+    more sockets than the array first holds, each with a neighbour block so
+    the array cannot grow in place."""
+    script = tmp_path / "poll.py"
+    script.write_text(
+        "import io, select, socket\n"
+        "from pollset import presize_poll\n"
+        "from asyncio import core\n"
+        "class NoFd(io.IOBase):\n"
+        "    def ioctl(self, req, arg):\n"
+        "        return 0 if req == 3 else -1\n"
+        "presize_poll(10)\n"
+        "p = core._io_queue.poller\n"
+        "nofd = NoFd()\n"
+        "p.register(nofd, select.POLLIN)\n"
+        "keep = []\n"
+        "for i in range(20):\n"
+        "    s = socket.socket()\n"
+        "    p.register(s, select.POLLIN)\n"
+        "    keep += [s, bytearray(40)]\n"
+        "print('polled', [ev for obj, ev in p.ipoll(0) if obj is nofd])\n"
+    )
+    proc = mpy.run(script, heap="256k", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split() == ["polled", "[]"], (proc.returncode, proc.stdout, proc.stderr)
