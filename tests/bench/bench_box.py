@@ -1,8 +1,8 @@
 """The box as deployed against its peer, with Postfix's smtp-source as the
 load on both:
-- the box: `odmrgw sim` (the firmware as .mpy on the micropython binary that
-  $ODMRGW_MICROPYTHON names, at the sim's default heap: what the box runs in
-  today, while it does not fit the budget of docs/heap.md yet), with the
+- the box: `odmrgw sim` (the firmware as deployed on a WROOM: its code in
+  the romfs image, on the micropython binary that $ODMRGW_MICROPYTHON
+  names, at the budget heap of docs/heap.md), with the
   LAN listener's full policy and the hand-off into a local user's mailbox on
   a FAT card image; each run on a fresh card;
 - the peer: aiosmtpd in a process of its own (tests/bench/peer_mailbox.py),
@@ -140,7 +140,7 @@ class Box:
             "pop3": {"port": mpy.free_port()},
         }))
         self.lines = []
-        self.proc = sim.popen(self.config, self.image, echo=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.proc = sim.popen(self.config, self.image, heap=mpy.budget_heap(), echo=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, bufsize=1)
         threading.Thread(target=lambda: [self.lines.append(x.rstrip("\n")) for x in self.proc.stdout], daemon=True).start()
         end = time.monotonic() + START_TIMEOUT
@@ -259,8 +259,8 @@ def one_run(kind, tmp, payload, count, sessions):
 def run(report):
     stop_postfix_daemon()
     exe = mpy.micropython_exe()
-    report("box", f"odmrgw sim, -X heapsize={mpy.sim_heap()}",
-           f"the sim's default; micropython: {exe}, {mpy.pointer_bits()}-bit; the budget is {mpy.budget_heap()}")
+    report("box", f"odmrgw sim, code in its romfs image, a heap of {mpy.budget_heap()}",
+           f"the budget; micropython: {exe}, {mpy.pointer_bits()}-bit")
     report("load generator", "Postfix smtp-source -d (one session per -s, no pipelining)")
     tmp = Path(tempfile.mkdtemp(prefix="bench_box"))
     try:
