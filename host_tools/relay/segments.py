@@ -55,11 +55,12 @@ def encode(meta, body):
     return [head + struct.pack("<II", crc, zlib.crc32(body)), blob, PENDING * len(meta["rcpts"]), body]
 
 
-def scan(fd, stop, verify=False):
-    """(records, end): the whole records from the segment's start up to
-    `stop` bytes, and where the last of them ends. `verify` checks each
-    body's checksum too (start-up does; a reader checks the body it reads)."""
-    records, off = [], 0
+def scan(fd, stop, verify=False, start=0):
+    """(records, end): the whole records from `start` (a record's start; the
+    segment's by default) up to `stop` bytes, and where the last of them
+    ends. `verify` checks each body's checksum too (start-up does; a reader
+    checks the body it reads)."""
+    records, off = [], start
     while True:
         rec = _record_at(fd, off, stop, verify)
         if rec is None:
@@ -83,6 +84,12 @@ class Segments:
         self.owner = False
         self.open = {}          # box -> Open: the segment the owner appends to
         self._fds = {}          # path -> descriptor, for reading and for marks
+        # path -> where the segment's first record with a pending mark may
+        # start: every record before it is done with, and stays so (a mark
+        # only ever goes from "-" to "+"), so a reader skips them. Mail is
+        # delivered mostly in order, so a box drained while mail arrives is
+        # read from about its newest records on, not from its start.
+        self._done_until = {}
 
     # -- writing -----------------------------------------------------------------
     def append(self, box, batch):
@@ -165,14 +172,22 @@ class Segments:
         return sorted(p for p in d.iterdir() if p.name.endswith(SUFFIX)) if d.is_dir() else []
 
     def records(self, path):
-        """The segment's whole records (for the owner's open segment, only those committed)."""
+        """The segment's whole records (for the owner's open segment, only those
+        committed) but for the run of done ones at its start."""
         try:
             fd = self.fd(path)
         except FileNotFoundError:
             return []
         seg = self.open.get(self._box_of(path))
         stop = seg.end if seg is not None and seg.final == path else os.fstat(fd).st_size
-        return scan(fd, stop)[0]
+        key = str(path)
+        records = scan(fd, stop, start=self._done_until.get(key, 0))[0]
+        done = 0
+        while done < len(records) and not records[done].pending:
+            done += 1
+        if done:
+            self._done_until[key] = records[done - 1].end
+        return records[done:]
 
     def is_open(self, path):
         seg = self.open.get(self._box_of(path))
@@ -238,6 +253,7 @@ class Segments:
         fd = self._fds.pop(str(path), None)
         if fd is not None:
             os.close(fd)
+        self._done_until.pop(str(path), None)
         path.unlink(missing_ok=True)
         return True
 

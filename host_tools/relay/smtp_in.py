@@ -11,6 +11,11 @@ from host_tools.relay.config import domain_of
 
 _CONTROL = re.compile(r"[^\x21-\x7e]")
 _END = b"\r\n.\r\n"      # the end of the message text: a line that is only "."
+# A path as nearly every MTA sends it: <dot-atom@dot-atom>, then blanks, then
+# the parameters. aiosmtpd reads every path with the email package's full
+# RFC 5322 parser, a twentieth of a millisecond each, two per message.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>[ \t]*([^ \t(].*)?", re.S)
 
 
 def _sender(address):
@@ -25,6 +30,17 @@ class RelaySMTP(SMTP):
     def __init__(self, handler, relay, **kw):
         super().__init__(handler, **kw)
         self.throttle = relay.throttle
+
+    def _getaddr(self, arg):
+        """aiosmtpd's (address, rest of the line), without its parser for a
+        plain path: the same answer (tests/host/test_relay_data.py)."""
+        m = _PLAIN_PATH.fullmatch(arg or "")
+        if not m:
+            return super()._getaddr(arg)
+        addr = m.group(1)
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, m.group(2) or ""
 
     async def smtp_AUTH(self, arg):
         ip = self.session.peer[0]
