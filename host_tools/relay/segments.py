@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 
 log = logging.getLogger("relay")
@@ -44,7 +45,11 @@ class Record:
     @property
     def pending(self):
         """Indices of the recipients still to deliver."""
-        return [i for i, m in enumerate(self.marks) if m != DONE[0]]
+        return _pending(self.marks)
+
+
+def _pending(marks):
+    return [i for i, m in enumerate(marks) if m != DONE[0]]
 
 
 def encode(meta, body):
@@ -55,14 +60,14 @@ def encode(meta, body):
     return [head + struct.pack("<II", crc, zlib.crc32(body)), blob, PENDING * len(meta["rcpts"]), body]
 
 
-def scan(fd, stop, verify=False, start=0):
+def scan(read, stop, verify=False, start=0):
     """(records, end): the whole records from `start` (a record's start; the
     segment's by default) up to `stop` bytes, and where the last of them
-    ends. `verify` checks each body's checksum too (start-up does; a reader
-    checks the body it reads)."""
+    ends; read(n, offset) reads the segment. `verify` checks each body's
+    checksum too (start-up does; a reader checks the body it reads)."""
     records, off = [], start
     while True:
-        rec = _record_at(fd, off, stop, verify)
+        rec = _record_at(read, off, stop, verify)
         if rec is None:
             return records, off
         records.append(rec)
@@ -84,6 +89,10 @@ class Segments:
         self.owner = False
         self.open = {}          # box -> Open: the segment the owner appends to
         self._fds = {}          # path -> descriptor, for reading and for marks
+        # Held around every use of a cached descriptor and around closing
+        # one: a descriptor closed under a reader in another thread could be
+        # reused by the next open, and marks written into another segment.
+        self._fd_lock = threading.Lock()
         # path -> where the segment's first record with a pending mark may
         # start: every record before it is done with, and stays so (a mark
         # only ever goes from "-" to "+"), so a reader skips them. Mail is
@@ -131,7 +140,8 @@ class Segments:
             self.open.pop(box, None)
             raise
         if self.owner:
-            self._fds[str(final)] = seg.fd
+            with self._fd_lock:
+                self._fds[str(final)] = seg.fd
         return seg
 
     def place(self, seg):
@@ -174,14 +184,14 @@ class Segments:
     def records(self, path):
         """The segment's whole records (for the owner's open segment, only those
         committed) but for the run of done ones at its start."""
-        try:
-            fd = self.fd(path)
-        except FileNotFoundError:
-            return []
         seg = self.open.get(self._box_of(path))
-        stop = seg.end if seg is not None and seg.final == path else os.fstat(fd).st_size
-        key = str(path)
-        records = scan(fd, stop, start=self._done_until.get(key, 0))[0]
+        try:
+            stop = seg.end if seg is not None and seg.final == path else self._io(path, lambda fd: os.fstat(fd).st_size)
+            key = str(path)
+            records = scan(lambda n, off: self._io(path, lambda fd: os.pread(fd, n, off)), stop,
+                           start=self._done_until.get(key, 0))[0]
+        except FileNotFoundError:
+            return []       # removed meanwhile
         done = 0
         while done < len(records) and not records[done].pending:
             done += 1
@@ -196,51 +206,55 @@ class Segments:
     def _box_of(self, path):
         return path.parent.relative_to(self.root).as_posix()
 
-    def fd(self, path):
-        key = str(path)
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = os.open(path, os.O_RDWR)
-            kept = self._fds.setdefault(key, fd)     # another thread may have opened it meanwhile
-            if kept != fd:
-                os.close(fd)
-                fd = kept
-        return fd
+    def _io(self, path, op):
+        """op(descriptor) for the segment at `path`, opened once and kept."""
+        with self._fd_lock:
+            fd = self._fds.get(str(path))
+            if fd is None:
+                fd = self._fds[str(path)] = os.open(path, os.O_RDWR)
+            return op(fd)
 
     def body(self, path, rec):
-        data = os.pread(self.fd(path), rec.body_len, rec.body_off)
+        data = self._io(path, lambda fd: os.pread(fd, rec.body_len, rec.body_off))
         if len(data) != rec.body_len or zlib.crc32(data) != rec.body_crc:
             log.error("queue: %s: the message at byte %d is damaged (checksum); left for a human", path, rec.body_off)
             return None
         return data
 
     # -- marks -------------------------------------------------------------------
+    def pending(self, path, rec):
+        """The record's recipients still to deliver, as the disk has them now."""
+        try:
+            marks = self._io(path, lambda fd: os.pread(fd, len(rec.marks), rec.marks_off))
+        except FileNotFoundError:
+            return []       # the segment was removed: nothing left in it
+        return _pending(marks)
+
     def mark(self, path, marks_off, indices):
         """Set "+" for those recipients (not synced); False if none was still
         pending. Only marks that change are written, so a mark set meanwhile
         by another process is never turned back."""
-        fd = self.fd(path)
-        was = os.pread(fd, max(indices) + 1, marks_off)
+        was = self._io(path, lambda fd: os.pread(fd, max(indices) + 1, marks_off))
         todo = sorted(i for i in indices if was[i:i + 1] == PENDING)
         run = []
         for i in todo + [None]:
             if run and i != run[-1] + 1:
-                os.pwrite(fd, DONE * len(run), marks_off + run[0])
+                self._io(path, lambda fd: os.pwrite(fd, DONE * len(run), marks_off + run[0]))
                 run = []
             run.append(i)
         return bool(todo)
 
     def sync(self, paths):
-        """Make the marks in `paths` durable; then the owner removes every
-        segment of them that holds nothing to deliver."""
+        """Make the marks in `paths` durable."""
         for path in paths:
             try:
-                os.fdatasync(self.fd(path))
+                fd = self._io(path, os.dup)     # synced without the lock: readers need not wait for the disk
             except FileNotFoundError:
                 continue
-        if self.owner:
-            for path in paths:
-                self.remove_if_done(path)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def remove_if_done(self, path):
         """The owner removes a segment with nothing left to deliver (also its
@@ -250,9 +264,10 @@ class Segments:
         seg = self.open.get(self._box_of(path))
         if seg is not None and seg.final == path:
             del self.open[seg.box]
-        fd = self._fds.pop(str(path), None)
-        if fd is not None:
-            os.close(fd)
+        with self._fd_lock:
+            fd = self._fds.pop(str(path), None)
+            if fd is not None:
+                os.close(fd)
         self._done_until.pop(str(path), None)
         path.unlink(missing_ok=True)
         return True
@@ -266,7 +281,7 @@ class Segments:
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            records, end = scan(fd, size, verify=True)
+            records, end = scan(lambda n, off: os.pread(fd, n, off), size, verify=True)
             if end < size:
                 aside = path.with_name(f"{path.stem}.{end}.broken")
                 tail = os.pread(fd, size - end, end)
@@ -294,12 +309,14 @@ class Open:
         self.fd = None
         self.new = True         # its name is not durable in the box yet
         self.end = self.written = 0
+        self.error = None       # the batch in flight's, and the drafts with a record in it (Store)
+        self.drafts = []
 
 
-def _record_at(fd, off, stop, verify):
+def _record_at(read, off, stop, verify):
     if stop - off < HEAD.size:
         return None
-    buf = os.pread(fd, min(Segments.READ_AHEAD, stop - off), off)
+    buf = read(min(Segments.READ_AHEAD, stop - off), off)
     magic, meta_len, n, body_len, meta_crc, body_crc = HEAD.unpack_from(buf)
     if magic != MAGIC:
         return None
@@ -309,7 +326,7 @@ def _record_at(fd, off, stop, verify):
     if end > stop:
         return None
     if len(buf) < body_off - off:
-        buf += os.pread(fd, body_off - off - len(buf), off + len(buf))
+        buf += read(body_off - off - len(buf), off + len(buf))
     blob = buf[HEAD.size:HEAD.size + meta_len]
     if zlib.crc32(blob, zlib.crc32(buf[:16])) != meta_crc:
         return None
@@ -317,7 +334,7 @@ def _record_at(fd, off, stop, verify):
         meta = json.loads(blob)
     except ValueError:
         return None
-    if verify and zlib.crc32(os.pread(fd, body_len, body_off)) != body_crc:
+    if verify and zlib.crc32(read(body_len, body_off)) != body_crc:
         return None
     rec = Record()
     rec.meta, rec.marks = meta, buf[HEAD.size + meta_len:body_off - off]

@@ -201,7 +201,7 @@ class Relay:
         why = f"it was still undelivered after {days:g} day(s) in the queue"
         diag = f"451 4.4.7 message expired in the queue of {self.cfg.hostname}"
         for scanned in envelopes:
-            env = self.store.envelope(scanned.box, scanned.id)     # its recipients may have changed since the scan
+            env = self.store.current(scanned)      # its recipients may have changed since the scan
             data = self.store.read(env) if env else None
             if data is None:
                 continue        # delivered or dropped since the scan

@@ -82,6 +82,8 @@ def _segmented(box):
 
 
 class Store:
+    MIGRATE_BATCH = 64      # messages read into memory at once when moving an earlier relay's files into a segment
+
     def __init__(self, root):
         self.root = Path(root)
         self._seq = 0
@@ -89,6 +91,7 @@ class Store:
         # One batch at a time (the committer's and a bounce's from a worker
         # thread), and no segment removed while a batch is written.
         self._lock = threading.Lock()
+        self._made = set()      # box directories known to exist
 
     # -- paths -------------------------------------------------------------------
     def _dir(self, box):
@@ -168,13 +171,15 @@ class Store:
     def _into_segment(self, box):
         """An earlier relay's files in a domain box, committed into a segment, then removed."""
         envs = self._file_envelopes(box)
-        drafts = [Draft(e.mail_from, {box: e.rcpts}, self.body_path(box, e.id).read_bytes(), e.origin, e.received, e.id)
-                  for e in envs]
-        for env, result in zip(envs, self.commit_many(drafts)):
-            if isinstance(result, OSError):
-                raise result
-            self._unqueue_file(box, env.id)
-        self._sweep_files(box, [e.id for e in envs])
+        for i in range(0, len(envs), self.MIGRATE_BATCH):
+            batch = envs[i:i + self.MIGRATE_BATCH]
+            drafts = [Draft(e.mail_from, {box: e.rcpts}, self.body_path(box, e.id).read_bytes(), e.origin, e.received,
+                            e.id) for e in batch]
+            for env, result in zip(batch, self.commit_many(drafts)):
+                if isinstance(result, OSError):
+                    raise result
+                self._unqueue_file(box, env.id)
+            self._sweep_files(box, [e.id for e in batch])
 
     def boxes(self):
         out = [OUTBOX] if self._dir(OUTBOX).is_dir() else []
@@ -219,7 +224,10 @@ class Store:
                     self._place(st)
                 for seg in segs:
                     if not seg.error:
-                        self._settle(seg, self.segments.place, seg)
+                        try:
+                            self.segments.place(seg)
+                        except OSError as e:
+                            _fail(seg, e)
                 self._sync_dirs(staged, segs)
                 for seg in segs:
                     if not seg.error:
@@ -290,21 +298,9 @@ class Store:
         for st in live:
             st.error = next((e for e in [next(errors) for _ in st.fds] if e), None)
         for seg in segs:
-            seg.error = next(errors)
-            self._fail_drafts(seg)
-
-    def _settle(self, seg, step, *args):
-        try:
-            step(*args)
-        except OSError as e:
-            seg.error = e
-            self._fail_drafts(seg)
-
-    @staticmethod
-    def _fail_drafts(seg):
-        if seg.error:
-            for st in seg.drafts:
-                st.error = st.error or seg.error
+            error = next(errors)
+            if error:
+                _fail(seg, error)
 
     def _sync_dirs(self, staged, segs):
         """One fsync per directory that got a name in this batch: the outbox's
@@ -320,8 +316,7 @@ class Store:
                         st.error = e
                 for seg in segs:
                     if seg.box == box and seg.new and not seg.error:
-                        seg.error = e
-                        self._fail_drafts(seg)
+                        _fail(seg, e)
 
     def _place(self, st):
         """Rename the synced outbox envelopes into their boxes: the commit point."""
@@ -346,10 +341,13 @@ class Store:
     def _make_box(self, box):
         """The box's directory; a new one is made durable in its parent, or
         a power cut could take a whole committed domain box with it."""
+        if box in self._made:
+            return
         d = self._dir(box)
         if not d.is_dir():
             d.mkdir(parents=True, exist_ok=True)
             _fsync_dir(d.parent)
+        self._made.add(box)
 
     def _write_env(self, box, env):
         tmp = self.root / "tmp" / f"{env.id}.{secrets.token_hex(4)}.env"
@@ -410,8 +408,12 @@ class Store:
         if not _segmented(box):
             self._sweep_files(box, [e.id for e in envs])
             return
-        with self._lock:
-            self.segments.sync(sorted({e.where[0] for e in envs}))
+        paths = sorted({e.where[0] for e in envs})
+        self.segments.sync(paths)
+        if self.segments.owner:
+            with self._lock:        # not while a batch is being written into one of them
+                for path in paths:
+                    self.segments.remove_if_done(path)
 
     def _sweep_files(self, box, ids):
         _fsync_dir(self._dir(box))
@@ -443,12 +445,10 @@ class Store:
         for path in self.segments.files(box):
             live = 0
             for rec in self.segments.records(path):
-                indices = rec.pending
-                if indices:
+                env = _record_envelope(box, path, rec, rec.pending)
+                if env:
                     live += 1
-                    m = rec.meta
-                    yield Envelope(m["id"], m["mail_from"], [m["rcpts"][i] for i in indices], m["received"], m["size"],
-                                   m["origin"], box, (path,), (path, rec, indices))
+                    yield env
             if not live and self.segments.owner and not self.segments.is_open(path):
                 with self._lock:
                     self.segments.remove_if_done(path)
@@ -458,6 +458,14 @@ class Store:
         if _segmented(box):
             return next((e for e in self._segment_envelopes(box) if e.id == id), None)
         return self._file_envelope(box, id)
+
+    def current(self, env):
+        """`env` as the queue holds it now (its recipients may have been
+        delivered or dropped since it was listed), or None once it is gone."""
+        if not env.where:
+            return self._file_envelope(env.box, env.id)
+        path, rec, _ = env.where
+        return _record_envelope(env.box, path, rec, self.segments.pending(path, rec))
 
     def _file_envelope(self, box, id):
         """One that cannot be read (edited by hand, a broken disk) is renamed
@@ -494,6 +502,22 @@ class Store:
             return any(True for _ in self._segment_envelopes(box))
         d = self._dir(box)
         return d.is_dir() and any(d.glob("*.env"))
+
+
+def _record_envelope(box, path, rec, indices):
+    """The Envelope of a segment's record for those of its recipients; None for none."""
+    if not indices:
+        return None
+    m = rec.meta
+    return Envelope(m["id"], m["mail_from"], [m["rcpts"][i] for i in indices], m["received"], m["size"], m["origin"],
+                    box, (path,), (path, rec, indices))
+
+
+def _fail(seg, error):
+    """A segment's write, sync or placing failed: so did every draft with a record in it."""
+    seg.error = error
+    for st in seg.drafts:
+        st.error = st.error or error
 
 
 class _Staged:

@@ -74,6 +74,19 @@ def test_marks_survive_a_restart_and_delivered_mail_never_comes_back(store):
     assert [(e.id, e.rcpts) for e in again.list(A)] == [(ids[0], ["v@a.test"]), (ids[2], ["u@a.test", "v@a.test"])]
 
 
+def test_an_envelope_read_again_has_what_the_disk_has_now(store):
+    ids = [store.commit("x@o.test", {A: ["u@a.test", "v@a.test"]}, b"m\r\n") for _ in range(2)]
+    first, second = store.list(A)
+    admin = Store(store.root)
+    admin.update(admin.envelope(A, ids[0]), ["v@a.test"])
+    admin.remove(admin.envelope(A, ids[1]))
+    assert store.current(first).rcpts == ["v@a.test"] and store.current(second) is None
+    out = store.commit("x@o.test", {OUTBOX: ["z@x.test"]}, b"m\r\n")
+    (queued,) = store.list(OUTBOX)
+    admin.remove(admin.envelope(OUTBOX, out))
+    assert store.current(queued) is None
+
+
 def test_recover_removes_leftovers_and_keeps_committed_mail(store):
     id = store.commit("x@o.test", {A: ["u@a.test"]}, b"m\r\n")
     out = store.root / OUTBOX
