@@ -82,13 +82,14 @@ class Segments:
 
     READ_AHEAD = 1024           # bytes read at a record's start: the head, the meta and the marks, mostly
     SEGMENT_MAX = 4 << 20       # an open segment is closed once it holds this much; a new one takes over
+    CACHED_FDS = 64             # descriptors kept for reading and marks (a queue can hold thousands of segments)
 
     def __init__(self, root, new_id):
         self.root = root
         self.new_id = new_id
         self.owner = False
-        self.open = {}          # box -> Open: the segment the owner appends to
-        self._fds = {}          # path -> descriptor, for reading and for marks
+        self.open = {}          # box -> Open: the segment the owner appends to (its descriptor its own)
+        self._fds = {}          # path -> descriptor, for reading and for marks, the oldest first
         # Held around every use of a cached descriptor and around closing
         # one: a descriptor closed under a reader in another thread could be
         # reused by the next open, and marks written into another segment.
@@ -139,9 +140,6 @@ class Segments:
         except OSError:
             self.open.pop(box, None)
             raise
-        if self.owner:
-            with self._fd_lock:
-                self._fds[str(final)] = seg.fd
         return seg
 
     def place(self, seg):
@@ -154,8 +152,8 @@ class Segments:
         """The batch is on disk: its records count (the owner's readers see them)."""
         seg.end = seg.written
         seg.new = False
-        if self.open.get(seg.box) is seg and seg.end >= self.SEGMENT_MAX:
-            del self.open[seg.box]
+        if seg.end >= self.SEGMENT_MAX:
+            self._closed(seg)
 
     def failed(self, seg):
         """The batch's write or sync failed: cut its bytes off again, and never
@@ -168,12 +166,17 @@ class Segments:
             pass
         if seg.path != seg.final:
             os.unlink(seg.path)
-        if self.open.get(seg.box) is seg:
-            del self.open[seg.box]
+        self._closed(seg)
 
     def done_writing(self, seg):
         """The end of a batch: another process's segment is closed."""
         if not self.owner:
+            os.close(seg.fd)
+
+    def _closed(self, seg):
+        """The owner appends to `seg` no more (the caller holds the store's lock)."""
+        if self.open.get(seg.box) is seg:
+            del self.open[seg.box]
             os.close(seg.fd)
 
     # -- reading -----------------------------------------------------------------
@@ -212,6 +215,8 @@ class Segments:
             fd = self._fds.get(str(path))
             if fd is None:
                 fd = self._fds[str(path)] = os.open(path, os.O_RDWR)
+                if len(self._fds) > self.CACHED_FDS:
+                    os.close(self._fds.pop(next(iter(self._fds))))
             return op(fd)
 
     def body(self, path, rec):
@@ -263,7 +268,7 @@ class Segments:
             return False
         seg = self.open.get(self._box_of(path))
         if seg is not None and seg.final == path:
-            del self.open[seg.box]
+            self._closed(seg)
         with self._fd_lock:
             fd = self._fds.pop(str(path), None)
             if fd is not None:

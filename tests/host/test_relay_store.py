@@ -302,3 +302,16 @@ def test_the_admin_beside_the_relay_adds_segments_of_its_own_and_only_marks(stor
     assert len(segment_files(store, A)) == 1         # the relay, listing, removed it
     later = store.commit("x@o.test", {A: ["u@a.test"]}, b"after\r\n")
     assert [e.id for e in admin.list(A)] == [relays, later]
+
+
+def test_a_queue_of_many_segments_keeps_few_descriptors_open(store, monkeypatch):
+    monkeypatch.setattr(segments_mod.Segments, "SEGMENT_MAX", 1)      # every batch closes its segment
+    monkeypatch.setattr(segments_mod.Segments, "CACHED_FDS", 3)
+    before = len(os.listdir("/proc/self/fd"))
+    ids = [store.commit("x@o.test", {A: ["u@a.test"]}, f"m{n}\r\n".encode()) for n in range(12)]
+    envs = store.list(A)
+    assert [store.read(e) for e in envs] == [f"m{n}\r\n".encode() for n in range(12)]
+    assert all(store.unqueue(e) for e in envs[:6])
+    store.sweep(A, envs[:6])
+    assert [e.id for e in store.list(A)] == ids[6:] and len(segment_files(store, A)) == 6
+    assert len(os.listdir("/proc/self/fd")) - before <= 3
