@@ -278,29 +278,65 @@ class Segments:
         return True
 
     # -- start-up ----------------------------------------------------------------
-    def recover(self, path):
+    def recover(self, path, requeue):
         """At start-up (owner, nothing open): cut the segment after its last
-        whole record; the cut bytes go to <name>.<offset>.broken for a
-        human when they hold anything. Returns the number of messages it holds
-        with something to deliver (0: it was removed)."""
+        whole record. Whole records found past that point (the disk damaged
+        one in the middle) are handed to requeue([(Record, body)]), which
+        queues them again durably first: at-least-once. The cut bytes go to
+        <name>.<offset>.broken for a human. Returns the number of messages
+        the segment holds with something to deliver (0: it was removed)."""
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
             records, end = scan(lambda n, off: os.pread(fd, n, off), size, verify=True)
             if end < size:
-                aside = path.with_name(f"{path.stem}.{end}.broken")
                 tail = os.pread(fd, size - end, end)
-                aside.write_bytes(tail)
+                found = _salvage(tail)
+                requeue(found)
+                aside = path.with_name(f"{path.stem}.{end}.broken")
+                _write_durably(aside, tail)
                 os.ftruncate(fd, end)
                 os.fsync(fd)
                 log.warning("queue: %s: %d byte(s) after its last whole record cut off (kept in %s): a write a "
-                            "crash interrupted, never acknowledged", path, size - end, aside.name)
+                            "crash interrupted, never acknowledged, or a damaged disk; %d whole message(s) found "
+                            "in them queued again", path, size - end, aside.name, len(found))
         finally:
             os.close(fd)
         live = sum(1 for rec in records if rec.pending)
         if not live:
             path.unlink()
         return live
+
+
+def _salvage(tail):
+    """[(Record, body)]: the whole records with a recipient pending in bytes
+    that do not start with one (their offsets are the bytes')."""
+    found, at = [], tail.find(MAGIC, 1)
+    while at >= 0:
+        rec = _record_at(lambda n, off: tail[off:off + n], at, len(tail), True)
+        if rec is None:
+            at = tail.find(MAGIC, at + 1)
+            continue
+        if rec.pending:
+            found.append((rec, tail[rec.body_off:rec.end]))
+        at = tail.find(MAGIC, rec.end)
+    return found
+
+
+def _write_durably(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Open:

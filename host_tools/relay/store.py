@@ -28,6 +28,7 @@ from pathlib import Path
 
 from host_tools.relay.config import domain_of
 from host_tools.relay.segments import Segments
+from host_tools.relay.segments import fsync_dir as _fsync_dir
 
 OUTBOX = "outbox"
 log = logging.getLogger("relay")
@@ -146,10 +147,16 @@ class Store:
             if k:
                 self._into_segment(box)
             for path in self.segments.files(box):
-                live = self.segments.recover(path)
+                live = self.segments.recover(path, lambda found, box=box: self._requeue(box, found))
                 kept += live
                 removed += not live
         return kept, removed
+
+    def _requeue(self, box, found):
+        """Whole records that start-up found after a damaged one: queued again
+        (same id, the recipients still pending) before their bytes are cut off."""
+        self._commit_all([Draft(rec.meta["mail_from"], {box: [rec.meta["rcpts"][i] for i in rec.pending]}, body,
+                                rec.meta["origin"], rec.meta["received"], rec.meta["id"]) for rec, body in found])
 
     def _recover_files(self, box):
         d = self._dir(box)
@@ -175,9 +182,8 @@ class Store:
             batch = envs[i:i + self.MIGRATE_BATCH]
             drafts = [Draft(e.mail_from, {box: e.rcpts}, self.body_path(box, e.id).read_bytes(), e.origin, e.received,
                             e.id) for e in batch]
-            for env, result in zip(batch, self.commit_many(drafts)):
-                if isinstance(result, OSError):
-                    raise result
+            self._commit_all(drafts)
+            for env in batch:
                 self._unqueue_file(box, env.id)
             self._sweep_files(box, [e.id for e in batch])
 
@@ -198,10 +204,16 @@ class Store:
     def commit(self, mail_from, rcpts_by_box, data, origin="", received=None):
         """Durably queue `data` for each box's recipients; returns the id.
         Only after this returns may the caller say 250."""
-        (result,) = self.commit_many([Draft(mail_from, rcpts_by_box, data, origin, received)])
-        if isinstance(result, OSError):
-            raise result
-        return result
+        (id,) = self._commit_all([Draft(mail_from, rcpts_by_box, data, origin, received)])
+        return id
+
+    def _commit_all(self, drafts):
+        """commit_many, raising the first OSError: the ids."""
+        results = self.commit_many(drafts)
+        for result in results:
+            if isinstance(result, OSError):
+                raise result
+        return results
 
     def commit_many(self, drafts, sync=None):
         """Durably queue each Draft; returns, per draft, its id or the OSError
@@ -577,9 +589,3 @@ def fsync_each(fds):
     return [fsync_or_error(fd) for fd in fds]
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

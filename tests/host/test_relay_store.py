@@ -141,6 +141,24 @@ def test_a_torn_last_record_is_cut_off_at_start_up_and_the_segment_goes_on(store
     assert [e.id for e in restarted(again).list(A)] == ids[:2] + [later]
 
 
+def test_whole_records_after_a_damaged_one_are_queued_again_at_start_up(store, caplog):
+    ids = [store.commit("x@o.test", {A: ["u@a.test", "v@a.test"]}, f"message {n}\r\n".encode() * 50) for n in range(4)]
+    envs = store.list(A)
+    store.update(envs[3], ["v@a.test"])         # u has the last one already
+    (seg,) = (store.root / A).glob("*.seg")
+    raw = bytearray(seg.read_bytes())
+    second = envs[1].where[1]
+    raw[second.body_off:second.body_off + 512] = bytes(512)      # a block the disk lost
+    seg.write_bytes(raw)
+    again = restarted(store)
+    assert [(e.id, e.rcpts) for e in again.list(A)] == \
+        [(ids[0], ["u@a.test", "v@a.test"]), (ids[2], ["u@a.test", "v@a.test"]), (ids[3], ["v@a.test"])]
+    assert [again.read(e) for e in again.list(A)] == [f"message {n}\r\n".encode() * 50 for n in (0, 2, 3)]
+    assert "2 whole message(s) found in them queued again" in caplog.text
+    (aside,) = (store.root / A).glob("*.broken")
+    assert aside.read_bytes() == bytes(raw[raw.rindex(segments_mod.MAGIC, 0, second.marks_off):])
+
+
 def test_a_record_damaged_after_start_up_is_skipped_logged_and_kept(store, caplog):
     store.commit("x@o.test", {A: ["u@a.test"]}, b"fine\r\n")
     store.commit("x@o.test", {A: ["u@a.test"]}, b"will rot\r\n")
