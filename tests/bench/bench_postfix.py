@@ -24,9 +24,10 @@ ratio as the median of the rounds' ratios. Per round, through the relay:
                 a 453): first message into Postfix until the last is in the box
     peer        first message into Postfix until the last is in the peer
     CPU         the relay's process (all its threads, user + system) during
-                the intake, and each peer's during its load, per message: on
-                a machine shared with other work the rates swing with the
-                load, the CPU a message costs much less
+                the intake and during the whole path, and each peer's during
+                its load, per message: on a machine shared with other work
+                the rates swing with the load, the CPU a message costs much
+                less
 
 The relay keeps up with Postfix when intake/peer and whole/peer are about 1
 (they cannot be much above: Postfix delivers both), and its drain when
@@ -124,7 +125,7 @@ class QueuedLines:
 
 
 def relay_round(mx, relay):
-    """(intake s, drain s, whole path s, intake CPU s, problem) of one round through the relay."""
+    """(intake s, drain s, whole path s, (intake CPU s, whole path CPU s), problem) of one round through the relay."""
     cpu = cpu_seconds(relay.proc.pid)
     intake, problem = timed_load(mx, "a@example.test", QueuedLines(relay.log))
     cpu = cpu_seconds(relay.proc.pid) - cpu
@@ -141,10 +142,11 @@ def relay_round(mx, relay):
         return None, None, None, None, problem
     box = Sink(pipelining=True)
     puller = threading.Thread(target=pull, args=(relay, box, time.monotonic() + LIMIT))
+    whole_cpu = cpu_seconds(relay.proc.pid)
     puller.start()
     whole, problem = timed_load(mx, "a@example.test", lambda: len(box.messages))
     puller.join()
-    return intake, drain, whole, cpu, problem or check(box)
+    return intake, drain, whole, (cpu, cpu_seconds(relay.proc.pid) - whole_cpu), problem or check(box)
 
 
 def pull(relay, box, deadline):
@@ -194,7 +196,7 @@ def run(report):
         relay = RelayProcess(conf)
         postfix = Postfix(tmp / "postfix", mx, f"127.0.0.1:{peers['plain'].port}", main=lines)
         rates = {"intake": [], "drain": [], "whole": [], "synced": [], "plain": []}
-        ms = {"relay": [], "synced": [], "plain": []}        # CPU per message
+        ms = {"relay": [], "whole": [], "synced": [], "plain": []}        # CPU per message
         problems = []
         order = ["relay", "synced", "plain"]
         try:
@@ -208,7 +210,8 @@ def run(report):
                             rates["intake"].append(COUNT / intake)
                             rates["drain"].append(COUNT / drain)
                             rates["whole"].append(COUNT / whole)
-                            ms["relay"].append(cpu * 1000 / COUNT)
+                            ms["relay"].append(cpu[0] * 1000 / COUNT)
+                            ms["whole"].append(cpu[1] * 1000 / COUNT)
                     else:
                         peer = peers[path]
                         base, cpu = peer.count, cpu_seconds(peer.proc.pid)
@@ -241,5 +244,6 @@ def run(report):
             report(f"drain / {peer} peer", spread([d / p for _, d, _, p in rounds], ".2f", "x"))
             report(f"whole path / {peer} peer", spread([w / p for _, _, w, p in rounds], ".2f", "x"))
         report("CPU per message: relay intake", f"{spread(ms['relay'], '.1f')} ms", "its process, all threads")
+        report("CPU per message: relay, whole path", f"{spread(ms['whole'], '.1f')} ms", "intake and drain at once")
         report("CPU per message: synced peer", f"{spread(ms['synced'], '.1f')} ms")
         report("CPU per message: plain peer", f"{spread(ms['plain'], '.1f')} ms")
