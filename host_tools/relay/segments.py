@@ -14,7 +14,7 @@ A record proves its own completeness, as a Postfix queue file does with its
 end record: both checksums must match, so a record that a power cut left
 half written reads as the end of its segment, and start-up cuts it off
 (those bytes were never acknowledged: every 250 waits for the fsync of its
-record). Records are only ever appended, a batch of them with one write and
+record; whole records after a damaged one are queued again first). Records are only ever appended, a batch of them with one write and
 one fsync for every message of the batch: no new file, no directory entry
 per message. The marks are the only bytes changed in place: a recipient
 done with gets "+", one byte that a crash either wrote or did not (Postfix
