@@ -60,12 +60,12 @@ def encode(meta, body):
     return [head + struct.pack("<II", crc, zlib.crc32(body)), blob, PENDING * len(meta["rcpts"]), body]
 
 
-def scan(read, stop, verify=False, start=0):
-    """(records, end): the whole records from `start` (a record's start; the
-    segment's by default) up to `stop` bytes, and where the last of them
-    ends; read(n, offset) reads the segment. `verify` checks each body's
-    checksum too (start-up does; a reader checks the body it reads)."""
-    records, off = [], start
+def scan(read, stop, verify=False):
+    """(records, end): the whole records from the segment's start up to
+    `stop` bytes, and where the last of them ends; read(n, offset) reads the
+    segment. `verify` checks each body's checksum too (start-up does; a
+    reader checks the body it reads)."""
+    records, off = [], 0
     while True:
         rec = _record_at(read, off, stop, verify)
         if rec is None:
@@ -184,23 +184,26 @@ class Segments:
         d = self.root / box
         return sorted(p for p in d.iterdir() if p.name.endswith(SUFFIX)) if d.is_dir() else []
 
-    def records(self, path):
+    def records(self, path, first=False):
         """The segment's whole records (for the owner's open segment, only those
-        committed) but for the run of done ones at its start."""
+        committed) but for the run of done ones at its start; with `first`,
+        only the first with a recipient pending (is anything left?)."""
         seg = self.open.get(self._box_of(path))
+        key = str(path)
+        out, off = [], self._done_until.get(key, 0)
         try:
             stop = seg.end if seg is not None and seg.final == path else self._io(path, lambda fd: os.fstat(fd).st_size)
-            key = str(path)
-            records = scan(lambda n, off: self._io(path, lambda fd: os.pread(fd, n, off)), stop,
-                           start=self._done_until.get(key, 0))[0]
+            while (rec := _record_at(lambda n, at: self._io(path, lambda fd: os.pread(fd, n, at)), off, stop, False)):
+                off = rec.end
+                if not out and not rec.pending:
+                    self._done_until[key] = off
+                    continue
+                out.append(rec)
+                if first:
+                    break
         except FileNotFoundError:
             return []       # removed meanwhile
-        done = 0
-        while done < len(records) and not records[done].pending:
-            done += 1
-        if done:
-            self._done_until[key] = records[done - 1].end
-        return records[done:]
+        return out
 
     def is_open(self, path):
         seg = self.open.get(self._box_of(path))
@@ -264,7 +267,7 @@ class Segments:
     def remove_if_done(self, path):
         """The owner removes a segment with nothing left to deliver (also its
         open one: the next batch starts a new segment)."""
-        if any(rec.pending for rec in self.records(path)):
+        if self.records(path, first=True):
             return False
         seg = self.open.get(self._box_of(path))
         if seg is not None and seg.final == path:
