@@ -40,14 +40,18 @@ def show(cfg, store, args):
               f"received: {email.utils.formatdate(env.received, localtime=False)}\nsize: {env.size}\n"
               f"origin: {env.origin}\n")
     sys.stdout.flush()
-    sys.stdout.buffer.write(store.read(found[0][1]))
+    data = store.read(found[0][1])
+    if data is None:
+        print(f"message {args.id} cannot be read (see the log above)", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(data)
     return 0
 
 
 def drop(cfg, store, args):
     found = store.find(args.id)
     for box, env in found:
-        store.remove(box, env.id)
+        store.remove(env)
         print(f"dropped {env.id} from {box}")
     if not found:
         print(f"no message {args.id}", file=sys.stderr)

@@ -1,10 +1,11 @@
 """Group commit for the relay's listeners: every session's message goes to
 one committer thread, which takes all that are waiting and commits them as
-one batch (Store.commit_many: one directory fsync per box for the batch).
-While it syncs one batch the next one gathers, so concurrent sessions share
-the directory fsyncs and nobody waits for a timer. The batch's file fsyncs
-go to the disk all at once, from a few threads that do nothing else, so a
-batch costs about one fsync's wait, not one per file. The Python work is
+one batch (Store.commit_many: one write and one fsync per domain's segment
+for the batch). While it syncs one batch the next one gathers, so
+concurrent sessions share the fsyncs and nobody waits for a timer. A
+batch's several files (more than one domain, the outbox's) are fsynced all
+at once, from a few threads that do nothing else, so a batch costs about
+one fsync's wait, not one per file. The Python work is
 all in the one committer thread: the event loop trades the GIL with it
 rather than with a pool of busy workers, and a message costs a handful of
 thread switches instead of dozens.
@@ -77,6 +78,8 @@ class GroupCommit:
             self._loop.call_soon_threadsafe(_settle, batch, results)
 
     def _sync(self, fds):
+        if len(fds) == 1:
+            return [fsync_or_error(fds[0])]     # one domain's segment, the usual batch: no thread hop
         return list(self._syncers.map(fsync_or_error, fds))
 
 

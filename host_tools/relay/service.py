@@ -123,10 +123,9 @@ class Relay:
                     return
                 for env in todo:
                     seen.add(env.id)
-                    try:
-                        data = self.store.read(env)
-                    except FileNotFoundError:
-                        continue        # dropped by the admin meanwhile
+                    data = self.store.read(env)
+                    if data is None:
+                        continue        # dropped by the admin meanwhile (or damaged: logged)
                     result = await client.send(env.mail_from, env.rcpts, data)
                     if result.failed:
                         failures = {r: (rep.status(), str(rep)) for r, rep in result.failed.items()}
@@ -136,8 +135,8 @@ class Relay:
                         await asyncio.to_thread(self.store.update, env, result.pending)
                         counts[1] += 1
                         continue
-                    if self.store.unqueue(box, env.id):
-                        done.append(env.id)
+                    if self.store.unqueue(env):
+                        done.append(env)
                     counts[0] += bool(result.delivered)
                     if len(done) >= self.REMOVALS_PER_SYNC:
                         await asyncio.to_thread(self.store.sweep, box, done)
@@ -202,15 +201,12 @@ class Relay:
         why = f"it was still undelivered after {days:g} day(s) in the queue"
         diag = f"451 4.4.7 message expired in the queue of {self.cfg.hostname}"
         for scanned in envelopes:
-            env = self.store.envelope(scanned.box, scanned.id)     # its recipients may have changed since the scan
-            try:
-                data = self.store.read(env) if env else None
-            except FileNotFoundError:
-                data = None
+            env = self.store.current(scanned)      # its recipients may have changed since the scan
+            data = self.store.read(env) if env else None
             if data is None:
                 continue        # delivered or dropped since the scan
             self.bounce(env, {r: ("4.4.7", diag) for r in env.rcpts}, why, data)
-            self.store.remove(env.box, env.id)
+            self.store.remove(env)
             log.info("expired %s in %s", env.id, env.box)
 
     async def expire_once(self):

@@ -1,14 +1,16 @@
 """A plain aiosmtpd as a process of its own (no GIL shared with the bench):
-takes any recipient, keeps nothing, syncs nothing; prints READY once
-listening, then one line per message taken (its running count), so the
-bench can tell when the last one is in.
+takes any recipient and prints READY once listening, then one line per
+message taken (its running count), so the bench can tell when the last one
+is in. Without DIR it keeps nothing and syncs nothing; with DIR each message
+is written to a file there and fsynced before its 250, as
+tests/bench/peer_mailbox.py does (one message at a time, no group commit).
 
-    python -m tests.bench.peer_sink PORT
+    python -m tests.bench.peer_sink PORT [DIR]
 
 Stops on SIGTERM or SIGINT."""
 import sys
 
-from tests.bench.peer_mailbox import serve
+from tests.bench.peer_mailbox import MailboxHandler, serve
 
 
 class CountingHandler:
@@ -21,5 +23,18 @@ class CountingHandler:
         return "250 OK"
 
 
+class SyncedCountingHandler(MailboxHandler):
+    def __init__(self, root):
+        super().__init__(root)
+        self.messages = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        self.messages += 1
+        print(self.messages, flush=True)
+        return reply
+
+
 if __name__ == "__main__":
-    serve(CountingHandler(), sys.argv[1])
+    port, *root = sys.argv[1:]
+    serve(SyncedCountingHandler(root[0]) if root else CountingHandler(), port)

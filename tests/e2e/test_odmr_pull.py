@@ -20,6 +20,7 @@ import pytest
 
 from host_tools import mpy
 from host_tools.config import gwconfig
+from host_tools.relay.store import Store, domain_box
 from host_tools.relay.testing import RelayProcess, write_config
 from tests.conftest import record_figure
 from host_tools.mpy import compile_firmware
@@ -136,13 +137,13 @@ def test_refused_login_is_a_clear_failure_and_the_relay_keeps_the_mail(setup, fi
 def test_gateway_killed_mid_pull_loses_nothing(setup, firmware_mpy):
     setup.inject(150, size=20000)
     setup.config()
-    held = setup.tmp / "queue" / "domains" / "example.test"
+    queue = Store(setup.tmp / "queue")     # read beside the relay, as its admin commands do
     proc = mpy.popen(MAIN, "--config", setup.flash / "gw.json", "--sd", setup.image, "--once", heap=HEAP,
                      extra_paths=[firmware_mpy], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        # The relay drops a message's .env once the box answered 250.
+        # The relay marks a message done once the box answered 250.
         deadline = time.monotonic() + 60
-        while len(list(held.glob("*.env"))) > 100 and time.monotonic() < deadline:
+        while len(queue.list(domain_box("example.test"))) > 100 and time.monotonic() < deadline:
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)  # a power cut in the middle of the delivery
     finally:

@@ -7,11 +7,11 @@ import sys
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 
 from host_tools import mpy
+from host_tools.relay.store import Store, domain_box
 from host_tools.relay.testing import RelayProcess, fetchmail, write_config
 
 HEAP = "256k"       # smtpd_sim compiled from source here, not from .mpy
@@ -63,7 +63,8 @@ def test_relay_delivers_into_the_firmware_receiver_byte_for_byte(tmp_path, card)
                 body = "".join(f"line {i}\r\n" if i % 7 else f".dot line {i}\r\n" for i in range(50 * n + 1))
                 c.sendmail("x@outside.test", ["a@example.test", "b@example.test"], f"Subject: fw {n}\r\n\r\n{body}")
         # What the relay will send, as it stored it (its own Received: header included).
-        want = sorted((len(p.read_bytes()), zlib.crc32(p.read_bytes())) for p in Path(tmp_path / "queue").rglob("*.eml"))
+        queue = Store(tmp_path / "queue")
+        want = sorted((len(data), zlib.crc32(data)) for data in map(queue.read, queue.list(domain_box("example.test"))))
         assert len(want) == 8
         receiver = FirmwareReceiver(card)
         run = fetchmail(relay.ports["odmr"], receiver.port)

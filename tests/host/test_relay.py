@@ -1,5 +1,6 @@
 """The desktop relay against real peers: fetchmail's ODMR client, smtplib,
 aiosmtpd. Every relay is a `python -m host_tools relay` child on free ports."""
+import asyncio
 import email
 import smtplib
 import socket
@@ -7,6 +8,7 @@ import time
 
 import pytest
 
+from host_tools.relay import config, service
 from host_tools.relay.testing import RelayProcess, Sink, fetchmail, write_config
 
 
@@ -142,6 +144,48 @@ def test_pipelined_transactions_get_their_replies_in_order(start_relay, sink):
     assert fetchmail(relay.ports["odmr"], port).returncode == 0
     assert [m[2].split(b"\r\n\r\n", 1)[1] for m in box.messages] == \
         [message(n).split("\r\n\r\n", 1)[1].encode() for n in (1, 2)]
+
+
+def test_the_replies_to_a_pipelined_group_go_back_in_one_write(tmp_path, monkeypatch):
+    """RFC 2920 §3.2: the relay holds its replies while more commands are
+    waiting and answers the group at once. The relay runs in this process
+    here, so that its writes can be counted."""
+    writes = []
+    real = asyncio.StreamWriter.write
+    monkeypatch.setattr(asyncio.StreamWriter, "write", lambda self, data: (writes.append(bytes(data)), real(self, data)))
+
+    def client(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            f = s.makefile("rb")
+
+            def reply():
+                while (line := f.readline())[3:4] == b"-":
+                    pass
+                return line[:3]
+
+            assert reply() == b"220"
+            s.sendall(b"EHLO outside.test\r\n")
+            assert reply() == b"250"
+            writes.clear()
+            s.sendall(b"MAIL FROM:<x@outside.test>\r\nRCPT TO:<v@elsewhere.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")
+            assert [reply() for _ in range(4)] == [b"250", b"550", b"250", b"354"]
+            group = list(writes)
+            s.sendall(b"Subject: one\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            assert [reply() for _ in range(2)] == [b"250", b"221"]
+            return group
+
+    async def run():
+        relay = service.Relay(config.load(write_config(tmp_path / "relay.toml", tmp_path / "queue")))
+        servers = await relay.start()
+        try:
+            return await asyncio.to_thread(client, servers[0].sockets[0].getsockname()[1])
+        finally:
+            for server in servers:
+                server.close()
+            relay.committer.stop()
+
+    (group,) = asyncio.run(run())
+    assert group.count(b"\r\n") == 4
 
 
 def test_size_limit(start_relay):

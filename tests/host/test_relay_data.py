@@ -1,15 +1,17 @@
 """The relay's DATA reader (smtp_in.MessageText) against the rule it
 replaces, aiosmtpd's line by line reading: the same text, the same
 refusals, whatever the chunks the bytes arrive in, and not one byte read
-past the end mark (the next command stays for the session). And the
+past the end mark (the next command stays for the session). The same for
+its reading of MAIL and RCPT paths against aiosmtpd's parser. And the
 canonical form every queued message gets (CRLF line ends only)."""
 import asyncio
 import random
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from host_tools.relay.client import canonical
-from host_tools.relay.smtp_in import MessageText
+from host_tools.relay.smtp_in import MessageText, RelaySMTP
 
 LINE_LIMIT = 1001       # aiosmtpd's line_length_limit, which the relay keeps
 
@@ -96,3 +98,32 @@ def test_a_message_over_the_size_limit_is_read_to_its_end_and_refused():
 ])
 def test_canonical_text_has_crlf_line_ends_only(raw, want):
     assert canonical(raw) == want
+
+
+class _Relay:
+    throttle = None
+
+
+PATHS = ["<a@example.test>", "<a@example.test> SIZE=10240 BODY=8BITMIME", " <x.y+z@sub.example.test>  SIZE=1  ",
+         "<a@b>SIZE=1", "<a@b>\tX", "<a@b> (a comment) X", "<a..b@c>", "<.a@c>", "<a@b.>", "<a@[127.0.0.1]>",
+         '<"quoted"@b>', "<@route:a@b>", "<>", "", "a@b", "<a@b", "<a@b>)", "<" + "l" * 70 + "@b>", "<Ä@b>"]
+
+
+def test_paths_read_as_aiosmtpds_parser_reads_them():
+    ours, theirs = RelaySMTP(None, _Relay()), SMTP(None)
+    rng = random.Random(2645)
+    alphabet = "ab.@<> \t()\"[]:,=+-_~" + "\u00e4"
+    paths = PATHS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(5000)]
+    paths += ["<" + "".join(rng.choice("ab.@-+") for _ in range(rng.randint(1, 12))) + ">" + rng.choice(["", " X=1", "  "])
+              for _ in range(5000)]
+    for path in paths:
+        assert outcome(ours._getaddr, path) == outcome(theirs._getaddr, path), path
+
+
+def outcome(parse, path):
+    """What `parse` makes of it; the email package's parser itself raises
+    on some nonsense (IndexError, UnboundLocalError: aiosmtpd answers 500)."""
+    try:
+        return parse(path)
+    except Exception as e:
+        return type(e)

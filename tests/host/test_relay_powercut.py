@@ -4,7 +4,9 @@ fsynced after the name appeared. The queue's calls go through to the real
 file system; beside them a ledger keeps which files' data and which
 directory entries are not yet on disk. Every message the relay may say 250
 for (commit_many returned its id) must be whole on disk by then, in every
-box: its body, its envelope, their names, and a new box's own name."""
+box: its segment's data and name in a domain box, its body and envelope and
+their names in the outbox, and a new box's own name. Marks (a delivered
+message) are made durable at the sweep."""
 import asyncio
 import os
 
@@ -21,7 +23,8 @@ class Ledger:
     def __init__(self, monkeypatch):
         self.dirty_data = set()
         self.dirty_names = {}
-        real = {name: getattr(os, name) for name in ("open", "write", "fsync", "link", "replace", "mkdir")}
+        real = {name: getattr(os, name)
+                for name in ("open", "write", "pwrite", "pwritev", "fsync", "fdatasync", "link", "replace", "mkdir")}
 
         def open_(path, flags, mode=0o777, **kw):
             fd = real["open"](path, flags, mode, **kw)
@@ -29,17 +32,20 @@ class Ledger:
                 self.name_changed(path)
             return fd
 
-        def write(fd, data):
-            self.dirty_data.add(os.fstat(fd).st_ino)
-            return real["write"](fd, data)
+        def writing(name):
+            def write(fd, *args):
+                self.dirty_data.add(os.fstat(fd).st_ino)
+                return real[name](fd, *args)
+            return write
 
-        def fsync(fd):
-            real["fsync"](fd)
-            st = os.fstat(fd)
-            if os.path.isdir(f"/proc/self/fd/{fd}"):
-                self.dirty_names.pop(os.readlink(f"/proc/self/fd/{fd}"), None)
-            else:
-                self.dirty_data.discard(st.st_ino)
+        def syncing(name):
+            def sync(fd):
+                real[name](fd)
+                if os.path.isdir(f"/proc/self/fd/{fd}"):
+                    self.dirty_names.pop(os.readlink(f"/proc/self/fd/{fd}"), None)
+                else:
+                    self.dirty_data.discard(os.fstat(fd).st_ino)
+            return sync
 
         def link(src, dst):
             real["link"](src, dst)
@@ -54,8 +60,10 @@ class Ledger:
             real["mkdir"](path, mode, **kw)
             self.name_changed(path)
 
-        for name, fake in (("open", open_), ("write", write), ("fsync", fsync), ("link", link),
-                           ("replace", replace), ("mkdir", mkdir)):
+        fakes = {"open": open_, "link": link, "replace": replace, "mkdir": mkdir,
+                 "write": writing("write"), "pwrite": writing("pwrite"), "pwritev": writing("pwritev"),
+                 "fsync": syncing("fsync"), "fdatasync": syncing("fdatasync")}
+        for name, fake in fakes.items():
             monkeypatch.setattr(os, name, fake)
 
     def name_changed(self, path):
@@ -79,13 +87,19 @@ def assert_on_disk(store, ledger, drafts, results):
     for draft, id in zip(drafts, results):
         assert isinstance(id, str), id
         for box in draft.rcpts_by_box:
-            for path in (store.body_path(box, id), store.root / box / f"{id}.env"):
+            env = store.envelope(box, id)
+            assert env.files
+            for path in env.files:
                 assert ledger.survives(path, store.root), f"{path} could be lost to a power cut after its 250"
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=["relay", "admin"])
+def store(tmp_path, request):
+    """The relay's store (it appends to its open segments), or the admin's
+    beside it (each commit a segment of its own, renamed into place)."""
     s = Store(tmp_path / "q")
+    if request.param == "relay":
+        s.lock()
     s.recover()
     return s
 
@@ -125,3 +139,16 @@ def test_a_single_commit_as_admin_inject_and_bounces_make_it(store, monkeypatch)
     ledger = Ledger(monkeypatch)
     draft = Draft("x@o.test", {domain_box("c.test"): ["u@c.test"]}, b"m\r\n")
     assert_on_disk(store, ledger, [draft], [store.commit(draft.mail_from, draft.rcpts_by_box, draft.data)])
+
+
+def test_delivered_mail_is_marked_on_disk_at_the_sweep(store, monkeypatch):
+    box = domain_box("a.test")
+    store.commit_many([Draft("x@o.test", {box: ["u@a.test"]}, b"keep\r\n"),
+                       Draft("x@o.test", {box: ["u@a.test"]}, b"delivered\r\n")])
+    ledger = Ledger(monkeypatch)
+    keep, delivered = store.list(box)
+    assert store.unqueue(delivered)
+    (path,) = delivered.files
+    assert not ledger.survives(path, store.root)        # marked in the page cache only: may come again
+    store.sweep(box, [delivered])
+    assert ledger.survives(path, store.root) and [e.id for e in store.list(box)] == [keep.id]
