@@ -159,7 +159,7 @@ def _cut_rounds(change, old, new, before):
     from gateway.imap import folders
     from mailbox_support import cut_card, keep_pristine
 
-    template = support.Card(size=1 << 20)
+    template = support.Card()  # room for each folder's duplicate index (128 KB)
     _folder_with_mail(template.root, before)
     keep_pristine(template)
     for tear in (0, 200):
@@ -201,3 +201,9 @@ def test_a_power_cut_in_delete_leaves_the_folder_whole_or_gone():
     from gateway.imap import folders
 
     _cut_in(lambda boxes: folders.delete(boxes, "alice", "Archive"), {"Archive": MAIL}, {})
+
+
+def test_a_power_cut_in_create_leaves_no_folder_or_an_empty_one():
+    from gateway.imap import folders
+
+    _cut_in(lambda boxes: folders.create(boxes, "alice", "New"), {"Archive": MAIL}, {"Archive": MAIL, "New": []})
