@@ -213,32 +213,39 @@ verbose = 0
 @pytest.mark.skipif(not shutil.which("getmail"), reason="getmail6 is not installed (make deps)")
 def test_getmail_fetches_new_mail_over_imap_and_deletes_it(gateway, tmp_path):
     send(gateway, 2)
-    home = tmp_path / "Maildir"
-    for sub in ("new", "cur", "tmp"):
-        (home / sub).mkdir(parents=True)
     user = ""
-    if os.geteuid() == 0:  # getmail delivers as root only as another user, who must reach the Maildir
+    base = tmp_path
+    if os.geteuid() == 0:
+        # getmail delivers as root only as another user, who must reach the
+        # Maildir: outside pytest's tree, whose top directory any pytest
+        # session that starts meanwhile makes 0700 again.
         user = "user = nobody\n"
-        for d in (home, *home.iterdir()):
-            d.chmod(0o777)
-        for d in home.parents:
-            if d == Path(tempfile.gettempdir()):
-                break
-            d.chmod(d.stat().st_mode | 0o711)
-    rc = tmp_path / "getmailrc"
-    rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
+        base = Path(tempfile.mkdtemp(prefix="odmrgw-getmail-"))
+        base.chmod(0o711)
+    home = base / "Maildir"
+    try:
+        for sub in ("new", "cur", "tmp"):
+            (home / sub).mkdir(parents=True)
+        if user:
+            for d in (home, *home.iterdir()):
+                d.chmod(0o777)
+        rc = tmp_path / "getmailrc"
+        rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
 
-    def fetch():
-        run("getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc))
-        return sorted((home / "new").iterdir())
+        def fetch():
+            run("getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc))
+            return sorted((home / "new").iterdir())
 
-    got = fetch()
-    assert len(got) == 2 and b"Subject: note 1" in got[1].read_bytes()
-    c = imap(gateway)
-    assert c.select("INBOX")[1] == [b"0"]  # delete = true: stored \\Deleted, then expunged
-    c.logout()
-    send(gateway, 1, 2)
-    assert len(fetch()) == 3
+        got = fetch()
+        assert len(got) == 2 and b"Subject: note 1" in got[1].read_bytes()
+        c = imap(gateway)
+        assert c.select("INBOX")[1] == [b"0"]  # delete = true: stored \\Deleted, then expunged
+        c.logout()
+        send(gateway, 1, 2)
+        assert len(fetch()) == 3
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base)
 
 
 OFFLINEIMAPRC = """[general]
