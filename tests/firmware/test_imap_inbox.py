@@ -195,3 +195,30 @@ def test_a_power_cut_in_store_leaves_the_old_flags_or_the_new_on_fat():
         assert got == [SEEN | FLAGGED] * 3 or not finished
         rounds += 1
     assert rounds > 2  # a cut came before the end, for each tear
+
+
+class _Bytes:
+    """A message in memory, read as mime.Source reads one from the card."""
+
+    def __init__(self, data):
+        self.data, self.size = data, len(data)
+
+    def readinto(self, pos, mv):
+        n = max(0, min(len(mv), self.size - pos))
+        mv[:n] = self.data[pos : pos + n]
+        return n
+
+
+def test_the_body_starts_where_the_header_scan_says_whatever_the_buffer():
+    from gateway.imap import mime
+
+    cases = [PLAIN, b"A: 1\n\nbody", b"\r\nbody only", b"\nbody", b"A: 1\r\nB: 2\r\n", b"", b"A: 1\r\n\r\n",
+             b"A: 1\r\n \r\n\tx\r\n\r\nb", b"X: " + b"y" * 700 + b"\r\n\r\nlong line first", b"A: 1\n\r\nmixed"]
+    for data in cases:
+        src = _Bytes(data)
+        for size in (3, 4, 5, 7, 16, 512):
+            for start in (0, 3):
+                if start > len(data):
+                    continue
+                want = mime.Header(src, start, len(data), bytearray(512), ()).end
+                assert mime.body_start(src, start, len(data), bytearray(size)) == want, (data, size, start)
