@@ -222,3 +222,15 @@ def test_the_body_starts_where_the_header_scan_says_whatever_the_buffer():
                     continue
                 want = mime.Header(src, start, len(data), bytearray(512), ()).end
                 assert mime.body_start(src, start, len(data), bytearray(size)) == want, (data, size, start)
+
+
+def test_header_fields_of_many_runs_of_lines_and_their_partial_range():
+    # 20 runs of X-A lines (one folded) between Y lines
+    head = b"".join(b"X-A: %d\r\n folded %d\r\nY: %d\r\n" % (i, i, i) for i in range(20))
+    boxes, ids = box_with(head + b"\r\nbody\r\n")
+    want = b"".join(b"X-A: %d\r\n folded %d\r\n" % (i, i) for i in range(20)) + b"\r\n"
+    others = b"".join(b"Y: %d\r\n" % i for i in range(20)) + b"\r\n"
+    out = talk(boxes, LOGIN, b"a2 EXAMINE INBOX\r\na3 FETCH 1 (BODY.PEEK[HEADER.FIELDS (x-a)] "
+               b"BODY.PEEK[HEADER.FIELDS.NOT (X-A Return-Path)] BODY.PEEK[HEADER.FIELDS (X-A)]<9.12>)\r\n")
+    assert (b"* 1 FETCH (BODY[HEADER.FIELDS (x-a)] {%d}\r\n%s BODY[HEADER.FIELDS.NOT (X-A Return-Path)] {%d}\r\n%s"
+            b" BODY[HEADER.FIELDS (X-A)]<9> {12}\r\n%s)\r\n" % (len(want), want, len(others), others, want[9:21])) in out
