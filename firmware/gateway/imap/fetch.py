@@ -173,7 +173,7 @@ class Fetcher:
                 start, end = p.body, p.end
                 if p is parts[0] and not what:
                     start = mime.body_start(src, 0, src.size, self.buf)
-        if what in ("HEADER", "TEXT") or names:
+        if what in ("HEADER", "TEXT"):  # HEADER.FIELDS stops at the blank line itself
             body = mime.body_start(src, start, end, self.buf)
             if what == "TEXT":
                 start = body
