@@ -9,6 +9,8 @@ from imap_support import LOGIN, MULTI, PLAIN, RP, box_with, talk, tagged
 # The IMAP modules (.mpy) beside the store's, this module compiled from
 # source with its message bodies, and a session's 3.5 KB of buffers.
 MICROPYTHON_HEAP = "256k"
+# 200 messages delivered at once onto a card image
+MICROPYTHON_HEAPS = {"test_a_message_is_read_with_one_search_of_its_bucket_directory": "512k"}
 
 
 def test_select_fetch_and_the_uids_are_pop3s_uidls():
@@ -234,3 +236,33 @@ def test_header_fields_of_many_runs_of_lines_and_their_partial_range():
                b"BODY.PEEK[HEADER.FIELDS.NOT (X-A Return-Path)] BODY.PEEK[HEADER.FIELDS (X-A)]<9.12>)\r\n")
     assert (b"* 1 FETCH (BODY[HEADER.FIELDS (x-a)] {%d}\r\n%s BODY[HEADER.FIELDS.NOT (X-A Return-Path)] {%d}\r\n%s"
             b" BODY[HEADER.FIELDS (X-A)]<9> {12}\r\n%s)\r\n" % (len(want), want, len(others), others, want[9:21])) in out
+
+
+def test_a_message_is_read_with_one_search_of_its_bucket_directory():
+    # FatFs finds a file by reading its directory's entries a sector at a
+    # time: in a bucket of 200 messages, about as many sectors as reading a
+    # small message itself. POP3 (open_body) and IMAP (mime.Source) check
+    # the record and read it through one open.
+    support.needs_micropython()
+    from gateway.imap import mime
+
+    card = support.Card()
+    boxes, ids = box_with(*[PLAIN + b"%d" % i for i in range(200)], root=card.root)
+    dev = card.board.dev
+    last = ids[-1]
+
+    def reads(fn):
+        before = dev.block_reads
+        fn()
+        return dev.block_reads - before
+
+    searched = reads(lambda: boxes.info("alice", last))  # the directory, the record's first and last sector
+    src = mime.Source(boxes, "alice", int(last, 16))
+    assert reads(lambda: src.readinto(0, bytearray(512))) <= 2
+    src.close()
+    assert reads(lambda: mime.Source(boxes, "alice", int(last, 16)).close()) <= searched
+    body = boxes.open_body("alice", last, bytearray(512))
+    assert reads(lambda: [body.piece() for _ in range(12)]) <= 2
+    body.f.close()
+    assert reads(lambda: boxes.open_body("alice", last, bytearray(512)).f.close()) <= searched
+    card.unmount()

@@ -19,13 +19,11 @@ class Source:
     message as received (what POP3's RETR sends, un-stuffed)."""
 
     def __init__(self, boxes, user, uid):
-        id = "%08x" % uid
-        info = boxes.info(user, id)
-        if not info:
-            raise KeyError(id)
-        self.base, body, self.received, self.rp = info
+        got = boxes.info(user, "%08x" % uid, True)
+        if not got:
+            raise KeyError(uid)
+        (self.base, body, self.received, self.rp), self.f = got
         self.size = len(self.rp) + body
-        self.f = open(boxes._path(user, id), "rb")
 
     def readinto(self, pos, mv):
         """Bytes of the message from offset pos into mv; 0 at its end."""
