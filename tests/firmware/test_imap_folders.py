@@ -96,6 +96,9 @@ def test_folders_a_user_makes_are_limited():
     assert tagged(out, b"a3") == b"a3 OK CREATE completed"
     assert tagged(out, b"a4") == b"a4 NO [LIMIT] 2 folders are the most"
     assert tagged(out, b"a6") == b"a6 OK CREATE completed"
+    # the limit changed (a firmware update): the table of names reads the same
+    out = talk(boxes, LOGIN, b'a2 LIST "" *\r\n')
+    assert b'"Two"\r\n' in out and b'"Three"\r\n' in out and b'"One"' not in out
 
 
 def test_a_full_card_refuses_copy_and_append_cleanly():

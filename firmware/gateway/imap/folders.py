@@ -16,6 +16,7 @@ from gateway.spool import Draft, record_header
 SPECIAL = (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"))
 _NAME = const(32)  # the longest folder name a user may make
 _ENTRY = const(33)  # a name in the table: its length, then up to _NAME bytes
+_ENTRIES = const(32)  # the table's size, whatever MAX_FOLDERS allows: a card's table stays readable
 _TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
 MAX_FOLDERS = 32  # folders a user may make beside the four
 
@@ -54,14 +55,14 @@ def _special(user, name):
 def _table(boxes, user):
     """(the table of user's folder names, its generation, its path)."""
     path = boxes.home(user) + "/folders/names"
-    t = bytearray(_ENTRY * MAX_FOLDERS)
+    t = bytearray(_ENTRY * _ENTRIES)
     return t, slots.read(path, t), path
 
 
 def _find(t, name):
     """The entry named name, or -1."""
     b = name.encode()
-    for k in range(MAX_FOLDERS):
+    for k in range(_ENTRIES):
         at = k * _ENTRY
         if t[at] == len(b) and t[at + 1 : at + 1 + len(b)] == b:
             return k
@@ -89,11 +90,12 @@ def names(boxes, user):
     left = []
     with Scan(boxes.home(user) + "/folders") as entries:
         for e in entries:
-            if e[0].startswith("~") and e[0][1:].isdigit() and e[1] & 0x4000 and not t[int(e[0][1:]) * _ENTRY]:
+            k = int(e[0][1:]) if e[0].startswith("~") and e[0][1:].isdigit() and e[1] & 0x4000 else _ENTRIES
+            if k < _ENTRIES and not t[k * _ENTRY]:
                 left.append(e[0])
     for d in left:
         _remove_tree(boxes.home(user) + "/folders/" + d)
-    for k in range(MAX_FOLDERS):
+    for k in range(_ENTRIES):
         n = t[k * _ENTRY]
         if n:
             out.append((bytes(t[k * _ENTRY + 1 : k * _ENTRY + 1 + n]).decode(), b""))
@@ -123,15 +125,15 @@ def create(boxes, user, name):
     if mailbox(boxes, user, name):
         return b"[ALREADYEXISTS] that folder exists"
     t, gen, path = _table(boxes, user)
-    for k in range(MAX_FOLDERS):
-        if not t[k * _ENTRY]:
-            home = boxes.home(_dir(user, k))
-            _remove_tree(home)  # what a cut left in it
-            made(boxes, _dir(user, k))
-            _name(t, k, name)
-            slots.write(path, t, gen)
-            return None
-    return b"[LIMIT] %d folders are the most" % MAX_FOLDERS
+    free = [k for k in range(_ENTRIES) if not t[k * _ENTRY]]
+    if not free or _ENTRIES - len(free) >= MAX_FOLDERS:
+        return b"[LIMIT] %d folders are the most" % MAX_FOLDERS
+    k = free[0]
+    _remove_tree(boxes.home(_dir(user, k)))  # what a cut left in it
+    made(boxes, _dir(user, k))
+    _name(t, k, name)
+    slots.write(path, t, gen)
+    return None
 
 
 def delete(boxes, user, name):
