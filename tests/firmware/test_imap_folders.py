@@ -203,3 +203,15 @@ def test_a_power_cut_in_create_leaves_no_folder_or_an_empty_one():
     from gateway.imap import folders
 
     _cut_in(lambda boxes: folders.create(boxes, "alice", "New"), {"Archive": MAIL}, {"Archive": MAIL, "New": []})
+
+
+def test_a_lost_name_table_leaves_the_folders_mail_on_the_card():
+    from gateway.imap import folders
+    from gateway.record import remove
+
+    boxes = _folder_with_mail(support.tmpdir(), ())
+    box = folders.mailbox(boxes, "alice", "Archive")
+    remove(boxes.home("alice") + "/folders/names")  # both slots gone: nothing says which folders there are
+    out = talk(boxes, LOGIN, b'a2 LIST "" *\r\na3 CREATE Next\r\n')
+    assert b'"Archive"' not in out and tagged(out, b"a3") == b"a3 OK CREATE completed"
+    assert len(boxes.listing(box)) == 3  # not removed as a leftover, nor emptied for the new folder

@@ -28,7 +28,8 @@ MAX_FOLDERS = 32  # folders a user may make beside the four
 # deletion cut short leaves part of a folder. So CREATE, RENAME and DELETE
 # each change the table in one write: the old names or the new ones. A
 # directory whose entry is free is what a cut left of a DELETE or a CREATE,
-# and is cleared when it is seen (LIST) or its entry is taken again.
+# and is cleared when it is seen (LIST) or its entry is taken again, while
+# the table reads: a card that lost it keeps every directory.
 
 
 def _valid(name):
@@ -86,20 +87,26 @@ def mailbox(boxes, user, name):
 def names(boxes, user):
     """(name, special-use attribute or b"") of every folder, INBOX first."""
     out = [("INBOX", b"")] + list(SPECIAL)
-    t = _table(boxes, user)[0]
-    left = []
-    with Scan(boxes.home(user) + "/folders") as entries:
-        for e in entries:
-            k = int(e[0][1:]) if e[0].startswith("~") and e[0][1:].isdigit() and e[1] & 0x4000 else _ENTRIES
-            if k < _ENTRIES and not t[k * _ENTRY]:
-                left.append(e[0])
-    for d in left:
-        _remove_tree(boxes.home(user) + "/folders/" + d)
+    t, gen, _ = _table(boxes, user)
+    if gen:  # with no table that reads, nothing is judged a leftover: the mail stays
+        _sweep(boxes.home(user) + "/folders", t)
     for k in range(_ENTRIES):
         n = t[k * _ENTRY]
         if n:
             out.append((bytes(t[k * _ENTRY + 1 : k * _ENTRY + 1 + n]).decode(), b""))
     return out
+
+
+def _sweep(path, t):
+    """Removes the ~k directories whose entry in t is free."""
+    left = []
+    with Scan(path) as entries:
+        for e in entries:
+            k = int(e[0][1:]) if e[0].startswith("~") and e[0][1:].isdigit() and e[1] & 0x4000 else _ENTRIES
+            if k < _ENTRIES and not t[k * _ENTRY]:
+                left.append(e[0])
+    for d in left:
+        _remove_tree(path + "/" + d)
 
 
 def made(boxes, box):
@@ -129,7 +136,8 @@ def create(boxes, user, name):
     if not free or _ENTRIES - len(free) >= MAX_FOLDERS:
         return b"[LIMIT] %d folders are the most" % MAX_FOLDERS
     k = free[0]
-    _remove_tree(boxes.home(_dir(user, k)))  # what a cut left in it
+    if gen:
+        _remove_tree(boxes.home(_dir(user, k)))  # what a cut left in it
     made(boxes, _dir(user, k))
     _name(t, k, name)
     slots.write(path, t, gen)
