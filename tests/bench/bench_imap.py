@@ -305,6 +305,7 @@ def run(report):
             errors = [x for x in gw.lines if x.startswith(("E ", "Traceback"))]
         finally:
             gw.stop()
+    short = [k for k in ("imap_body", "pop3_body") for _, got in runs[k] if got < mb * 1e6]
     per_s = {k: [HEADERS / s for s, _ in v] for k, v in runs.items() if k.endswith(("head", "client"))}
     mbps = {k: [mb / s for s, _ in v] for k, v in runs.items() if k.endswith("body")}
     for key, what in (("imap_head", "IMAP FETCH BODY.PEEK[HEADER]"), ("imap_client", "IMAP FETCH, neomutt's items"),
@@ -324,6 +325,8 @@ def run(report):
            f"SELECT of {LISTED} listed + FETCH of their headers; loads IMAP's code; 1 KB resolution")
     report("heap: each further IMAP session", f"{further / 1024:.1f} KB",
            f"{SESSIONS - 1} more clients, each SELECT + FETCH of {LISTED} headers, held at once")
+    report("downloads complete", "every one" if not short else f"FAILED: {len(short)} short, {short[0]}",
+           "each answer at least the messages' stored bytes")
     report("box errors", "none" if not errors else f"{len(errors)}: {errors[0]}")
 
 
