@@ -549,13 +549,11 @@ class IMAPSession:
             return await self.no(b"[READ-ONLY] the folder was opened with EXAMINE")
         flags = args[2] if isinstance(args[2], list) else [args[2]]
         marks = self._marks(args[0], by_uid)
-        picked = bytes(marks)
+        picked = b"" if silent else bytes(marks)  # .SILENT: no FETCH for what this STORE set (RFC 3501 §6.4.6)
         f.store(marks, mode, flag_bits(flags))
         w = self.writer
-        for i in range(len(marks)):
-            # Changed ones always (RFC 3501 §6.4.6), and, without .SILENT,
-            # every one the client named.
-            if marks[i] or picked[i] and not silent:
+        for i in range(len(picked)):
+            if picked[i]:
                 w.write(b"* %d FETCH (%sFLAGS (%s))\r\n" % (i + 1, b"UID %d " % f.uid(i) if by_uid else b"",
                                                           flag_names(f.flags[i]).encode()))
                 if i % 32 == 31:
