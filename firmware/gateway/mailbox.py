@@ -173,15 +173,19 @@ class Mailboxes:
 
     # --- the message file --------------------------------------------------
 
-    def info(self, user, id):
+    def info(self, user, id, keep=False):
         """(body offset, body length, received, Return-Path line) of a whole
         message; None when it is missing or was cut short (its header or
-        trailer does not sum right). Raises OSError when it cannot be read."""
+        trailer does not sum right). Raises OSError when it cannot be read.
+        With keep, (that, the message's file, open) for a reader that goes
+        on: one open of the file, whose name FAT finds by searching its
+        bucket directory."""
         try:
             f = open(self._path(user, id), "rb")
         except OSError:
             return None
-        with f:
+        found = None
+        try:
             n = f.readinto(self.buf)
             e1 = self.buf.find(b"\n", 0, n)
             e2 = self.buf.find(b"\n", e1 + 1, n)
@@ -209,15 +213,19 @@ class Mailboxes:
             t = b"END2 %s %010d %08x " % (id.encode(), body, crc)
             if bytes(self.mv[:34]) != t or bytes(self.mv[34:TRAILER]) != b"%08x\n" % binascii.crc32(t):
                 return None
-            return hlen, body, int(parts[3]), rp
+            found = hlen, body, int(parts[3]), rp
+            return (found, f) if keep else found
+        finally:
+            if not (keep and found):
+                f.close()
 
     def open_body(self, user, id, buf):
         """BodyLines over a stored message (Return-Path first); None if it
         has gone."""
-        info = self.info(user, id)
-        if not info:
+        got = self.info(user, id, True)
+        if not got:
             return None
-        f = open(self._path(user, id), "rb")
+        info, f = got
         f.seek(info[0])
         return BodyLines(f, info[1], buf, info[3])
 

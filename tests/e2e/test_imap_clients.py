@@ -10,6 +10,7 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -212,32 +213,39 @@ verbose = 0
 @pytest.mark.skipif(not shutil.which("getmail"), reason="getmail6 is not installed (make deps)")
 def test_getmail_fetches_new_mail_over_imap_and_deletes_it(gateway, tmp_path):
     send(gateway, 2)
-    home = tmp_path / "Maildir"
-    for sub in ("new", "cur", "tmp"):
-        (home / sub).mkdir(parents=True)
     user = ""
-    if os.geteuid() == 0:  # getmail delivers as root only as another user, who must reach the Maildir
+    base = tmp_path
+    if os.geteuid() == 0:
+        # getmail delivers as root only as another user, who must reach the
+        # Maildir: outside pytest's tree, whose top directory any pytest
+        # session that starts meanwhile makes 0700 again.
         user = "user = nobody\n"
-        for d in (home, *home.iterdir()):
-            d.chmod(0o777)
-        for d in home.parents:
-            if d == Path(tempfile.gettempdir()):
-                break
-            d.chmod(d.stat().st_mode | 0o711)
-    rc = tmp_path / "getmailrc"
-    rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
+        base = Path(tempfile.mkdtemp(prefix="odmrgw-getmail-"))
+        base.chmod(0o711)
+    home = base / "Maildir"
+    try:
+        for sub in ("new", "cur", "tmp"):
+            (home / sub).mkdir(parents=True)
+        if user:
+            for d in (home, *home.iterdir()):
+                d.chmod(0o777)
+        rc = tmp_path / "getmailrc"
+        rc.write_text(GETMAILRC.format(port=gateway.imap_port, home=home, user=user))
 
-    def fetch():
-        run("getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc))
-        return sorted((home / "new").iterdir())
+        def fetch():
+            run("getmail", "--getmaildir", str(tmp_path), "--rcfile", str(rc))
+            return sorted((home / "new").iterdir())
 
-    got = fetch()
-    assert len(got) == 2 and b"Subject: note 1" in got[1].read_bytes()
-    c = imap(gateway)
-    assert c.select("INBOX")[1] == [b"0"]  # delete = true: stored \\Deleted, then expunged
-    c.logout()
-    send(gateway, 1, 2)
-    assert len(fetch()) == 3
+        got = fetch()
+        assert len(got) == 2 and b"Subject: note 1" in got[1].read_bytes()
+        c = imap(gateway)
+        assert c.select("INBOX")[1] == [b"0"]  # delete = true: stored \\Deleted, then expunged
+        c.logout()
+        send(gateway, 1, 2)
+        assert len(fetch()) == 3
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base)
 
 
 OFFLINEIMAPRC = """[general]
@@ -283,3 +291,128 @@ def test_offlineimap_syncs_both_ways_with_a_maildir(gateway, tmp_path):
     assert c.fetch("1", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0] == (
         b"1 (FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {21}", b"Subject: sent one\r\n\r\n")
     c.logout()
+
+
+NEOMUTTRC = """set folder = "imap://alice@127.0.0.1:{port}/"
+set imap_pass = "alice-pw"
+set spoolfile = "+INBOX"
+set record = "+Sent"
+set smtp_url = "smtp://127.0.0.1:{smtp}"
+set from = "alice@example.test"
+set realname = "Alice"
+set editor = "{editor}"
+set tmpdir = "{home}"
+set ssl_starttls = no
+set ssl_force_tls = no
+set header_cache = ""
+set message_cachedir = ""
+set sort = date-sent
+set resolve = no
+set confirmappend = no
+set abort_unmodified = no
+set delete = yes
+set move = no
+set mark_old = no
+set quit = yes
+set wait_key = no
+set help = no
+"""
+
+
+class Neomutt:
+    """neomutt in a tmux server of its own, read through its screen."""
+
+    ROUNDS = 200  # looks at the screen, 0.1 s apart, before a wait gives up
+
+    def __init__(self, tmp_path, gw):
+        editor = tmp_path / "editor"
+        editor.write_text("#!/bin/sh\nprintf 'see you at noon\\n' >> \"$1\"\n")
+        editor.chmod(0o755)
+        rc = tmp_path / "neomuttrc"
+        rc.write_text(NEOMUTTRC.format(port=gw.imap_port, smtp=gw.smtp_port, editor=editor, home=tmp_path))
+        self.socket = f"odmrgw-{os.getpid()}-{gw.imap_port}"
+        self.env = {**os.environ, "HOME": str(tmp_path)}
+        self.tmux("new-session", "-d", "-x", "160", "-y", "40", f"neomutt -n -F {rc}")
+
+    def tmux(self, *args):
+        return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, capture_output=True, text=True,
+                              timeout=20)
+
+    def screen(self):
+        return self.tmux("capture-pane", "-p").stdout
+
+    def keys(self, *keys):
+        assert self.tmux("send-keys", *keys).returncode == 0, self.screen()
+
+    def shows(self, text):
+        for _ in range(self.ROUNDS):
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"neomutt never showed {text!r}:\n{screen}")
+
+    def running(self):
+        return self.tmux("has-session").returncode == 0
+
+    def stop(self):
+        self.tmux("kill-server")
+
+
+def until(probe, what):
+    """probe() until it returns something true, 100 tries 0.1 s apart."""
+    for _ in range(100):
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"never {what}")
+
+
+@pytest.mark.skipif(not (shutil.which("neomutt") and shutil.which("tmux")),
+                    reason="neomutt and tmux are not installed (make deps)")
+def test_neomutt_reads_flags_deletes_and_saves_what_it_sends_to_sent(gateway, tmp_path):
+    send(gateway, 3)
+    mutt = Neomutt(tmp_path, gateway)
+    try:
+        mutt.shows("Msgs:3 New:3")
+        mutt.keys("2", "Enter")  # jump to message 2
+        mutt.keys("Enter")       # and read it
+        assert "Subject: note 1" in mutt.shows("body of note 1")
+        mutt.keys("q")
+        mutt.keys("1", "Enter", "F")
+        mutt.keys("3", "Enter", "d")
+        mutt.shows("Del:1 Flag:1")
+        since = len(gateway.lines)
+        mutt.keys("m")
+        mutt.shows("To:")
+        mutt.keys("bob@example.test", "Enter")
+        mutt.shows("Subject:")
+        mutt.keys("lunch", "Enter")
+        mutt.shows("Fcc: +Sent")
+        mutt.keys("y")  # send it through the box's SMTP, then APPEND it to Sent
+        c = imap(gateway)
+        until(lambda: c.select("Sent", readonly=True)[1] == [b"1"], "saw the sent mail in Sent")
+        mutt.keys("$")  # write the flags, expunge the deleted one
+
+        def inbox():
+            c.select("INBOX", readonly=True)
+            flags = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1]
+            return len(flags) == 4 and [(f[0].split(b" BODY")[0], f[1]) for f in flags[::2]]
+
+        assert until(inbox, "saw neomutt's changes on the box") == [
+            (b"1 (FLAGS (\\Flagged)", b"Subject: note 0\r\n\r\n"),
+            (b"2 (FLAGS (\\Seen)", b"Subject: note 1\r\n\r\n")]
+        c.select("Sent")
+        sent = email.message_from_bytes(c.fetch("1", "(BODY.PEEK[])")[1][0][1])
+        assert sent["Subject"] == "lunch" and sent["To"] == "bob@example.test"
+        assert sent.get_payload() == "see you at noon\r\n"
+        c.logout()
+        gateway.wait_for("DELIVERED", since=since)
+        p = gateway.pop("bob")
+        assert b"Subject: lunch" in p.retr(1)[1]
+        p.quit()
+        mutt.keys("q")
+        until(lambda: not mutt.running(), "saw neomutt quit")
+    finally:
+        mutt.stop()

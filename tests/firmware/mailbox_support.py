@@ -52,3 +52,20 @@ def cut_card(template, cut):
     """The pristine card again, mounted with a power cut after `cut` block writes."""
     copy(template.image + ".pristine", template.image)
     return template.remount(cut_after=cut)
+
+
+def power_cuts(template, tears=(0, 200)):
+    """The pristine card again and again, mounted with a power cut after 1,
+    2, 3 ... block writes, with the last sector torn `tears` bytes in; for
+    each tear, until the change the caller makes on a card ends before its
+    cut."""
+    for tear in tears:
+        cut = 1
+        while True:
+            card = cut_card(template, cut)
+            dev = card.board.dev
+            dev.tear = tear
+            yield card
+            if not dev.cut:
+                break
+            cut += 1

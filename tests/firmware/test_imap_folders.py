@@ -96,6 +96,9 @@ def test_folders_a_user_makes_are_limited():
     assert tagged(out, b"a3") == b"a3 OK CREATE completed"
     assert tagged(out, b"a4") == b"a4 NO [LIMIT] 2 folders are the most"
     assert tagged(out, b"a6") == b"a6 OK CREATE completed"
+    # the limit changed (a firmware update): the table of names reads the same
+    out = talk(boxes, LOGIN, b'a2 LIST "" *\r\n')
+    assert b'"Two"\r\n' in out and b'"Three"\r\n' in out and b'"One"' not in out
 
 
 def test_a_full_card_refuses_copy_and_append_cleanly():
@@ -106,3 +109,109 @@ def test_a_full_card_refuses_copy_and_append_cleanly():
     assert tagged(out, b"a3") == b"a3 NO [OVERQUOTA] the card is full"
     assert tagged(out, b"a4") == b"a4 NO [OVERQUOTA] the card is full"
     assert tagged(out, b"a5") == b"a5 OK NOOP completed"
+
+
+def _folder_with_mail(root, before):
+    """alice's INBOX, empty folders named as `before`, and a folder
+    "Archive" holding three messages."""
+    from gateway.imap import folders
+
+    boxes, ids = box_with(PLAIN, PLAIN + b"2", PLAIN + b"3", root=root)
+    for name in before + ("Archive",):
+        folders.create(boxes, "alice", name)
+    box = folders.mailbox(boxes, "alice", "Archive")
+    for i in ids:
+        folders.copy(boxes, "alice", int(i, 16), box, bytearray(512))
+    return boxes
+
+
+def _user_folders(root):
+    """{name: the subjects of its messages} of alice's own folders, as a
+    box booted on root sees them."""
+    from gateway.imap import folders
+    from mailbox_support import stored
+
+    boxes, _ = box_with(root=root)
+    out = {}
+    for name, special in folders.names(boxes, "alice")[4:]:
+        box = folders.mailbox(boxes, "alice", name)
+        got = boxes.listing(box)
+        out[name] = [stored(boxes, box, got.uid(i)).rstrip().split(b"\r\n")[-1] for i in range(len(got))]
+    return out
+
+
+# Empty folders made before "Archive": none, and enough that the FAT
+# directory entries of "Archive" fill its first sector, so that a new name
+# goes into another sector (a FAT rename writes the new entry, then
+# deletes the old one).
+BEFORE = ((), ("Box1", "Box2", "Box3", "Box4", "Box5", "Box6"))
+
+
+def _cut_in(change, old, new):
+    """change(boxes) with a power cut after every number of block writes
+    (and the last sector torn half way): the folders are old or new, never
+    a mix, and the box goes on from either."""
+    support.needs_micropython()
+    for before in BEFORE:
+        empty = {name: [] for name in before}
+        _cut_rounds(change, dict(old, **empty), dict(new, **empty), before)
+
+
+def _cut_rounds(change, old, new, before):
+    from board import PowerCut
+    from gateway.imap import folders
+    from mailbox_support import keep_pristine, power_cuts
+
+    template = support.Card()  # room for each folder's duplicate index (128 KB)
+    _folder_with_mail(template.root, before)
+    keep_pristine(template)
+    for card in power_cuts(template):
+        boxes, _ = box_with(root=card.root)
+        try:
+            change(boxes)
+        except PowerCut:
+            pass
+        finished = not card.board.dev.cut  # the tree's removal goes on past an OSError
+        card = card.remount()
+        got = _user_folders(card.root)
+        assert got in (old, new), got
+        boxes, _ = box_with(root=card.root)  # and the box goes on: a folder made, filled, listed
+        assert folders.create(boxes, "alice", "Next") is None
+        folders.copy(boxes, "alice", int(boxes.listing("alice").uid(0), 16), folders.mailbox(boxes, "alice", "Next"),
+                     bytearray(512))
+        assert _user_folders(card.root) == dict(got, Next=[b"line two"])
+        card.unmount()
+        assert got == new or not finished
+
+
+MAIL = [b"line two", b"2", b"3"]
+
+
+def test_a_power_cut_in_rename_leaves_the_old_name_or_the_new():
+    from gateway.imap import folders
+
+    _cut_in(lambda boxes: folders.rename(boxes, "alice", "Archive", "Old"), {"Archive": MAIL}, {"Old": MAIL})
+
+
+def test_a_power_cut_in_delete_leaves_the_folder_whole_or_gone():
+    from gateway.imap import folders
+
+    _cut_in(lambda boxes: folders.delete(boxes, "alice", "Archive"), {"Archive": MAIL}, {})
+
+
+def test_a_power_cut_in_create_leaves_no_folder_or_an_empty_one():
+    from gateway.imap import folders
+
+    _cut_in(lambda boxes: folders.create(boxes, "alice", "New"), {"Archive": MAIL}, {"Archive": MAIL, "New": []})
+
+
+def test_a_lost_name_table_leaves_the_folders_mail_on_the_card():
+    from gateway.imap import folders
+    from gateway.record import remove
+
+    boxes = _folder_with_mail(support.tmpdir(), ())
+    box = folders.mailbox(boxes, "alice", "Archive")
+    remove(boxes.home("alice") + "/folders/names")  # both slots gone: nothing says which folders there are
+    out = talk(boxes, LOGIN, b'a2 LIST "" *\r\na3 CREATE Next\r\n')
+    assert b'"Archive"' not in out and tagged(out, b"a3") == b"a3 OK CREATE completed"
+    assert len(boxes.listing(box)) == 3  # not removed as a leftover, nor emptied for the new folder

@@ -172,9 +172,9 @@ class Fetcher:
             else:
                 start, end = p.body, p.end
                 if p is parts[0] and not what:
-                    start = mime.Header(src, 0, src.size, self.buf, ()).end
-        if what in ("HEADER", "TEXT") or names:
-            body = mime.Header(src, start, end, self.buf, ()).end
+                    start = mime.body_start(src, 0, src.size, self.buf)
+        if what in ("HEADER", "TEXT"):  # HEADER.FIELDS stops at the blank line itself
+            body = mime.body_start(src, start, end, self.buf)
             if what == "TEXT":
                 start = body
             elif what == "HEADER":

@@ -10,48 +10,103 @@ import os
 from gateway.compat import const
 from gateway.imap import slots
 from gateway.imap.folder import ANNOUNCED
-from gateway import record
-from gateway.record import Scan
+from gateway.record import Scan, remove
 from gateway.spool import Draft, record_header
 
 SPECIAL = (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"))
 _NAME = const(32)  # the longest folder name a user may make
+_ENTRY = const(33)  # a name in the table: its length, then up to _NAME bytes
+_ENTRIES = const(32)  # the table's size, whatever MAX_FOLDERS allows: a card's table stays readable
 _TRAILER = const(43)  # a record's END2 trailer (spool.Draft.commit)
-MAX_FOLDERS = 32  # folders a user may make beside the four; LIST shows no more
+MAX_FOLDERS = 32  # folders a user may make beside the four
 
 
-def mailbox(user, name):
-    """The Mailboxes name of folder `name` of user; None when the name is
-    not one a folder may have (the case of INBOX and the special folders is
-    the client's choice)."""
+# A user's own folders are directories ~00 to ~31 under <user>/folders/, and
+# their names are in one table beside them (`names`, a slots record, entry k
+# naming ~k). FAT's rename is no atomic change: a power cut in it can leave
+# the old name and the new one both pointing at the same clusters, and a
+# deletion cut short leaves part of a folder. So CREATE, RENAME and DELETE
+# each change the table in one write: the old names or the new ones. A
+# directory whose entry is free is what a cut left of a DELETE or a CREATE,
+# and is cleared when it is seen (LIST) or its entry is taken again, while
+# the table reads: a card that lost it keeps every directory.
+
+
+def _valid(name):
+    if not 0 < len(name) <= _NAME or name[0] in ". " or name[-1] == " ":
+        return False
+    for c in name.encode():
+        if not (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b" -_."):
+            return False
+    return True
+
+
+def _special(user, name):
+    """The Mailboxes name of INBOX or a special folder (any case, as the
+    client likes); None for any other name."""
     up = name.upper()
     if up == "INBOX":
         return user
     for special, _ in SPECIAL:
         if up == special.upper():
             return user + "/folders/" + special
-    if not 0 < len(name) <= _NAME or name[0] in ". " or name[-1] == " ":
-        return None
-    for c in name.encode():
-        if not (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b" -_."):
-            return None
-    return user + "/folders/" + name
+    return None
 
 
-def exists(boxes, user, name):
-    box = mailbox(user, name)
-    return box is not None and (box == user or name.upper() in ("SENT", "DRAFTS", "TRASH") or
-                                record.exists(boxes.home(box)) is not None)
+def _table(boxes, user):
+    """(the table of user's folder names, its generation, its path)."""
+    path = boxes.home(user) + "/folders/names"
+    t = bytearray(_ENTRY * _ENTRIES)
+    return t, slots.read(path, t), path
+
+
+def _find(t, name):
+    """The entry named name, or -1."""
+    b = name.encode()
+    for k in range(_ENTRIES):
+        at = k * _ENTRY
+        if t[at] == len(b) and t[at + 1 : at + 1 + len(b)] == b:
+            return k
+    return -1
+
+
+def _dir(user, k):
+    return "%s/folders/~%02d" % (user, k)
+
+
+def mailbox(boxes, user, name):
+    """The Mailboxes name of folder `name` of user; None when it has none."""
+    box = _special(user, name)
+    if box is None:
+        k = _find(_table(boxes, user)[0], name)
+        if k >= 0:
+            box = _dir(user, k)
+    return box
 
 
 def names(boxes, user):
     """(name, special-use attribute or b"") of every folder, INBOX first."""
     out = [("INBOX", b"")] + list(SPECIAL)
-    with Scan(boxes.home(user) + "/folders") as entries:
-        for e in entries:
-            if e[1] & 0x4000 and e[0] not in ("Sent", "Drafts", "Trash") and len(out) < 4 + MAX_FOLDERS:
-                out.append((e[0], b""))
+    t, gen, _ = _table(boxes, user)
+    if gen:  # with no table that reads, nothing is judged a leftover: the mail stays
+        _sweep(boxes.home(user) + "/folders", t)
+    for k in range(_ENTRIES):
+        n = t[k * _ENTRY]
+        if n:
+            out.append((bytes(t[k * _ENTRY + 1 : k * _ENTRY + 1 + n]).decode(), b""))
     return out
+
+
+def _sweep(path, t):
+    """Removes the ~k directories whose entry in t is free."""
+    left = []
+    with Scan(path) as entries:
+        for e in entries:
+            k = int(e[0][1:]) if e[0].startswith("~") and e[0][1:].isdigit() and e[1] & 0x4000 else _ENTRIES
+            if k < _ENTRIES and not t[k * _ENTRY]:
+                left.append(e[0])
+    for d in left:
+        _remove_tree(path + "/" + d)
 
 
 def made(boxes, box):
@@ -64,40 +119,57 @@ def made(boxes, box):
     return home
 
 
+def _name(t, k, name):
+    b = name.encode()
+    t[k * _ENTRY] = len(b)
+    t[k * _ENTRY + 1 : k * _ENTRY + 1 + len(b)] = b
+
+
 def create(boxes, user, name):
     """None, or why the folder cannot be made."""
-    box = mailbox(user, name)
-    if box is None or "/" in name:
+    if not _valid(name):
         return b"[CANNOT] a folder name is 1-32 letters, digits, spaces, - _ or ."
-    if exists(boxes, user, name):
+    if mailbox(boxes, user, name):
         return b"[ALREADYEXISTS] that folder exists"
-    if len(names(boxes, user)) >= 4 + MAX_FOLDERS:
+    t, gen, path = _table(boxes, user)
+    free = [k for k in range(_ENTRIES) if not t[k * _ENTRY]]
+    if not free or _ENTRIES - len(free) >= MAX_FOLDERS:
         return b"[LIMIT] %d folders are the most" % MAX_FOLDERS
-    made(boxes, box)
+    k = free[0]
+    if gen:
+        _remove_tree(boxes.home(_dir(user, k)))  # what a cut left in it
+    made(boxes, _dir(user, k))
+    _name(t, k, name)
+    slots.write(path, t, gen)
     return None
 
 
 def delete(boxes, user, name):
-    box = mailbox(user, name)
-    if box is None or box == user or name.upper() in ("SENT", "DRAFTS", "TRASH"):
+    if _special(user, name):
         return b"[CANNOT] INBOX, Sent, Drafts and Trash stay"
-    if not exists(boxes, user, name):
+    t, gen, path = _table(boxes, user)
+    k = _find(t, name)
+    if k < 0:
         return b"[NONEXISTENT] no such folder"
-    _remove_tree(boxes.home(box))
+    t[k * _ENTRY] = 0
+    slots.write(path, t, gen)
+    _remove_tree(boxes.home(_dir(user, k)))
     return None
 
 
 def rename(boxes, user, old, new):
-    a, b = mailbox(user, old), mailbox(user, new)
-    if a is None or a == user or old.upper() in ("SENT", "DRAFTS", "TRASH"):
+    if _special(user, old):
         return b"[CANNOT] INBOX, Sent, Drafts and Trash keep their names"
-    if not exists(boxes, user, old):
+    t, gen, path = _table(boxes, user)
+    k = _find(t, old)
+    if k < 0:
         return b"[NONEXISTENT] no such folder"
-    if b is None or "/" in new:
+    if not _valid(new):
         return b"[CANNOT] a folder name is 1-32 letters, digits, spaces, - _ or ."
-    if exists(boxes, user, new):
+    if _special(user, new) or _find(t, new) >= 0:
         return b"[ALREADYEXISTS] that folder exists"
-    os.rename(boxes.home(a), boxes.home(b))
+    _name(t, k, new)
+    slots.write(path, t, gen)
     return None
 
 
@@ -110,7 +182,7 @@ def _remove_tree(path):
         if is_dir:
             _remove_tree(path + "/" + name)
         else:
-            record.remove(path + "/" + name)
+            remove(path + "/" + name)
     try:
         os.rmdir(path)
     except OSError:

@@ -19,13 +19,11 @@ class Source:
     message as received (what POP3's RETR sends, un-stuffed)."""
 
     def __init__(self, boxes, user, uid):
-        id = "%08x" % uid
-        info = boxes.info(user, id)
-        if not info:
-            raise KeyError(id)
-        self.base, body, self.received, self.rp = info
+        got = boxes.info(user, "%08x" % uid, True)
+        if not got:
+            raise KeyError(uid)
+        (self.base, body, self.received, self.rp), self.f = got
         self.size = len(self.rp) + body
-        self.f = open(boxes._path(user, id), "rb")
 
     def readinto(self, pos, mv):
         """Bytes of the message from offset pos into mv; 0 at its end."""
@@ -84,6 +82,31 @@ def lines(src, start, end, buf):
 
 def _blank(line):
     return line[0] == 10 or line[0] == 13 and len(line) > 1 and line[1] == 10
+
+
+def body_start(src, start, end, buf):
+    """The offset where the body of the entity at start begins: after its
+    blank line, or end. The whole chunks read are searched at once: a
+    header's end costs no step per line."""
+    mv = memoryview(buf)
+    buf[0] = 10  # the header's first line starts as if after a line end
+    keep = 1  # bytes in buf before the next read: buf[k] is at offset pos - keep + k
+    pos = start
+    while pos < end:
+        n = src.readinto(pos, mv[keep : keep + min(len(buf) - keep, end - pos)])
+        if not n:
+            break
+        stop = keep + n
+        i = buf.find(b"\n\n", 0, stop)
+        j = buf.find(b"\n\r\n", 0, stop)
+        if i >= 0 and (j < 0 or i < j):
+            return pos - keep + i + 2
+        if j >= 0:
+            return pos - keep + j + 3
+        pos += n
+        keep = min(2, stop)  # a blank line may start in one chunk and end in the next
+        mv[:keep] = mv[stop - keep : stop]
+    return end
 
 
 class Header:

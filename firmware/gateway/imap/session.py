@@ -356,16 +356,13 @@ class IMAPSession:
                                                                                    quote(name)))
         await self.ok(what + b" completed")
 
-    def _box(self, name, made=False):
+    def _box(self, name):
         """The Mailboxes name of an existing folder, made on first use if
         it is a special one; None when there is no such folder."""
         from gateway.imap import folders
 
-        name = astring(name)
-        if not folders.exists(self.boxes, self.user, name):
-            return None
-        box = folders.mailbox(self.user, name)
-        if box != self.user:
+        box = folders.mailbox(self.boxes, self.user, astring(name))
+        if box is not None and box != self.user:
             folders.made(self.boxes, box)
         return box
 
@@ -405,7 +402,7 @@ class IMAPSession:
 
         if len(args) != n:
             raise Bad("usage: %s folder%s" % (what.decode(), " newname" if n > 1 else ""))
-        if self.folder is not None and self.folder.user == mailbox(self.user, astring(args[0])):
+        if self.folder is not None and self.folder.user == mailbox(self.boxes, self.user, astring(args[0])):
             return await self.no(b"[INUSE] close the folder first")
         why = change()
         await (self.no(why) if why else self.ok(what + b" completed"))
@@ -552,13 +549,11 @@ class IMAPSession:
             return await self.no(b"[READ-ONLY] the folder was opened with EXAMINE")
         flags = args[2] if isinstance(args[2], list) else [args[2]]
         marks = self._marks(args[0], by_uid)
-        picked = bytes(marks)
+        picked = b"" if silent else bytes(marks)  # .SILENT: no FETCH for what this STORE set (RFC 3501 §6.4.6)
         f.store(marks, mode, flag_bits(flags))
         w = self.writer
-        for i in range(len(marks)):
-            # Changed ones always (RFC 3501 §6.4.6), and, without .SILENT,
-            # every one the client named.
-            if marks[i] or picked[i] and not silent:
+        for i in range(len(picked)):
+            if picked[i]:
                 w.write(b"* %d FETCH (%sFLAGS (%s))\r\n" % (i + 1, b"UID %d " % f.uid(i) if by_uid else b"",
                                                           flag_names(f.flags[i]).encode()))
                 if i % 32 == 31:

@@ -1,5 +1,5 @@
 # IMAP's state on the card: a small record rewritten in place in one of two
-# 512-byte slots, written in turn, each with a generation and a checksum.
+# slots of whole 512-byte sectors, written in turn, each with a generation and a checksum.
 # FAT's rename is no atomic commit and a sector may tear in a power cut; a
 # torn slot fails its checksum and the other, older one is read. So a reader
 # finds the old state or the new one, never a mix. The file keeps its size,
@@ -35,9 +35,14 @@ def read(path, mv):
     return gen
 
 
+def _size(n):
+    """The slot of a record of n bytes: its sectors, the tail in the last."""
+    return (n + _TAIL + _SLOT - 1) // _SLOT * _SLOT
+
+
 def _slot(f, k, mv):
     n = len(mv)
-    f.seek(k * _SLOT)
+    f.seek(k * _size(n))
     if f.readinto(mv) != n:
         return 0
     tail = f.read(_TAIL)
@@ -56,10 +61,10 @@ def write(path, mv, gen):
         f = open(path, "r+b")
     except OSError:
         f = open(path, "wb")  # both slots invalid until the first write below
-        f.seek(2 * _SLOT - 1)
+        f.seek(2 * _size(len(mv)) - 1)
         f.write(b"\0")
     with f:
-        f.seek((gen & 1) * _SLOT)
+        f.seek((gen & 1) * _size(len(mv)))
         f.write(mv)
         tail = b"%08x" % gen
         f.write(tail + b"%08x" % binascii.crc32(tail, binascii.crc32(mv)))
