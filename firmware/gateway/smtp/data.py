@@ -61,10 +61,12 @@ class DataReader(LineReader):
         self.size = 0
         self.bol = True  # buf[s] starts a line
         status = OK if sink else SINK
+        buf = self.buf
         mv = self.mv
         s = self.start
+        end = self.end
         while True:
-            e = self.buf.rfind(b"\n", s, self.end) + 1
+            e = buf.rfind(b"\n", s, end) + 1
             if e > s:
                 # Whole lines buf[s:e], un-stuffed up to the terminator. The
                 # scan stops at every dot line, so it finds both the
@@ -80,7 +82,7 @@ class DataReader(LineReader):
                 self.bol = e - s >= 2 and mv[e - 2] == _CR
                 while True:
                     if status == OK:
-                        i = _scan(self.buf, s, e, self.lim, self.max_line)
+                        i = _scan(buf, s, e, self.lim, self.max_line)
                         if i < -1:
                             status = BARE if i == _BARE else LONG
                             continue
@@ -88,7 +90,7 @@ class DataReader(LineReader):
                         # Refused already: only the terminator matters now. A
                         # dot after a bare LF needs no care, that message is
                         # refused.
-                        i = self.buf.find(b"\r\n.", s, e)
+                        i = buf.find(b"\r\n.", s, e)
                     n = e if i < 0 else i + 2
                     if status == OK and n > s:
                         self.size += n - s
@@ -105,27 +107,28 @@ class DataReader(LineReader):
                     s = i + 3
                     self.lim = i + 2 + self.max_line
                 s = e
-            if self.end - s >= self.max_line:
+            if end - s >= self.max_line:
                 # A line this long can only be refused: drop what we have of
                 # it but its last byte, which may be the CR of a terminator.
                 if status == OK:
                     status = LONG
-                s = self.end - 1
+                s = end - 1
                 self.bol = False
             # The unread part line to the front; a memoryview copy, no new
             # buffer.
-            n = self.end - s
-            if s and n:
-                mv[:n] = mv[s : self.end]
+            end -= s
+            if s and end:
+                mv[:end] = mv[s : s + end]
             s = self.start = 0
-            self.end = n
-            i = mv[n:]
+            self.end = end
+            i = mv[end:]
             n = read_now(self.stream, i)
             if n is None:
                 n = await readinto(self.stream, i)
             if not n:
                 return EOF, self.size
-            self.end += n
+            end += n
+            self.end = end
 
     def _give(self, view):
         # Apart from read_data, whose state would otherwise hold a handler.
