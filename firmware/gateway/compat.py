@@ -16,16 +16,24 @@ try:
 
     _direct = [0]  # reads in a row that skipped the poller
 
-    async def readinto(stream, buf):
+    def read_now(stream, buf):
         # Bytes already in the socket need no trip through the poller (an
-        # asyncio Stream's readinto always waits for it first); but every
-        # eighth read does take it, so that other tasks get their turn.
+        # asyncio Stream's readinto always waits for it first), nor a
+        # coroutine of their own: None when the caller must await
+        # readinto, which every eighth read does, so that other tasks get
+        # their turn.
         s = getattr(stream, "s", None)
         if s is not None and _direct[0] < 8:
             n = s.readinto(buf)
             if n is not None:
                 _direct[0] += 1
                 return n
+        return None
+
+    async def readinto(stream, buf):
+        n = read_now(stream, buf)
+        if n is not None:
+            return n
         _direct[0] = 0
         # Over TLS a read can consume only handshake or other non-data
         # records; the stream then returns None rather than a count.

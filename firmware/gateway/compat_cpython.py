@@ -20,10 +20,33 @@ def ptr8(buf):
     return buf
 
 
-def ptr32(buf):
-    # Native-endian words, as viper's ptr32 loads them.
-    mv = memoryview(buf)
-    return mv[: len(mv) & ~3].cast("I")
+class _Words:
+    """viper's ptr32 of a buffer: its native-endian words, and int() of it
+    its address, which is 0 here; see ptr32."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def __getitem__(self, i):
+        return self.words[i]
+
+    def __int__(self):
+        return 0
+
+
+_cast = [b""]  # the buffer ptr32 was last given
+
+
+def ptr32(x):
+    # A viper function may walk its buffer by address (ptr32(int(w) + k)):
+    # with the buffer's address taken as 0, ptr32 of an int reads the words
+    # from that byte of the buffer cast last.
+    if isinstance(x, int):
+        mv = memoryview(_cast[0])[x:]
+        return mv[: len(mv) & ~3].cast("I")
+    _cast[0] = x
+    mv = memoryview(x)
+    return _Words(mv[: len(mv) & ~3].cast("I"))
 
 
 def const(x):
@@ -45,6 +68,11 @@ def ticks_diff(a, b):
 
 def print_exception(exc, file=None):
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=file or sys.stdout)
+
+
+def read_now(stream, buf):
+    # Every read goes through the event loop here.
+    return None
 
 
 async def readinto(stream, buf):

@@ -9,7 +9,7 @@
 # two regions. A bare CR or bare LF anywhere makes the message invalid; it is
 # then read on to the real terminator and refused, never stored, and never
 # split: only the five bytes CR LF . CR LF end the data.
-from gateway.compat import const, micropython, ptr8, ptr32
+from gateway.compat import const, micropython, ptr8, ptr32, read_now, readinto
 from gateway.wire import LineReader
 
 _CR = const(13)
@@ -48,82 +48,96 @@ class DataReader(LineReader):
         """Feeds the un-stuffed message to sink(memoryview) up to the final
         dot; returns (outcome, un-stuffed size). After the first problem the
         sink is not called again, but the data is still read to its end.
-        sink=None reads and discards (outcome SINK)."""
+        sink=None reads and discards (outcome SINK).
+
+        One stretch of lines per read, all in this one function: a call
+        whose frame needs more than eleven words takes it from the heap
+        (and when a cut-up heap has no such block, collects first), and per
+        4 KB read the old per-line calls and a coroutine per read cost more,
+        in allocations and collections, than the scan. Its own state, one
+        heap block for the whole message, is kept as small as it was: what
+        is used once a read lives on self."""
         self.sink = sink
-        self.status = OK if sink else SINK
         self.size = 0
-        self.max_size = max_size
+        self.bol = True  # buf[s] starts a line
+        status = OK if sink else SINK
         buf = self.buf
-        bol = True  # the region starts right after a CRLF
+        mv = self.mv
+        s = self.start
+        end = self.end
         while True:
-            s = self.start
-            end = self.end
             e = buf.rfind(b"\n", s, end) + 1
             if e > s:
-                t = self._region(s, e, bol)
-                if t >= 0:
-                    self.start = t
-                    return self.status, self.size
-                bol = e - s >= 2 and buf[e - 2] == _CR
+                # Whole lines buf[s:e], un-stuffed up to the terminator. The
+                # scan stops at every dot line, so it finds both the
+                # stuffing and the terminator, which is only a dot line
+                # ".\r\n" right after a CRLF. s moves on with the scan; the
+                # next output starts there.
+                self.lim = s + self.max_line
+                if self.bol and mv[s] == _DOT:
+                    if mv[s + 1] == _CR and mv[s + 2] == _LF:
+                        self.start = s + 3
+                        return status, self.size
+                    s += 1
+                self.bol = e - s >= 2 and mv[e - 2] == _CR
+                while True:
+                    if status == OK:
+                        i = _scan(buf, s, e, self.lim, self.max_line)
+                        if i < -1:
+                            status = BARE if i == _BARE else LONG
+                            continue
+                    else:
+                        # Refused already: only the terminator matters now. A
+                        # dot after a bare LF needs no care, that message is
+                        # refused.
+                        i = buf.find(b"\r\n.", s, e)
+                    n = e if i < 0 else i + 2
+                    if status == OK and n > s:
+                        self.size += n - s
+                        if self.size > max_size:
+                            status = TOO_BIG
+                        elif not self._give(mv[s:n]):
+                            status = SINK
+                    if i < 0:
+                        break
+                    # The dot's line ends inside the region, so i + 4 is in it too.
+                    if mv[i + 3] == _CR and mv[i + 4] == _LF:
+                        self.start = i + 5
+                        return status, self.size
+                    s = i + 3
+                    self.lim = i + 2 + self.max_line
                 s = e
             if end - s >= self.max_line:
                 # A line this long can only be refused: drop what we have of
                 # it but its last byte, which may be the CR of a terminator.
-                if self.status == OK:
-                    self.status = LONG
+                if status == OK:
+                    status = LONG
                 s = end - 1
-                bol = False
-            self.start = s
-            if not await self._fill():
+                self.bol = False
+            # The unread part line to the front; a memoryview copy, no new
+            # buffer.
+            end -= s
+            if s and end:
+                mv[:end] = mv[s : s + end]
+            s = self.start = 0
+            self.end = end
+            i = mv[end:]
+            n = read_now(self.stream, i)
+            if n is None:
+                n = await readinto(self.stream, i)
+            if not n:
                 return EOF, self.size
+            end += n
+            self.end = end
 
-    def _region(self, s, e, bol):
-        """Whole lines buf[s:e] (ending in LF): un-stuffs them to the sink up
-        to the terminator. Returns the index just past the terminator, or -1.
-        The scan stops at every dot line, so it finds both the stuffing and
-        the terminator, which is only a dot line ".\r\n" right after a CRLF.
-        Each stretch is checked before it is written."""
-        buf = self.buf
-        seg = s
-        if bol and buf[s] == _DOT:
-            if buf[s + 1] == _CR and buf[s + 2] == _LF:
-                return s + 3
-            seg = s + 1
-        p = s
-        lim = s + self.max_line
-        while True:
-            if self.status == OK:
-                i = _scan(buf, p, e, lim, self.max_line)
-                if i < -1:
-                    self.status = BARE if i == _BARE else LONG
-                    continue
-            else:
-                # Refused already: only the terminator matters now. A dot
-                # after a bare LF needs no care, that message is refused.
-                i = buf.find(b"\r\n.", p, e)
-            if i < 0:
-                break
-            self._out(seg, i + 2)
-            # The dot's line ends inside the region, so i + 4 is in it too.
-            if buf[i + 3] == _CR and buf[i + 4] == _LF:
-                return i + 5
-            seg = p = i + 3
-            lim = i + 2 + self.max_line
-        self._out(seg, e)
-        return -1
-
-    def _out(self, a, b):
-        if b <= a or self.status != OK:
-            return
-        self.size += b - a
-        if self.size > self.max_size:
-            self.status = TOO_BIG
-            return
+    def _give(self, view):
+        # Apart from read_data, whose state would otherwise hold a handler.
         try:
-            self.sink(self.mv[a:b])
+            self.sink(view)
+            return True
         except Exception as e:  # noqa: BLE001 - any card error ends the writing, not the session
             self.sink_error = e
-            self.status = SINK
+            return False
 
 
 @micropython.viper
@@ -133,31 +147,36 @@ def _scan(buf, p: int, e: int, lim: int, max_line: int) -> int:
     LF, _LONG for a line ending past lim (the first line's limit; the next
     ones get max_line each). Most of a message is the inside of its lines,
     so aligned words with no byte below 14 (CR and LF; a tab or another
-    control is rare, and only sends its word to the byte loop) are skipped,
-    two at a time, with one test per word: (x - 0x0e0e0e0e) & ~x & 0x80808080
-    is non-zero exactly when some byte of x is below 14."""
+    control is rare, and only sends its word to the byte loop) are skipped.
+    (x - 0x0e0e0e0e) & ~x & 0x80808080 is non-zero exactly when some byte
+    of x is below 14; without the & ~x (which also flags bytes from 0x8e)
+    four words take one test, so ASCII text goes 16 bytes a turn and only a
+    flagged stretch gets the exact test word by word. The words are read
+    through an address that moves, not an index: viper's code for w[q]
+    scales q with four adds."""
     b = ptr8(buf)
-    w = ptr32(buf)
+    base = int(ptr32(buf))
     ones = 0x01010101
     highs = ones << 7  # built at run time: 0x80808080 is no small int on a 32-bit port
     lows = ones * 14
     while p < e:
         if (p & 3) == 0:
-            q = p >> 2
-            qe = e >> 2
-            q1 = qe - 1
-            while q < q1:
-                x = int(w[q])
-                y = int(w[q + 1])
-                if ((x - lows) & ~x | (y - lows) & ~y) & highs:
+            # Addresses are compared by their difference: on a 32-bit port
+            # they may pass 2**31, where viper's signed int turns over.
+            a = base + p
+            z = base + e - 16
+            while a - z <= 0:
+                v = ptr32(a)
+                if (int(v[0]) - lows | int(v[1]) - lows | int(v[2]) - lows | int(v[3]) - lows) & highs:
                     break
-                q += 2
-            while q < qe:
-                x = int(w[q])
+                a += 16
+            z += 12
+            while a - z <= 0:
+                x = int(ptr32(a)[0])
                 if (x - lows) & ~x & highs:
                     break
-                q += 1
-            p = q << 2
+                a += 4
+            p = a - base
             if p >= e:
                 break
         c = b[p]
