@@ -271,7 +271,7 @@ class Mailboxes:
     # --- duplicate suppression (gateway.dedupe) -----------------------------
 
     def _key(self, body):
-        return dedupe.key(body, self.buf)
+        return self.seen.key(body)
 
     def _first(self, user, key, id, received):
         """False when this user has had key under another id lately (a re-send)."""

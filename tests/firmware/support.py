@@ -85,6 +85,38 @@ class patched:
         return False
 
 
+def cut_heap(largest):
+    """Cuts the MicroPython heap up as a day of sessions does: what is free
+    is left in holes of `largest` bytes (and a block), each kept from the
+    next by a small block that stays, so small allocations still succeed
+    and none much bigger than `largest` does. Returns what keeps the heap
+    cut: drop it to mend the heap."""
+    needs_micropython("gc.mem_free")
+    import gc
+
+    gc.collect()
+    n = gc.mem_free() // (largest + 32) + 8
+    keep, holes = [None] * (n + 64), [None] * n
+    k = 0
+    try:
+        for i in range(n):
+            holes[i] = bytearray(largest)
+            keep[k] = bytearray(16)
+            k += 1
+    except MemoryError:
+        pass
+    holes = None
+    gc.collect()
+    for size in (4 * largest, largest + 64):  # what larger room is left goes too
+        while k < len(keep):
+            try:
+                keep[k] = bytearray(size)
+            except MemoryError:
+                break
+            k += 1
+    return keep
+
+
 _counter = [0]
 
 

@@ -339,28 +339,12 @@ def test_a_login_on_a_cut_up_heap_is_refused_cleanly_and_works_when_retried():
     async def session(port):
         c, greeting = await connect(port)
         assert greeting.startswith("+OK")
-        gc.collect()
-        n = gc.mem_free() // 784 + 8
-        holes, posts = [None] * n, [None] * n
-        try:
-            for i in range(n):
-                holes[i] = bytearray(768)
-                posts[i] = bytearray(16)  # keeps the holes apart
-        except MemoryError:
-            pass
-        holes = None
-        gc.collect()
-        big = [None] * 64  # and what larger room is left goes too
-        for i in range(64):
-            try:
-                big[i] = bytearray(1024)
-            except MemoryError:
-                break
+        cut = support.cut_heap(768)
         with support.raises(MemoryError):  # no block for the listing
             bytearray(1000)
         assert (await c.cmd("USER alice")).startswith("+OK")
         refused = await c.cmd("PASS alice-pw")
-        posts = big = None
+        cut = None
         assert refused == "-ERR [SYS/TEMP] the box is busy, log in again later", refused
         gc.collect()
         assert (await c.cmd("USER alice")).startswith("+OK")
