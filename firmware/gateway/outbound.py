@@ -184,4 +184,4 @@ class Outbound:
 
 
 def _out(env):
-    return [a for a, q in env.rcpts if q == "out"]
+    return env.addresses("out")

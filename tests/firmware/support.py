@@ -5,6 +5,7 @@ import os
 import sys
 
 MICROPYTHON = sys.implementation.name == "micropython"
+WORD = 8 if sys.maxsize > 1 << 32 else 4  # bytes in a pointer: heap blocks scale with it
 
 
 class Skip(Exception):
@@ -146,6 +147,12 @@ def read_body(spool, id, bufsize=700):
             if not n:
                 return bytes(out)
             out += buf[:n]
+
+
+def rcpts(env, queue=None):
+    """The pending (address, queue) pairs of a spool Envelope, in order."""
+    with env.recipients(queue) as rs:
+        return [(a, q) for _, a, q in rs]
 
 
 def record_path(spool, id):

@@ -29,7 +29,7 @@ def test_commit_then_read_back_exactly_with_its_envelope():
     id = _store(sp, body, [("a@x.test", "local"), ("b@y.test", "out")])
     env = sp.envelope(id)
     assert env.id == id and env.mail_from == "s@far.test"
-    assert env.rcpts == [("a@x.test", "local"), ("b@y.test", "out")]
+    assert support.rcpts(env) == [("a@x.test", "local"), ("b@y.test", "out")]
     assert env.size == len(body) and env.received > 1500000000
     assert support.read_body(sp, id) == body
     assert sp.ids("local") == [id] and sp.ids("out") == [id]
@@ -59,11 +59,11 @@ def test_done_is_per_recipient_and_survives_a_remount():
     rcpts = [("a@x.test", "local"), ("b@x.test", "local"), ("c@far.test", "out")]
     id = _store(sp, b"hello\r\n", rcpts)
     sp.done(id, "local", ["a@x.test"])
-    assert sp.envelope(id).rcpts == rcpts[1:]
+    assert support.rcpts(sp.envelope(id)) == rcpts[1:]
     card = card.remount()
     sp = Spool(card.root + "/spool")
     assert sp.recover() == (1, 0)
-    assert sp.envelope(id).rcpts == rcpts[1:]
+    assert support.rcpts(sp.envelope(id)) == rcpts[1:]
     sp.done(id, "local")
     assert sp.ids("local") == [] and sp.ids("out") == [id]
     sp.done(id, "out")
@@ -79,7 +79,8 @@ def test_an_envelope_lists_per_queue_only_what_is_pending():
     id = _store(sp, b"hello\r\n", rcpts)
     sp.done(id, "local", ["a@x.test"])
     env = sp.envelope(id)
-    assert env.pending("local") == rcpts[1:2] and env.pending("out") == rcpts[2:]
+    assert support.rcpts(env, "local") == rcpts[1:2] and support.rcpts(env, "out") == rcpts[2:]
+    assert env.pending("local") == 1 and env.pending() == 2
     card.unmount()
 
 
