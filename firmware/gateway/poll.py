@@ -43,6 +43,10 @@ class PollCycle:
         import asyncio
 
         asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
+        if "none" != cfg["relay"]["tls"] or "none" != cfg["smarthost"]["tls"]:
+            # Loaded now, and kept once loaded anyway: its import at the
+            # flush's first connection found no room on a cut-up heap.
+            import ssl  # noqa: F401
 
     async def run(self):
         try:

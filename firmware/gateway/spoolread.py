@@ -7,7 +7,14 @@ import binascii
 import os
 from errno import ENOENT
 
+from gateway.compat import const
 from gateway.record import LETTERS, MAGIC, QUEUES, TRAILER, Scan, buckets, exists, letter, remove
+
+
+# The buffer a record's check reads through: a trailer and more, and a
+# small block (512 bytes, made at each listing, was one a cut-up heap did
+# not have when the poll began).
+_CHECK = const(64)
 
 
 def _done_line(i):
@@ -200,7 +207,7 @@ def ids(sp, queue, after="", limit=0):
     # Buckets past the limit are not even scanned: a batch of 16 costs the
     # same at 10,000 waiting as at 16.
     n = 0
-    buf = memoryview(bytearray(512))
+    buf = memoryview(bytearray(_CHECK))
     for b in buckets(sp.root):
         if b < after[:6]:
             continue
@@ -284,7 +291,7 @@ def recover(sp):
     if not exists(sp.root):
         os.mkdir(sp.root)
     kept = removed = top = 0
-    buf = memoryview(bytearray(512))
+    buf = memoryview(bytearray(_CHECK))
     for b in buckets(sp.root):
         d = sp.root + "/" + b
         # No list of names: a bucket of 256 would not fit a small heap.

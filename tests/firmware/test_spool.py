@@ -247,3 +247,20 @@ def test_a_limited_listing_scans_only_the_buckets_it_needs():
     finally:
         spoolread.bits = real
     card.unmount()
+
+
+def test_a_listing_on_a_cut_up_heap():
+    # Issue 11: at 144k the office day's first poll failed at its first
+    # listing (MemoryError allocating 512 bytes): each listing made a
+    # 512-byte buffer for its records' checks, a block a heap cut up by the
+    # sessions may not have. The checks read through a small one now.
+    card, sp = _spool()
+    sp.recover()
+    ids = [_store(sp, b"hello %d\r\n" % i, (("u@example.test", "local"), ("v@far.test", "out"))) for i in range(3)]
+    cut = support.cut_heap(64 * support.WORD)  # 256 bytes on the ESP32
+    with support.raises(MemoryError):
+        bytearray(96 * support.WORD)
+    listed = sp.ids("out", "", 16)
+    cut = None
+    assert listed == ids
+    card.unmount()
