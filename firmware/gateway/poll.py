@@ -27,6 +27,7 @@ class Result:
 
 class PollCycle:
     HANDOFF = 50  # pulled messages between hand-offs to the mailboxes
+    BODY_BUFFER = 1024  # the flush's client streams messages through it (SMTPClient.chunk_size)
 
     def __init__(self, cfg, spool, policy, mailboxes, board, session_buf):
         self.cfg = cfg
@@ -40,6 +41,10 @@ class PollCycle:
         # The turned line's receive buffer (odmr.session_buffer()), made by
         # the app at start-up: a 4 KB block may not exist later.
         self.session_buf = session_buf
+        # The flush reads its replies into that buffer too (the pull comes
+        # after it), and streams through this one, made here for the same
+        # reason.
+        self.body_buf = bytearray(self.BODY_BUFFER)
         import asyncio
 
         asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
@@ -92,7 +97,8 @@ class PollCycle:
             return None, False, "nothing to send"
         from gateway.outbound import Outbound
 
-        sent = await Outbound(self.cfg, self.spool, self.policy, self.board.now, self.retry).flush()
+        sent = await Outbound(self.cfg, self.spool, self.policy, self.board.now, self.retry,
+                              (self.session_buf, self.body_buf)).flush()
         sent = sent.error, sent.temporary, str(sent)
         drop_modules(_FLUSH)
         return sent

@@ -97,16 +97,20 @@ def cut_heap(largest):
 
     gc.collect()
     n = gc.mem_free() // (largest + 32) + 8
-    keep, holes = [None] * (n + 64), [None] * n
+    # One list holds holes and posts alike: a list of its own for the holes,
+    # let go, could be freed only at some later collection (the stack may
+    # still point at it), and leave a large block after all.
+    keep = [None] * (2 * n + 64)
     k = 0
     try:
-        for i in range(n):
-            holes[i] = bytearray(largest)
-            keep[k] = bytearray(16)
-            k += 1
+        while k < 2 * n:
+            keep[k] = bytearray(largest)
+            keep[k + 1] = bytearray(16)
+            k += 2
     except MemoryError:
         pass
-    holes = None
+    for i in range(0, k + 1, 2):
+        keep[i] = None
     gc.collect()
     for size in (4 * largest, largest + 64):  # what larger room is left goes too
         while k < len(keep):
