@@ -105,7 +105,13 @@ class _Recipients:
         self.want = queue
         self.i = -1
         self._f = open(env.path, "rb")
-        self.left = env.hlen - len(self._f.readline())
+        try:
+            self.left = env.hlen - len(self._f.readline())
+        except BaseException:
+            # No `with` holds it yet: a file left to its finaliser is closed
+            # at some later collection, not now.
+            self._f.close()
+            raise
 
     def __enter__(self):
         return self
