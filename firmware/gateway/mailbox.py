@@ -247,8 +247,12 @@ class Mailboxes:
         if not got:
             return None
         info, f = got
-        f.seek(info[0])
-        return BodyLines(f, info[1], buf, info[3])
+        try:
+            f.seek(info[0])
+            return BodyLines(f, info[1], buf, info[3])
+        except BaseException:
+            f.close()  # not to its finaliser (record.Scan says why)
+            raise
 
     # --- routing: the receiver writes mail for one user straight in -----------
 

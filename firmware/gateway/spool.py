@@ -101,7 +101,7 @@ class Draft:
                 self._f.write(line)
                 self.hcrc = binascii.crc32(line, self.hcrc)
                 self.hlen += len(line)
-        except OSError:
+        except BaseException:  # a full card, or no heap for a line: nothing left half-written or open
             self.abort()
             raise
 

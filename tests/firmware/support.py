@@ -112,13 +112,19 @@ def cut_heap(largest):
     for i in range(0, k + 1, 2):
         keep[i] = None
     gc.collect()
-    for size in (4 * largest, largest + 64):  # what larger room is left goes too
-        while k < len(keep):
+    # What larger room is left goes too, until two tries in a row find
+    # none: a failed allocation collects first, and the collector is
+    # conservative, so what a stale pointer kept alive at one collection
+    # may come free at the next.
+    for size in (4 * largest, largest + 64):
+        misses = 0
+        while k < len(keep) and misses < 2:
             try:
                 keep[k] = bytearray(size)
+                k += 1
+                misses = 0
             except MemoryError:
-                break
-            k += 1
+                misses += 1
     return keep
 
 
