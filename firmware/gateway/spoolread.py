@@ -89,6 +89,13 @@ class Envelope:
         the pending recipients (of `queue`), read from the record."""
         return _Recipients(self, queue)
 
+    @property
+    def rcpts(self):
+        """[(address, queue)] of the pending recipients, for the host's
+        checks and tools (board/unix); the box reads them one at a time."""
+        with self.recipients() as rs:
+            return [(a, q) for _, a, q in rs]
+
     def addresses(self, queue):
         """The pending addresses of `queue` as a list, for a client that
         sends them all at once (gateway.smtp.submit)."""

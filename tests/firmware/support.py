@@ -116,7 +116,7 @@ def cut_heap(largest):
     # none: a failed allocation collects first, and the collector is
     # conservative, so what a stale pointer kept alive at one collection
     # may come free at the next.
-    for size in (4 * largest, largest + 64):
+    for size in (4 * largest, largest + 64, largest + 16):
         misses = 0
         while k < len(keep) and misses < 2:
             try:
