@@ -81,9 +81,7 @@ class App:
         import asyncio
         from gateway.smtp import server
 
-        # A recipient table more than buffers: the provider's delivery on the
-        # turned line has its buffer from the poll (session_buf).
-        server.reserve(self.SMTP_BUFFERS, tables=self.SMTP_BUFFERS + 1)
+        server.reserve(self.SMTP_BUFFERS)
         self.open_card()
         host = self.cfg["listen"]
         from gateway import pop3

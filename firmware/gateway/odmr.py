@@ -56,9 +56,9 @@ class _Counting:
     def __getattr__(self, name):
         return getattr(self.handler, name)
 
-    def delivered(self, session, id, queues):
+    def delivered(self, session, id, rcpts):
         self.count += 1
-        self.handler.delivered(session, id, queues)
+        self.handler.delivered(session, id, rcpts)
 
 
 def session_buffer():
