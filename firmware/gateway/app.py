@@ -13,6 +13,7 @@ class App:
     LOG_FILE = "log.txt"  # on the card, beside spool/ and mail/
     WATCHDOG_PERIOD = 2  # seconds between feeds; the board's WDT allows more
     QUEUE_LINES = 50  # the most `queue` lists
+    QUEUE_RCPTS = 3  # recipients a `queue` line names; the rest are counted
     SMTP_BUFFERS = 2  # made at start, before the heap fragments: the provider's delivery and one office PC
 
     def __init__(self, board, cfg, cfg_path):
@@ -233,8 +234,15 @@ class App:
                 if len(lines) >= self.QUEUE_LINES:
                     return lines + ["..."]
                 env = self.spool.envelope(id)
-                rcpts = " ".join(a for a, q in env.pending(queue))
-                lines.append("%-5s %s %7d B from <%s> to %s" % (queue, id, env.size, env.mail_from, rcpts))
+                shown, more = [], 0
+                with env.recipients(queue) as rcpts:
+                    for _, a, _ in rcpts:
+                        if len(shown) < self.QUEUE_RCPTS:
+                            shown.append(a)
+                        else:
+                            more += 1
+                to = " ".join(shown) + (" (+%d more)" % more if more else "")
+                lines.append("%-5s %s %7d B from <%s> to %s" % (queue, id, env.size, env.mail_from, to))
         return lines
 
     def log_tail(self, n):

@@ -22,41 +22,66 @@ from gateway.compat import const
 _REC = const(32)
 _KEY = const(16)
 _ID = const(8)  # spool ids are 8 hex digits
+LINE = const(256)  # what key() keeps of a header line: a longer Message-ID line is not looked at
+_SPACE = b" \t\r\n\x0b\x0c"  # what bytes.strip() takes off
 
 
-def key(body, buf):
+def key(body, buf, line):
     """The message's key (16 bytes), or None without a Message-ID. Reads
-    body (a spool Body) through buf."""
+    body (a spool Body) through buf; the first len(line) bytes of each
+    header line are copied into `line` for a look, and no byte string is
+    made of what the sender wrote: the old joins and slices of a 2 KB
+    folded To: header took blocks of 513 bytes and more that a heap cut up
+    by the day's sessions did not have. A Message-ID line longer than
+    `line` gives None too: such mail is not suppressed (a duplicate at
+    worst, never a loss). A blank line is an empty one or a lone CR (the
+    receiver takes no other bare CR)."""
     mv = memoryview(buf)
-    msgid = None
+    lv = memoryview(line)
+    room = len(line)
     h = hashlib.sha256()
-    in_head = True
-    pending = b""
+    head = True
+    k = 0  # bytes of the header line being read, so far
+    first = 0  # its first byte
+    found = -1  # the length of the Message-ID line in `line`, once found (-2: longer)
     while True:
         n = body.readinto(buf)
         if not n:
             break
-        if not in_head:
+        if not head:
             h.update(mv[:n])
             continue
-        data = pending + bytes(mv[:n])
-        pending = b""
         pos = 0
-        while in_head:
-            i = data.find(b"\n", pos)
+        while pos < n:
+            i = buf.find(b"\n", pos, n)
+            end = n if i < 0 else i
+            if k == 0 and end > pos:
+                first = buf[pos]
+            m = min(end - pos, room - k) if found == -1 else 0
+            if m > 0:
+                lv[k : k + m] = mv[pos : pos + m]
+            k += end - pos
             if i < 0:
-                pending = data[pos : pos + 1000]
                 break
-            line = data[pos:i].rstrip(b"\r")
-            if not line:
-                in_head = False
-                h.update(data[i + 1 :])
-            elif msgid is None and line[:11].lower() == b"message-id:":
-                msgid = line[11:].strip()
             pos = i + 1
-    if not msgid:
+            if k == 0 or k == 1 and first == 13:
+                head = False
+                h.update(mv[pos:n])
+                break
+            if found == -1 and k >= 11 and bytes(lv[:11]).lower() == b"message-id:":
+                found = k if k <= room else -2
+            k = 0
+    if found < 0:
         return None
-    h.update(b"\0" + msgid)
+    a, b = 11, found
+    while a < b and lv[a] in _SPACE:
+        a += 1
+    while b > a and lv[b - 1] in _SPACE:
+        b -= 1
+    if a == b:
+        return None
+    h.update(b"\0")
+    h.update(lv[a:b])
     return h.digest()[:_KEY]
 
 
@@ -85,6 +110,11 @@ class Seen:
         self.waiting = bytearray(self.PENDING * _REC)
         self.wv = memoryview(self.waiting)
         self.paths = []  # the index file of each waiting record
+        self.line = bytearray(LINE)  # key()'s look at a header line
+
+    def key(self, body):
+        """key() of the message, through the mailbox's buffer."""
+        return key(body, self.buf, self.line)
 
     def first(self, path, key, id, received):
         """False when key is on record for another id within the window (a

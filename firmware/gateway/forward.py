@@ -79,10 +79,11 @@ class Forwarder:
         for id in spool.walk("local"):
             env = spool.envelope(id)
             groups = {}
-            for addr, queue in env.rcpts:
-                target = self.policy.forward_for(addr) if queue == "local" else None
-                if target and not boxes.kept_here(id, addr):
-                    groups.setdefault(target, []).append(addr)
+            with env.recipients("local") as rcpts:
+                for _, addr, _ in rcpts:
+                    target = self.policy.forward_for(addr)
+                    if target and not boxes.kept_here(id, addr):
+                        groups.setdefault(target, []).append(addr)
             for target, addrs in groups.items():
                 try:
                     results = await asyncio.wait_for(self._send(target, env, addrs, spool), self.TIMEOUT)

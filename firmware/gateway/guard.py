@@ -12,7 +12,7 @@ def _now():
     return int(time.time())
 
 
-def _short_of(room):
+def short_of(room):
     """True when less than room bytes stay free even after a collection
     (never on CPython, which has no such heap)."""
     from gateway.compat import mem_free
@@ -115,7 +115,7 @@ class Slots:
             return "Too many connections, try later"
         if n >= self.per_address:
             return "Too many connections from your address, try later"
-        if _short_of(self.ROOM):
+        if short_of(self.ROOM):
             log.warn("no memory for another session")
             return "Too busy for another connection, try later"
         self.by_address[ip] = n + 1

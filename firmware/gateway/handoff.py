@@ -61,30 +61,29 @@ def _deliver_id(self, spool, id):
     forwards = False
     env = spool.envelope(id)
     served = 0
-    left = []  # the local recipients not served here: mostly none, so 100 served ones need no list
+    left = None  # a bitmap of the local recipients not served here: mostly none
     users = {}  # user -> its first address
-    for addr, queue in env.rcpts:
-        if queue != "local":
-            continue
-        if self.policy.forward_for(addr) and not self.kept_here(id, addr):
-            forwards = True  # gateway.forward's job
-            left.append(addr)
-            continue
-        user = self.policy.user_for(addr)
-        if user is None or user not in self.policy.users:
-            log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
-            left.append(addr)
-            spool.rescan = True  # looked at again once the config changes
-            continue
-        served += 1
-        users.setdefault(user, addr)
+    with env.recipients("local") as rcpts:
+        for i, addr, _ in rcpts:
+            if self.policy.forward_for(addr) and not self.kept_here(id, addr):
+                forwards = True  # gateway.forward's job
+            else:
+                user = self.policy.user_for(addr)
+                if user is not None and user in self.policy.users:
+                    served += 1
+                    users.setdefault(user, addr)
+                    continue
+                log.warn("mailbox: no user for <%s> in %s, left in the spool" % (addr, id))
+                spool.rescan = True  # looked at again once the config changes
+            left = left or bytearray(len(env.done))
+            left[i >> 3] |= 1 << (i & 7)
     if not served:
         return 0, forwards
     with spool.open(id, env) as body:
         key = self._key(body)
     for user in users:
         _copy(self, user, users[user], env, key, spool)
-    spool.done(id, "local", [a for a, q in env.rcpts if q == "local" and a not in left] if left else None)
+    spool.done(id, "local", keep=left)
     spool.owed = max(0, spool.owed - len(users) * env.size)
     return 1, forwards
 

@@ -37,6 +37,7 @@ from gateway.record import MAGIC, TRAILER, Scan, buckets, exists, mkdir, remove
 from gateway.spool import Body
 
 _CHUNK = const(512)
+_PAGE = const(64)  # items in a page of Pages: 256 bytes
 _GROUP = const(5)  # a group directory: the ids' first 5 digits, 16 buckets
 _ID_LINE = const(9)  # one journal line: 8 hex digits and LF
 _EMPTY = b"DELE 0000 00000000\n"  # the journal's head when nothing is pending
@@ -88,15 +89,35 @@ class BodyLines:
         self.f.close()
 
 
+class Pages:
+    """A fixed number of unsigned 32-bit items, as array("I") holds them,
+    in pages of 64: the same bytes as one array, in blocks that a heap cut
+    up by the day's sessions still has (the office day refused POP3 logins
+    by the dozen for want of two 1,216-byte blocks, 15 KB free)."""
+
+    def __init__(self, n):
+        self.n = n
+        self.pages = [array("I", range(min(_PAGE, n - i))) for i in range(0, n, _PAGE)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.pages[i // _PAGE][i % _PAGE]
+
+    def __setitem__(self, i, v):
+        self.pages[i // _PAGE][i % _PAGE] = v
+
+
 class Listing:
-    """What one POP3 session shows: ids and sizes in two arrays, 8 bytes a
-    message, oldest first, made at their full size at once: a listing grown
-    message by message on a heap cut up by the day's sessions failed
-    half-way for want of one 1,152-byte block with 30 KB free."""
+    """What one POP3 session shows: ids and sizes, 8 bytes a message,
+    oldest first, made at their full size at once: a listing grown message
+    by message on a heap cut up by the day's sessions failed half-way for
+    want of one 1,152-byte block with 30 KB free."""
 
     def __init__(self, capacity):
-        self.ids = array("I", range(capacity))
-        self.sizes = array("I", range(capacity))
+        self.ids = Pages(capacity)
+        self.sizes = Pages(capacity)
         self.n = 0
 
     def __len__(self):
@@ -226,8 +247,12 @@ class Mailboxes:
         if not got:
             return None
         info, f = got
-        f.seek(info[0])
-        return BodyLines(f, info[1], buf, info[3])
+        try:
+            f.seek(info[0])
+            return BodyLines(f, info[1], buf, info[3])
+        except BaseException:
+            f.close()  # not to its finaliser (record.Scan says why)
+            raise
 
     # --- routing: the receiver writes mail for one user straight in -----------
 
@@ -271,7 +296,7 @@ class Mailboxes:
     # --- duplicate suppression (gateway.dedupe) -----------------------------
 
     def _key(self, body):
-        return dedupe.key(body, self.buf)
+        return self.seen.key(body)
 
     def _first(self, user, key, id, received):
         """False when this user has had key under another id lately (a re-send)."""

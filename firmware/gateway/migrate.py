@@ -120,7 +120,8 @@ def _move(boxes, spool, user, path, id, first):
             env = Envelope(path)
             if not valid(path, boxes.mv):
                 raise ValueError("cut short")
-            addr = env.rcpts[0][0]
+            with env.recipients() as rcpts:
+                addr = next(rcpts)[1]  # a record straight into a mailbox: its one recipient
     except (ValueError, IndexError):
         log.warn("mailbox: removing %s of %s, cut short (older firmware)" % (id, user))
     else:

@@ -69,9 +69,10 @@ def session_buffer():
     return bytearray(BUFFER)
 
 
-async def pull(cfg, handler, buf=None, unload=CUSTOMER):
+async def pull(cfg, handler, buf=None, unload=CUSTOMER, ctx=None):
     """One ODMR session with cfg["relay"] (cfg validated); handler is an InboundHandler,
-    or a function that makes one (called only once the line has turned).
+    or a function that makes one (called only once the line has turned);
+    ctx, the relay's TLS context if the caller made it beforehand.
     The modules named in `unload` are dropped at the turn (a process that
     does nothing else, like board/unix/pull_once.py, drops SASL too).
     Never raises for network or protocol trouble: the Outcome says it."""
@@ -88,7 +89,7 @@ async def pull(cfg, handler, buf=None, unload=CUSTOMER):
     try:
         # The client reads its replies into the turned line's buffer too:
         # the provider says nothing between its 250 and our 220.
-        client = await SMTPClient.open(conf, cfg["hostname"], "relay", buf)
+        client = await SMTPClient.open(conf, cfg["hostname"], "relay", buf, ctx)
     except SMTPError as e:
         return _failed(e)
     try:

@@ -54,13 +54,20 @@ class Outbound:
     # smarthost that defers 10,000 one by one does not fill the heap.
     PAUSES = 64
 
-    def __init__(self, cfg, spool, policy, clock, retry=None):
+    def __init__(self, cfg, spool, policy, clock, retry=None, bufs=(None, None), ctx=None):
+        """bufs: (replies, body), bytearrays the caller made beforehand for
+        the client (the poll lends the turned line's buffer and one of
+        SMTPClient.chunk_size): a 1 KB body buffer made at the first
+        message failed the office day's flush on a cut-up heap. ctx: the
+        smarthost's TLS context, made beforehand too (else made here)."""
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
         self.clock = clock
         self.bounce_after = cfg["poll"]["bounce_after"]
         self.retry = {} if retry is None else retry  # id -> (tries, not before)
+        self.bufs = bufs
+        self.ctx = ctx
 
     async def flush(self):
         """Walks the "out" queue oldest first, BATCH ids at a time (memory
@@ -111,7 +118,9 @@ class Outbound:
             out.error = "no smarthost configured (smarthost.host): outgoing mail waits"
             return None
         try:
-            return await SMTPClient.open(conf, self.cfg["hostname"], "smarthost")
+            client = await SMTPClient.open(conf, self.cfg["hostname"], "smarthost", self.bufs[0], self.ctx)
+            client.buf = self.bufs[1]
+            return client
         except SMTPError as e:
             out.error, out.temporary = "%d %s" % (e.code, e.text), e.temporary
             return None
@@ -184,4 +193,4 @@ class Outbound:
 
 
 def _out(env):
-    return [a for a, q in env.rcpts if q == "out"]
+    return env.addresses("out")

@@ -27,6 +27,7 @@ class Result:
 
 class PollCycle:
     HANDOFF = 50  # pulled messages between hand-offs to the mailboxes
+    BODY_BUFFER = 1024  # the flush's client streams messages through it (SMTPClient.chunk_size)
 
     def __init__(self, cfg, spool, policy, mailboxes, board, session_buf):
         self.cfg = cfg
@@ -40,9 +41,21 @@ class PollCycle:
         # The turned line's receive buffer (odmr.session_buffer()), made by
         # the app at start-up: a 4 KB block may not exist later.
         self.session_buf = session_buf
+        # The flush reads its replies into that buffer too (the pull comes
+        # after it), and streams through this one, made here for the same
+        # reason.
+        self.body_buf = bytearray(self.BODY_BUFFER)
         import asyncio
 
         asyncio.open_connection  # noqa: B018 - asyncio's stream module, loaded now rather than mid-cycle
+        # The TLS contexts (1,764 bytes in one block, and the CA), made now
+        # and kept: made at each connection, the first at boot found no
+        # such block on a heap the boot's hand-off had cut up. One per CA
+        # file, which the relay and the smarthost of one provider share.
+        self.contexts = {}
+        for what in ("relay", "smarthost"):
+            self._context(what)
+        drop_modules(("gateway.tls",))
 
     async def run(self):
         try:
@@ -75,7 +88,7 @@ class PollCycle:
         # short (1000 ids take one 8 KB block a cut-up heap may not have).
         self.taken = 0
         handler = InboundHandler(self.cfg, self.spool, self.policy, self._taken)
-        pulled = await odmr.pull(self.cfg, handler, self.session_buf)
+        pulled = await odmr.pull(self.cfg, handler, self.session_buf, ctx=self._context("relay"))
         pulled = pulled.ok or pulled.code == 0, pulled.retry, pulled.text
         odmr = handler = None
         drop_modules(_PULL)
@@ -88,10 +101,28 @@ class PollCycle:
             return None, False, "nothing to send"
         from gateway.outbound import Outbound
 
-        sent = await Outbound(self.cfg, self.spool, self.policy, self.board.now, self.retry).flush()
+        sent = await Outbound(self.cfg, self.spool, self.policy, self.board.now, self.retry,
+                              (self.session_buf, self.body_buf), self._context("smarthost")).flush()
         sent = sent.error, sent.temporary, str(sent)
         drop_modules(_FLUSH)
         return sent
+
+    def _context(self, what):
+        """The TLS context for cfg[what], made at its first call; None with
+        TLS off, no host, or a CA it cannot use (the connection says why)."""
+        conf = self.cfg[what]
+        if conf["tls"] == "none" or not conf["host"]:
+            return None
+        ca = conf["ca"]
+        if ca not in self.contexts:
+            from gateway import tls
+            from gateway.wire import SMTPError
+
+            try:
+                self.contexts[ca] = tls.context(conf, what)
+            except SMTPError:
+                return None
+        return self.contexts[ca]
 
     def _taken(self, spool):
         self.taken += 1

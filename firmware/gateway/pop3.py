@@ -131,7 +131,7 @@ class POP3Session:
         user, self.user = self.user, None
         if user is None:
             return await self.bad("-ERR USER first")
-        from gateway.guard import check_password
+        from gateway.guard import Slots, check_password, short_of
 
         wait = check_password(self.policy, self.peer, user, arg, "pop3")
         if wait > 0:
@@ -147,10 +147,18 @@ class POP3Session:
             return
         if not self.mailboxes.lock(user):
             return await self.reply("-ERR [IN-USE] mailbox already in use by another session")
-        try:
-            self.msgs = self.mailboxes.listing(user)
-            self.deleted = bytearray(len(self.msgs))
-        except MemoryError:
+        # The listing's 8 bytes a message, and the room every session leaves
+        # the rest: a login that would take the heap's last KB waits, rather
+        # than leave the pull and the other sessions none (the office day
+        # drove the heap to its end with logins retried every 0.1 s).
+        self.msgs = None
+        if not short_of(8 * min(self.mailboxes.usage(user)[0], self.mailboxes.MAX_LISTED) + Slots.ROOM):
+            try:
+                self.msgs = self.mailboxes.listing(user)
+                self.deleted = bytearray(len(self.msgs))
+            except MemoryError:
+                self.msgs = None
+        if self.msgs is None:
             # Before the mailbox is shown: the client may log in again.
             self.mailboxes.unlock(user)
             self.user = self.msgs = None

@@ -45,6 +45,8 @@ class Scan:
     a volume that is gone crashed the 32-bit build. A directory that is
     missing or fails to read lists as empty, or ends there."""
 
+    TRIES = 4  # collections __exit__ makes room with before it gives up
+
     def __init__(self, path):
         try:
             self._it = ilistdir(path)
@@ -65,8 +67,18 @@ class Scan:
             raise StopIteration
 
     def __exit__(self, *exc):
-        for _ in self:
-            pass
+        # To the end even when the heap ran out (the likeliest reason to be
+        # here early): each entry is a small tuple, garbage once seen, so a
+        # collection makes room for the next.
+        for _ in range(self.TRIES):
+            try:
+                for _ in self:
+                    pass
+                return False
+            except MemoryError:
+                import gc
+
+                gc.collect()
         return False
 
 

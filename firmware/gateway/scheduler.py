@@ -105,14 +105,30 @@ class Scheduler:
     # --- the loop ------------------------------------------------------------
     async def run(self):
         if self._sleep is None:
+            # asyncio loads its wait_for on first use: that import in the
+            # first nap after a cycle found no room on a cut-up heap.
+            asyncio.wait_for  # noqa: B018
             self._wake = asyncio.Event()
         while True:
-            now = self.board.now()
-            self.next_poll = self.due(now)
-            if self.next_poll <= now:
-                await self.run_cycle()
-            else:
-                await self._nap(min(self.next_poll - now, self.max_nap))
+            try:
+                await self._step()
+            except MemoryError as e:
+                # A heap with no room for a moment must not end the polling
+                # for good: this is the only task that polls. So short that
+                # not even the line fits, it goes unsaid.
+                try:
+                    log.error("poll: the scheduler was short of memory: %r" % (e,))
+                except MemoryError:
+                    pass
+                await (self._sleep or asyncio.sleep)(1)
+
+    async def _step(self):
+        now = self.board.now()
+        self.next_poll = self.due(now)
+        if self.next_poll <= now:
+            await self.run_cycle()
+        else:
+            await self._nap(min(self.next_poll - now, self.max_nap))
 
     async def _nap(self, seconds):
         if self._sleep:

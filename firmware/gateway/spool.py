@@ -101,7 +101,7 @@ class Draft:
                 self._f.write(line)
                 self.hcrc = binascii.crc32(line, self.hcrc)
                 self.hlen += len(line)
-        except OSError:
+        except BaseException:  # a full card, or no heap for a line: nothing left half-written or open
             self.abort()
             raise
 
@@ -257,15 +257,10 @@ class Spool:
                 yield id
 
     def envelope(self, id):
+        """The record's Envelope (spoolread): its recipients are read from
+        the card when asked, the handled ones left out."""
         read = _read()
-        env = read.Envelope(read.path(self, id))
-        # Only the pending recipients, renumbered: nothing in it is done. A
-        # record with none done keeps its list (100 recipients: a second
-        # 512-byte block that a cut-up heap may not have).
-        if env.done:
-            env.rcpts = env.pending()
-            env.done = set()
-        return env
+        return read.Envelope(read.path(self, id))
 
     def open(self, id, env=None):
         """The message bytes of record id. A caller holding its envelope
@@ -280,11 +275,12 @@ class Spool:
         """{queue: records} from the names alone: no record is opened."""
         return _read().counts(self)
 
-    def done(self, id, queue, addresses=None):
-        """Marks `queue`'s recipients of id (those in `addresses`, or all)
+    def done(self, id, queue, addresses=None, keep=None):
+        """Marks `queue`'s recipients of id (those in `addresses`, or all
+        but those set in the bitmap `keep`, by Envelope.recipients' index)
         as handled; the record goes once none is left, and its bucket with
         it when that is empty and no longer the one new ids go into."""
-        bucket = _read().done(self, id, queue, addresses)
+        bucket = _read().done(self, id, queue, addresses, keep)
         if bucket and (self._next is None or id[:6] != ("%08x" % self._next)[:6]):
             self.prune(bucket)
 

@@ -7,7 +7,14 @@ import binascii
 import os
 from errno import ENOENT
 
+from gateway.compat import const
 from gateway.record import LETTERS, MAGIC, QUEUES, TRAILER, Scan, buckets, exists, letter, remove
+
+
+# The buffer a record's check reads through: a trailer and more, and a
+# small block (512 bytes, made at each listing, was one a cut-up heap did
+# not have when the poll began).
+_CHECK = const(64)
 
 
 def _done_line(i):
@@ -15,11 +22,16 @@ def _done_line(i):
 
 
 class Envelope:
-    """.id .mail_from .rcpts [(address, queue)] .size .received (unix s)."""
+    """.id .mail_from .size .received (unix s) .count (recipients) of a
+    record. The recipients themselves stay on the card and are read when
+    asked (recipients()): a list of 100 took a 512-byte block that a heap
+    cut up by the day's sessions did not have. Per recipient it holds two
+    bits, its queue and whether it was handled (.done, from the progress
+    file)."""
 
     def __init__(self, path):
-        """Parses a record's header; .rcpts are all of them, .done the indices
-        already handled. Raises ValueError/OSError on a damaged header."""
+        """Parses a record's header. Raises ValueError/OSError on a damaged
+        header."""
         self.path = path
         with open(path, "rb") as f:
             line = f.readline()
@@ -30,7 +42,10 @@ class Envelope:
             self.id = id.decode()
             self.received = int(received)
             got = len(line)
-            self.rcpts = []
+            # An "R l x\n" line takes 6 bytes: room for a bit each and more.
+            self.out = bytearray(self.hlen // 32 + 1)  # recipient i is in "out"
+            self.done = bytearray(len(self.out))  # recipient i was handled
+            self.count = 0
             while got < self.hlen:
                 line = f.readline()
                 got += len(line)
@@ -39,11 +54,12 @@ class Envelope:
                 if line[:1] == b"F":
                     self.mail_from = line[2:-1].decode()
                 else:
-                    self.rcpts.append((line[4:-1].decode(), QUEUES[LETTERS.index(line[2:3].decode())]))
+                    if QUEUES[LETTERS.index(line[2:3].decode())] == "out":
+                        _set(self.out, self.count)
+                    self.count += 1
             self.size = f.seek(0, 2) - self.hlen - TRAILER
-        if got != self.hlen or not self.rcpts:
+        if got != self.hlen or not self.count:
             raise ValueError("bad header length")
-        self.done = set()
         try:
             f = open(path[: path.rfind(".") + 1] + "d", "rb")
         except OSError:
@@ -53,10 +69,88 @@ class Envelope:
         with f:
             for line in f:
                 if len(line) == 14 and line[:4].isdigit() and line == _done_line(int(line[:4])):
-                    self.done.add(int(line[:4]))
+                    i = int(line[:4])
+                    if i < self.count:
+                        _set(self.done, i)
+
+    def queue(self, i):
+        return QUEUES[_bit(self.out, i)]
 
     def pending(self, queue=None):
-        return [r for i, r in enumerate(self.rcpts) if i not in self.done and (queue is None or r[1] == queue)]
+        """How many recipients (of `queue`) are still to be served."""
+        n = 0
+        for i in range(self.count):
+            if not _bit(self.done, i) and (queue is None or self.queue(i) == queue):
+                n += 1
+        return n
+
+    def recipients(self, queue=None):
+        """`with env.recipients(queue) as rs: for i, address, queue in rs:`
+        the pending recipients (of `queue`), read from the record."""
+        return _Recipients(self, queue)
+
+    @property
+    def rcpts(self):
+        """[(address, queue)] of the pending recipients, for the host's
+        checks and tools (board/unix); the box reads them one at a time."""
+        with self.recipients() as rs:
+            return [(a, q) for _, a, q in rs]
+
+    def addresses(self, queue):
+        """The pending addresses of `queue` as a list, for a client that
+        sends them all at once (gateway.smtp.submit)."""
+        with self.recipients(queue) as rs:
+            return [a for _, a, _ in rs]
+
+
+class _Recipients:
+    """Envelope.recipients(): reads the header's recipient lines one at a
+    time; the file is closed at the end of the `with`."""
+
+    def __init__(self, env, queue):
+        self.env = env
+        self.want = queue
+        self.i = -1
+        self._f = open(env.path, "rb")
+        try:
+            self.left = env.hlen - len(self._f.readline())
+        except BaseException:
+            # No `with` holds it yet: a file left to its finaliser is closed
+            # at some later collection, not now.
+            self._f.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        env = self.env
+        while self.left > 0:
+            line = self._f.readline()
+            self.left -= len(line)
+            if line[:1] != b"R":
+                continue
+            self.i += 1
+            i = self.i
+            if _bit(env.done, i) or self.want and env.queue(i) != self.want:
+                continue
+            return i, line[4:-1].decode(), env.queue(i)
+        raise StopIteration
+
+
+def _bit(bits, i):
+    return bits[i >> 3] >> (i & 7) & 1
+
+
+def _set(bits, i):
+    bits[i >> 3] |= 1 << (i & 7)
 
 
 # --- listing ---------------------------------------------------------------
@@ -126,7 +220,7 @@ def ids(sp, queue, after="", limit=0):
     # Buckets past the limit are not even scanned: a batch of 16 costs the
     # same at 10,000 waiting as at 16.
     n = 0
-    buf = memoryview(bytearray(512))
+    buf = memoryview(bytearray(_CHECK))
     for b in buckets(sp.root):
         if b < after[:6]:
             continue
@@ -166,23 +260,27 @@ def _whole(sp, id, buf):
 
 
 # --- progress --------------------------------------------------------------
-def done(sp, id, queue, addresses=None):
-    """Marks the recipients handled; returns the bucket directory of a
-    record that is gone with that (every recipient handled), else None."""
+def done(sp, id, queue, addresses=None, keep=None):
+    """Marks the recipients of `queue` handled (those in `addresses`, or
+    all but those whose bit is set in `keep`, a bitmap by recipients()'
+    index); returns the bucket directory of a record that is gone with that
+    (every recipient handled), else None."""
     try:
         p = path(sp, id)
     except KeyError:
         return None  # already complete and gone
     env = Envelope(p)
-    marks = [
-        i
-        for i, (addr, q) in enumerate(env.rcpts)
-        if q == queue and i not in env.done and (addresses is None or addr in addresses)
-    ]
-    if not marks:
+    marks = bytearray(len(env.done))
+    n = 0
+    with env.recipients(queue) as rs:
+        for i, addr, _ in rs:
+            if (addresses is None or addr in addresses) and not (keep and _bit(keep, i)):
+                _set(marks, i)
+                n += 1
+    if not n:
         return None
     dpath = p[: p.rfind(".")] + ".d"
-    if len(marks) + len(env.done) == len(env.rcpts):
+    if n == env.pending():
         # All handled. The message file goes first: a crash here leaves
         # only an orphan progress file, which recover() removes.
         os.remove(p)
@@ -191,8 +289,9 @@ def done(sp, id, queue, addresses=None):
     from gateway.compat import fsync
 
     with open(dpath, "ab") as f:
-        for i in marks:
-            f.write(_done_line(i))
+        for i in range(env.count):
+            if _bit(marks, i):
+                f.write(_done_line(i))
         fsync(f)
     return None
 
@@ -205,7 +304,7 @@ def recover(sp):
     if not exists(sp.root):
         os.mkdir(sp.root)
     kept = removed = top = 0
-    buf = memoryview(bytearray(512))
+    buf = memoryview(bytearray(_CHECK))
     for b in buckets(sp.root):
         d = sp.root + "/" + b
         # No list of names: a bucket of 256 would not fit a small heap.

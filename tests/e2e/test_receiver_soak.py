@@ -232,7 +232,7 @@ def mode_cuts(runs, seed):
         present = set(spool.ids("local")) | set(spool.ids("out"))
         if trying and trying[0] in acked:
             id, q = trying
-            if id in present and q in set(q for _, q in spool.envelope(id).rcpts):
+            if id in present and spool.envelope(id).pending(q):
                 trying = None
             else:
                 done_marks.append(trying)

@@ -5,6 +5,7 @@ import os
 import sys
 
 MICROPYTHON = sys.implementation.name == "micropython"
+WORD = 8 if sys.maxsize > 1 << 32 else 4  # bytes in a pointer: heap blocks scale with it
 
 
 class Skip(Exception):
@@ -85,6 +86,48 @@ class patched:
         return False
 
 
+def cut_heap(largest):
+    """Cuts the MicroPython heap up as a day of sessions does: what is free
+    is left in holes of `largest` bytes (and a block), each kept from the
+    next by a small block that stays, so small allocations still succeed
+    and none much bigger than `largest` does. Returns what keeps the heap
+    cut: drop it to mend the heap."""
+    needs_micropython("gc.mem_free")
+    import gc
+
+    gc.collect()
+    n = gc.mem_free() // (largest + 32) + 8
+    # One list holds holes and posts alike: a list of its own for the holes,
+    # let go, could be freed only at some later collection (the stack may
+    # still point at it), and leave a large block after all.
+    keep = [None] * (2 * n + 64)
+    k = 0
+    try:
+        while k < 2 * n:
+            keep[k] = bytearray(largest)
+            keep[k + 1] = bytearray(16)
+            k += 2
+    except MemoryError:
+        pass
+    for i in range(0, k + 1, 2):
+        keep[i] = None
+    gc.collect()
+    # What larger room is left goes too, until two tries in a row find
+    # none: a failed allocation collects first, and the collector is
+    # conservative, so what a stale pointer kept alive at one collection
+    # may come free at the next.
+    for size in (4 * largest, largest + 64, largest + 16):
+        misses = 0
+        while k < len(keep) and misses < 2:
+            try:
+                keep[k] = bytearray(size)
+                k += 1
+                misses = 0
+            except MemoryError:
+                misses += 1
+    return keep
+
+
 _counter = [0]
 
 
@@ -114,6 +157,12 @@ def read_body(spool, id, bufsize=700):
             if not n:
                 return bytes(out)
             out += buf[:n]
+
+
+def rcpts(env, queue=None):
+    """The pending (address, queue) pairs of a spool Envelope, in order."""
+    with env.recipients(queue) as rs:
+        return [(a, q) for _, a, q in rs]
 
 
 def record_path(spool, id):

@@ -239,6 +239,36 @@ def test_scan_finishes_an_iterator_left_early():
         assert list(entries) == []
 
 
+def test_scan_finishes_its_iterator_when_the_heap_ran_out():
+    # Issue 11: on a full heap the listing that was left early for a
+    # MemoryError could not be run to its end either (each entry takes a
+    # tuple), and a VfsFat iterator left to its finaliser is the 32-bit
+    # build's segfault. Scan makes room with a collection and goes on.
+    from gateway import record
+
+    class Short:
+        """Four entries; the second next() finds no room."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def __next__(self):
+            self.calls += 1
+            if self.calls == 2:
+                raise MemoryError()
+            if self.calls > 5:
+                raise StopIteration
+            return ("f%d" % self.calls, 0x8000, 0)
+
+    scan = record.Scan(support.tmpdir())
+    scan._it = it = Short()
+    with support.raises(MemoryError):
+        with scan as entries:
+            for e in entries:
+                raise MemoryError()  # the listing's own work found no room
+    assert it.calls == 6  # the end reached after all
+
+
 def test_power_cut_while_the_receiver_writes_into_a_mailbox():
     # Every record that committed (got its 250) is listed whole after the
     # cut; the one being written is judged cut short and removed, never shown.

@@ -320,13 +320,15 @@ def test_made_up_verbs_cost_no_heap_for_good():
 def test_a_login_on_a_cut_up_heap_is_refused_cleanly_and_works_when_retried():
     # Issue 11: in the office day a POP3 login grew its listing message by
     # message on a heap the day's sessions had cut up, and the session
-    # failed for want of one 1,152-byte block with 30 KB free. The listing
-    # is now made at its full size at once, and a heap with no block for it
-    # gets a clean temporary refusal of the login; retried, it works.
+    # failed for want of one 1,152-byte block with 30 KB free. Made at its
+    # full size at once as two arrays, the listing then had logins refused
+    # by the dozen for want of two 1,000-byte blocks with 15 KB free. It is
+    # now made in pages of 256 bytes; a heap without even those gets a
+    # clean temporary refusal of the login, and retried, it works.
     support.needs_micropython("gc.mem_free")
     import gc
 
-    count = 250  # its listing: two blocks of 1,000 bytes
+    count = 250  # its listing: 2,000 bytes
     root = support.tmpdir()
     spool = Spool(root + "/spool")
     spool.recover()
@@ -336,37 +338,46 @@ def test_a_login_on_a_cut_up_heap_is_refused_cleanly_and_works_when_retried():
         d.write(b"Subject: %d\r\n\r\nhello\r\n" % i)
         d.commit()
 
-    async def session(port):
+    async def login(port, hole, none):
+        """The reply to PASS on a heap cut into holes of `hole` bytes,
+        with no block of `none` bytes."""
+        for _ in range(4):  # the last session's task ends, its listing is garbage
+            await asyncio.sleep(0)
         c, greeting = await connect(port)
         assert greeting.startswith("+OK")
-        gc.collect()
-        n = gc.mem_free() // 784 + 8
-        holes, posts = [None] * n, [None] * n
-        try:
-            for i in range(n):
-                holes[i] = bytearray(768)
-                posts[i] = bytearray(16)  # keeps the holes apart
-        except MemoryError:
-            pass
-        holes = None
-        gc.collect()
-        big = [None] * 64  # and what larger room is left goes too
-        for i in range(64):
-            try:
-                big[i] = bytearray(1024)
-            except MemoryError:
-                break
-        with support.raises(MemoryError):  # no block for the listing
-            bytearray(1000)
+        cut = support.cut_heap(hole)
+        with support.raises(MemoryError):
+            bytearray(none)
         assert (await c.cmd("USER alice")).startswith("+OK")
-        refused = await c.cmd("PASS alice-pw")
-        posts = big = None
-        assert refused == "-ERR [SYS/TEMP] the box is busy, log in again later", refused
+        got = await c.cmd("PASS alice-pw")
+        cut = None
         gc.collect()
+        return c, got
+
+    async def session(port):
+        c, got = await login(port, 768, 1000)  # the two arrays would not fit, pages do
+        assert got == "+OK alice has %d messages" % count, got
+        assert await c.cmd("QUIT") == "+OK 0 messages deleted, bye"
+        await c.close()
+        c, got = await login(port, 128, 256)  # not even a page
+        assert got == "-ERR [SYS/TEMP] the box is busy, log in again later", got
         assert (await c.cmd("USER alice")).startswith("+OK")
         assert await c.cmd("PASS alice-pw") == "+OK alice has %d messages" % count
         assert (await c.cmd("STAT")).startswith("+OK %d " % count)
         assert await c.cmd("QUIT") == "+OK 0 messages deleted, bye"
+        await c.close()
+        # Less free than the listing and the room every session leaves
+        # (guard.short_of says so): refused before the listing is tried.
+        from gateway import guard
+
+        asked = []
+        c, _ = await connect(port)
+        assert (await c.cmd("USER alice")).startswith("+OK")
+        with support.patched(guard, short_of=lambda room: asked.append(room) or True):
+            got = await c.cmd("PASS alice-pw")
+        assert got == "-ERR [SYS/TEMP] the box is busy, log in again later", got
+        assert asked == [8 * count + guard.Slots.ROOM], asked
+        assert await c.cmd("QUIT") == "+OK bye"
         await c.close()
 
     support.run(served(boxes, session, max_sessions=2))

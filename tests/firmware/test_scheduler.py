@@ -147,3 +147,26 @@ def test_never_two_cycles_at_once_and_a_poll_during_a_cycle_runs_after_it():
     assert support.run(main()).ok
     assert cycle.times == [0]
     assert s.due(0) == 0  # the poll asked for during the cycle is due now
+
+
+def test_a_memory_error_in_a_nap_does_not_end_the_polling():
+    # Issue 11: on a cut-up heap the first nap after a cycle failed to load
+    # asyncio's wait_for (MemoryError), and the scheduler's task ended: the
+    # box never polled again.
+    clock = Clock(0)
+    cycle = Cycle(clock)
+    s = Scheduler(support.config({"poll": {"interval": 900}}), cycle, clock)
+    calls = []
+
+    async def sleep(seconds):
+        calls.append(seconds)
+        if len(calls) == 1:
+            raise MemoryError("memory allocation failed, allocating 376 bytes")
+        clock.t += seconds
+        if len(cycle.times) >= 3:
+            raise Stop()
+
+    s._sleep = sleep
+    with support.raises(Stop):
+        support.run(s.run())
+    assert cycle.times == [0, 900, 1800] and calls[:2] == [Scheduler.max_nap, 1], (cycle.times, calls[:4])

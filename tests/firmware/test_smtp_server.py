@@ -79,7 +79,7 @@ def test_a_pipelined_transaction_lands_in_the_spool_with_a_received_header():
     assert sp.envelope(id).received == 1796000000
     assert body.endswith(b"\r\nSubject: hi\r\n\r\n.dot\r\n")
     env = sp.envelope(id)
-    assert env.mail_from == "a@x.test" and env.rcpts == [("b@x.test", "local"), ("out@far.test", "out")]
+    assert env.mail_from == "a@x.test" and support.rcpts(env) == [("b@x.test", "local"), ("out@far.test", "out")]
     card.unmount()
 
 
@@ -151,7 +151,7 @@ def test_recipient_limit_and_duplicates():
     )
     assert _codes(replies) == [220, 250, 250] + [250] * 5 + [452, 452, 452, 354, 250, 221]
     env = sp.envelope(h.delivered_ids[0])
-    assert env.mail_from == "" and len(env.rcpts) == 5
+    assert env.mail_from == "" and len(support.rcpts(env)) == 5
     card.unmount()
 
 
@@ -434,3 +434,4 @@ def test_made_up_verbs_and_odd_addresses_cost_no_heap_for_good():
     sessions(1000, 300)
     gc.collect()
     assert gc.mem_alloc() - before < 2048, gc.mem_alloc() - before
+

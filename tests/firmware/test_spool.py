@@ -29,7 +29,7 @@ def test_commit_then_read_back_exactly_with_its_envelope():
     id = _store(sp, body, [("a@x.test", "local"), ("b@y.test", "out")])
     env = sp.envelope(id)
     assert env.id == id and env.mail_from == "s@far.test"
-    assert env.rcpts == [("a@x.test", "local"), ("b@y.test", "out")]
+    assert support.rcpts(env) == [("a@x.test", "local"), ("b@y.test", "out")]
     assert env.size == len(body) and env.received > 1500000000
     assert support.read_body(sp, id) == body
     assert sp.ids("local") == [id] and sp.ids("out") == [id]
@@ -59,11 +59,11 @@ def test_done_is_per_recipient_and_survives_a_remount():
     rcpts = [("a@x.test", "local"), ("b@x.test", "local"), ("c@far.test", "out")]
     id = _store(sp, b"hello\r\n", rcpts)
     sp.done(id, "local", ["a@x.test"])
-    assert sp.envelope(id).rcpts == rcpts[1:]
+    assert support.rcpts(sp.envelope(id)) == rcpts[1:]
     card = card.remount()
     sp = Spool(card.root + "/spool")
     assert sp.recover() == (1, 0)
-    assert sp.envelope(id).rcpts == rcpts[1:]
+    assert support.rcpts(sp.envelope(id)) == rcpts[1:]
     sp.done(id, "local")
     assert sp.ids("local") == [] and sp.ids("out") == [id]
     sp.done(id, "out")
@@ -79,7 +79,8 @@ def test_an_envelope_lists_per_queue_only_what_is_pending():
     id = _store(sp, b"hello\r\n", rcpts)
     sp.done(id, "local", ["a@x.test"])
     env = sp.envelope(id)
-    assert env.pending("local") == rcpts[1:2] and env.pending("out") == rcpts[2:]
+    assert support.rcpts(env, "local") == rcpts[1:2] and support.rcpts(env, "out") == rcpts[2:]
+    assert env.pending("local") == 1 and env.pending() == 2
     card.unmount()
 
 
@@ -245,4 +246,21 @@ def test_a_limited_listing_scans_only_the_buckets_it_needs():
         assert list(sp.walk("out", 2)) == ids
     finally:
         spoolread.bits = real
+    card.unmount()
+
+
+def test_a_listing_on_a_cut_up_heap():
+    # Issue 11: at 144k the office day's first poll failed at its first
+    # listing (MemoryError allocating 512 bytes): each listing made a
+    # 512-byte buffer for its records' checks, a block a heap cut up by the
+    # sessions may not have. The checks read through a small one now.
+    card, sp = _spool()
+    sp.recover()
+    ids = [_store(sp, b"hello %d\r\n" % i, (("u@example.test", "local"), ("v@far.test", "out"))) for i in range(3)]
+    cut = support.cut_heap(64 * support.WORD)  # 256 bytes on the ESP32
+    with support.raises(MemoryError):
+        bytearray(96 * support.WORD)
+    listed = sp.ids("out", "", 16)
+    cut = None
+    assert listed == ids
     card.unmount()

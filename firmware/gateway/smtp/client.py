@@ -49,10 +49,11 @@ class SMTPClient:
         return cls(reader, writer, what, buf)
 
     @classmethod
-    async def open(cls, conf, hostname, what, buf=None):
+    async def open(cls, conf, hostname, what, buf=None, ctx=None):
         """Connect, TLS as configured, greeting, EHLO, STARTTLS + EHLO, AUTH.
-        conf is a validated endpoint (relay, smarthost). gateway.tls is
-        loaded only when TLS is on."""
+        conf is a validated endpoint (relay, smarthost); ctx, its TLS
+        context when the caller made it beforehand (tls.context).
+        gateway.tls is loaded only when TLS is on."""
         mode = conf["tls"]
         if mode == "none":
             tls = ctx = None
@@ -60,7 +61,7 @@ class SMTPClient:
         else:
             from gateway import tls
 
-            ctx = tls.context(conf, what)
+            ctx = ctx or tls.context(conf, what)
         client = await cls.connect(conf["host"], conf["port"], what, buf)
         try:
             if mode == "implicit":
