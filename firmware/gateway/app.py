@@ -81,7 +81,9 @@ class App:
         import asyncio
         from gateway.smtp import server
 
-        server.reserve(self.SMTP_BUFFERS)
+        # A recipient table more than buffers: the provider's delivery on the
+        # turned line has its buffer from the poll (session_buf).
+        server.reserve(self.SMTP_BUFFERS, tables=self.SMTP_BUFFERS + 1)
         self.open_card()
         host = self.cfg["listen"]
         from gateway import pop3

@@ -28,24 +28,17 @@ class _SpoolingHandler(Handler):
             return refusal
         return "local"
 
-    def delivered(self, session, id, rcpts):
+    def delivered(self, session, id, queues):
         # on_delivered(spool) is Mailboxes.deliver_pending: local mail lands in
         # the mailbox at once (and forwarding starts); on_outbound() pokes the
         # scheduler.
-        if self.on_delivered and _to(rcpts, "local"):
+        if self.on_delivered and "local" in queues:
             try:
                 self.on_delivered(self.spool)
             except Exception as e:  # the 250 is out: the mail waits in the spool
                 log.error("delivery of %s failed, kept in the spool: %r" % (id, e))
-        if self.on_outbound and _to(rcpts, "out"):
+        if self.on_outbound and "out" in queues:
             self.on_outbound()
-
-
-def _to(rcpts, queue):
-    for _, q in rcpts:
-        if q == queue:
-            return True
-    return False
 
 
 class InboundHandler(_SpoolingHandler):

@@ -56,9 +56,9 @@ class _Counting:
     def __getattr__(self, name):
         return getattr(self.handler, name)
 
-    def delivered(self, session, id, rcpts):
+    def delivered(self, session, id, queues):
         self.count += 1
-        self.handler.delivered(session, id, rcpts)
+        self.handler.delivered(session, id, queues)
 
 
 def session_buffer():

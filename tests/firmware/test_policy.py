@@ -182,12 +182,11 @@ def test_lan_hands_off_after_the_250():
     h = LanHandler(CFG, spool, p, lambda s: calls.append(("local", s)), lambda: calls.append(("out",)))
     s = Session(user="bob")
     h.mail(s, "bob@example.test", {})
-    rcpts = [(a, h.rcpt(s, a)) for a in ("alice@example.test", "x@outside.test")]
-    h.delivered(s, "id1", rcpts)
+    h.delivered(s, "id1", tuple(h.rcpt(s, a) for a in ("alice@example.test", "x@outside.test")))
     assert calls == [("local", spool), ("out",)]
     # A later message for outside only does not touch the mailboxes.
     h.mail(s, "bob@example.test", {})
-    h.delivered(s, "id2", [("y@outside.test", h.rcpt(s, "y@outside.test"))])
+    h.delivered(s, "id2", (h.rcpt(s, "y@outside.test"),))
     assert calls[2:] == [("out",)]
 
 
@@ -213,10 +212,10 @@ def test_a_failing_delivery_after_the_250_does_not_break_the_session():
     h = LanHandler(CFG, None, Policy(CFG), card_full)
     s = Session()
     h.mail(s, "bob@example.test", {})
-    rcpts = [("alice@example.test", h.rcpt(s, "alice@example.test"))]
+    queues = (h.rcpt(s, "alice@example.test"),)
     log.attach(lines.append)
     try:
-        h.delivered(s, "id1", rcpts)
+        h.delivered(s, "id1", queues)
     finally:
         log.attach(None)
     assert len(lines) == 1 and "id1" in lines[0] and "kept in the spool" in lines[0]

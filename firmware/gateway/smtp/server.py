@@ -42,9 +42,9 @@ class Handler:
     # or None; logins(session): the failed-login record (gateway.guard) or
     # None; mail(session, address, params): None or a refusal (the
     # declared SIZE is session.size once MAIL is taken);
-    # delivered(session, id, rcpts): after the 250 went out, with the
-    # committed message's [(address, queue)]. One shared default
-    # costs less heap than six functions.
+    # delivered(session, id, queues): after the 250 went out, with the
+    # queues the committed message's recipients are in (a tuple, each
+    # once). One shared default costs less heap than six functions.
     connect = ehlo_keywords = auth_password = logins = mail = delivered = _nothing
 
     def room(self, session, size):
@@ -64,6 +64,48 @@ class Handler:
 
     def begin(self, session, mail_from, rcpts):
         return self.spool.begin(mail_from, rcpts)
+
+
+class Recipients:
+    """A transaction's (address, queue) pairs in a table made at its full
+    size (SMTPSession.max_recipients) and kept from session to session
+    (take_table): a list grown one by one took a 512-byte block at the
+    65th RCPT, which a heap cut up by the day's sessions did not have."""
+
+    def __init__(self, capacity):
+        self.items = [None] * capacity
+        self.n = 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.items[i]
+
+    def full(self, limit):
+        return self.n >= min(limit, len(self.items))
+
+    def add(self, address, queue):
+        for i in range(self.n):
+            if self.items[i] == (address, queue):
+                return
+        self.items[self.n] = (address, queue)
+        self.n += 1
+
+    def queues(self):
+        """The queues the recipients are in, each once."""
+        out = ()
+        for i in range(self.n):
+            q = self.items[i][1]
+            if q not in out:
+                out += (q,)
+        return out
+
+    def clear(self):
+        for i in range(self.n):
+            self.items[i] = None
+        self.n = 0
 
 
 class _Closed(Exception):
@@ -108,8 +150,11 @@ class SMTPSession:
     buffer_size = 4096  # the one input buffer; more than a text line
     max_pending_replies = 16  # replies held back while pipelined commands wait
 
-    def __init__(self, reader, writer, handler, peer=None, buf=None):
+    def __init__(self, reader, writer, handler, peer=None, buf=None, rcpts=None):
+        """rcpts: a Recipients table (take_table); the session gives it
+        back to the pool when it ends."""
         self.reader = data.DataReader(reader, self.buffer_size, buf)
+        self.rcpts = take_table() if rcpts is None else rcpts
         self.writer = writer
         self.handler = handler
         self.peer = peer
@@ -120,13 +165,13 @@ class SMTPSession:
         self.login_failures = 0
         self.mechanisms = ()
         self._out = []
-        self._delivered = []  # (id, rcpts) whose 250 is not out yet: a pipelined MAIL may start the next one
+        self._delivered = []  # (id, queues) whose 250 is not out yet: a pipelined MAIL may start the next one
         self._open = True
         self._reset()
 
     def _reset(self):
         self.mail_from = None
-        self.rcpts = []
+        self.rcpts.clear()
         self.size = 0  # SIZE= of this transaction's MAIL (0: not declared)
 
     def reply(self, code, text):
@@ -146,16 +191,19 @@ class SMTPSession:
 
     async def flush(self):
         if self._out:
-            out = b"".join(self._out)
-            self._out = []
-            self.writer.write(out)
+            # One write each, no joined copy: 16 pipelined replies took a
+            # 570-byte block that a cut-up heap did not have. The stream
+            # sends each at once while the socket takes it.
+            for reply in self._out:
+                self.writer.write(reply)
+            self._out.clear()
             await self.writer.drain()
         # Hand-offs wait until the 250 is out: the client must not wait for
         # local delivery, and it may send its next commands before that.
         while self._delivered:
-            id, rcpts = self._delivered.pop(0)
+            id, queues = self._delivered.pop(0)
             try:
-                self.handler.delivered(self, id, rcpts)
+                self.handler.delivered(self, id, queues)
             except Exception as e:  # noqa: BLE001 - the message is safe in the spool
                 log.error("smtp: hand-off of %s failed: %r" % (id, e))
 
@@ -223,7 +271,8 @@ class SMTPSession:
             watch.cancel()
             try:
                 if self._expired:  # a peer that is not reading gets no more waiting
-                    self.writer.write(b"".join(self._out))
+                    for reply in self._out:
+                        self.writer.write(reply)
                 else:
                     await self.flush()
             except OSError:
@@ -233,6 +282,8 @@ class SMTPSession:
                 await self.writer.wait_closed()
             except OSError:
                 pass
+            self._reset()
+            _tables.append(self.rcpts)
 
     async def _command(self, line):
         try:
@@ -331,15 +382,14 @@ class SMTPSession:
         address = parsed[0]
         if "@" not in address and address.lower() != "postmaster":
             self.reply(501, "5.1.3 Bad recipient address syntax")
-        elif len(self.rcpts) >= self.max_recipients:
+        elif self.rcpts.full(self.max_recipients):
             self.reply(452, "4.5.3 Too many recipients")
         else:
             queue = self.handler.rcpt(self, address)
             if not isinstance(queue, str):
                 self.reply(*queue)
                 return
-            if (address, queue) not in self.rcpts:
-                self.rcpts.append((address, queue))
+            self.rcpts.add(address, queue)
             self.reply(250, "2.1.5 OK")
 
     def smtp_DATA(self, arg):
@@ -357,13 +407,13 @@ class SMTPSession:
         from gateway.spool import SpoolFull
 
         h = self.handler
-        rcpts = self.rcpts
         try:
-            draft = h.begin(self, self.mail_from, rcpts)
+            draft = h.begin(self, self.mail_from, self.rcpts)
         except SpoolFull:
             self._reset()
             self.reply(*_STORAGE)
             return
+        queues = self.rcpts.queues()
         self._reset()
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
         self._expire_in(self.data_timeout)
@@ -399,7 +449,7 @@ class SMTPSession:
             raise
         if status == data.OK:
             self.reply(250, "2.0.0 OK queued as %s" % id)
-            self._delivered.append((id, rcpts))
+            self._delivered.append((id, queues))
             return
         draft.abort()
         if status == data.EOF:
@@ -466,17 +516,28 @@ class SMTPSession:
         return auth.command(self, arg)
 
 
-# Input buffers of finished sessions, kept for the next connection.
+# Input buffers and recipient tables of finished sessions, kept for the
+# next connection.
 _spare = []
+_tables = []
 
 
-def reserve(count=1, made=()):
-    """Makes session buffers now. A box that calls this early, before the
-    heap is cut up into small pieces, can always take a connection; one
-    that made them before even this module loaded lends them as `made`."""
+def take_table():
+    """A Recipients table: a finished session's, or a new one (MemoryError
+    when the heap has no block for it)."""
+    return _tables.pop() if _tables else Recipients(SMTPSession.max_recipients)
+
+
+def reserve(count=1, made=(), tables=None):
+    """Makes session buffers now, and recipient tables (one for each
+    unless `tables` says). A box that calls this early, before the heap
+    is cut up into small pieces, can always take a connection; one that
+    made its buffers before even this module loaded lends them as `made`."""
     _spare.extend(made)
     for _ in range(count - len(made)):
         _spare.append(bytearray(SMTPSession.buffer_size))
+    for _ in range(count if tables is None else tables):
+        _tables.append(Recipients(SMTPSession.max_recipients))
 
 
 async def serve(handler_factory, host, port, max_sessions=8):
@@ -491,12 +552,15 @@ async def serve(handler_factory, host, port, max_sessions=8):
 
     async def client(reader, writer):
         ip = peer_ip(writer.get_extra_info("peername"))
-        buf = None
+        buf = table = None
         refusal = slots.take(ip)
         if refusal is None:
             try:
+                table = take_table()
                 buf = spare.pop() if spare else bytearray(SMTPSession.buffer_size)
             except MemoryError:
+                if table:
+                    _tables.append(table)
                 log.warn("smtp: no memory for another session")
                 slots.give(ip)
                 refusal = "Too many connections, try later"
@@ -510,7 +574,7 @@ async def serve(handler_factory, host, port, max_sessions=8):
                 pass
             return
         try:
-            await SMTPSession(reader, writer, handler_factory(), ip, buf).run()
+            await SMTPSession(reader, writer, handler_factory(), ip, buf, table).run()
         except Exception as e:  # noqa: BLE001 - one broken session must not stop the server
             log.error("smtp: session from %s ended: %r" % (ip, e))
         finally:
