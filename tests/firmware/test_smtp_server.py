@@ -494,3 +494,31 @@ def test_100_pipelined_recipients_on_a_cut_up_heap():
     env = sp.envelope(h.delivered_ids[0])
     assert sorted(a for a, _ in support.rcpts(env)) == sorted("staff%d@example.test" % i for i in range(100))
     card.unmount()
+
+
+class _ReadFails(support.ScriptedStream):
+    """A stream whose read raises where the script holds an exception, as a
+    MemoryError inside the DATA loop would."""
+
+    async def readinto(self, buf):
+        if self.chunks and isinstance(self.chunks[0], Exception):
+            raise self.chunks.pop(0)
+        return await super().readinto(buf)
+
+    async def read(self, n):
+        if self.chunks and isinstance(self.chunks[0], Exception):
+            raise self.chunks.pop(0)
+        return await super().read(n)
+
+
+def test_a_read_failing_mid_data_closes_with_421_not_the_rest_read_as_commands():
+    card = support.Card()
+    sp = Spool(card.root + "/spool", lambda: 1796000000)
+    h = Accept(sp)
+    stream = _ReadFails([b"EHLO pc.example.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n",
+                         b"Subject: hi\r\n\r\nfirst part\r\n", MemoryError("memory allocation failed"),
+                         b"NOOP is text here\r\nQUIT in the body\r\n.\r\nQUIT\r\n"])
+    support.run(server.SMTPSession(stream, stream, h, "192.0.2.7").run())
+    codes = [int(line[:3]) for line in bytes(stream.out).split(b"\r\n")[:-1] if line[3:4] != b"-"]
+    assert codes[-2:] == [354, 421] and 500 not in codes and stream.closed
+    assert sp.ids("local") == [] and h.delivered_ids == []

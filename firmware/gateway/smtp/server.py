@@ -433,20 +433,28 @@ class SMTPSession:
         try:
             await self.flush()
             status, _ = await r.read_data(sink, h.max_size)
-            if status == data.OK:
-                id = draft.commit()
         except asyncio.CancelledError:
             draft.abort()
             if not self._expired:
                 raise
             self.reply(421, "4.4.2 %s Timeout during DATA, closing connection" % h.hostname)
             raise _Closed()
-        except Exception as e:  # noqa: BLE001 - the commit failed: nothing was promised
-            r.sink_error = e
-            status = data.SINK
+        except Exception as e:  # noqa: BLE001 - where the message ends is lost with it
+            # The rest of the message would be read as commands: a 451 here
+            # was followed by a 500 for each of its lines.
+            draft.abort()
+            log.error("smtp: reading the message failed: %r" % (e,))
+            self.reply(421, "4.3.0 %s Local error reading the message, closing connection" % h.hostname)
+            raise _Closed()
         except BaseException:
             draft.abort()
             raise
+        if status == data.OK:
+            try:
+                id = draft.commit()
+            except Exception as e:  # noqa: BLE001 - the commit failed: nothing was promised
+                r.sink_error = e
+                status = data.SINK
         if status == data.OK:
             self.reply(250, "2.0.0 OK queued as %s" % id)
             self._delivered.append((id, queues))
