@@ -176,9 +176,12 @@ def test_gateway_killed_mid_pull_loses_nothing(setup, firmware_mpy):
 # one: that took the pull alone one step on 32-bit (72k, 76k over TLS) and
 # three on 64-bit (104k; 96k with the sections the pull does not read left
 # out).
+# The heap work of issue 11 (TLS contexts made once and kept, an SMTP
+# session's recipients in a table made at full size) took the pull alone one
+# step on 32-bit (76k, 80k over TLS).
 MEASURED = {
     64: {"pull": 160, "alone": 104, "alone over TLS": 104},
-    32: {"pull": 112, "alone": 72, "alone over TLS": 76},
+    32: {"pull": 112, "alone": 76, "alone over TLS": 80},
 }
 
 
