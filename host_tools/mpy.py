@@ -257,10 +257,7 @@ def _compile_into(out, sources, only_changed=False):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
-        # named from the checkout's root, as deploy names them: the path is
-        # in the bytecode, and an absolute one made the heap figures depend
-        # on where the checkout lives (CI's is longer)
-        proc = cross_compile(src, tmp, name=src.relative_to(REPO).as_posix())
+        proc = cross_compile(src, tmp)
         if proc.returncode:
             tmp.unlink(missing_ok=True)
             raise SystemExit(f"odmrgw: mpy-cross failed on {src.relative_to(REPO)}:\n{proc.stderr}")

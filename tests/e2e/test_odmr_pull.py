@@ -178,9 +178,11 @@ def test_gateway_killed_mid_pull_loses_nothing(setup, firmware_mpy):
 # out).
 # The heap work of issue 11 (TLS contexts made once and kept, an SMTP
 # session's recipients in a table made at full size) took the pull alone one
-# step on 32-bit (76k, 80k over TLS).
+# step on 32-bit (76k, 80k over TLS), and over implicit TLS on 64-bit one
+# step where the checkout's path is long (CI's: 112k; the source paths are
+# in the bytecode).
 MEASURED = {
-    64: {"pull": 160, "alone": 104, "alone over TLS": 104},
+    64: {"pull": 160, "alone": 104, "alone over TLS": 108},
     32: {"pull": 112, "alone": 76, "alone over TLS": 80},
 }
 
