@@ -14,31 +14,35 @@ try:
     # only give a module something to import on both runtimes.
     ptr8 = ptr32 = None
 
-    _direct = [0]  # reads in a row that skipped the poller
+    # A read that finds bytes waiting skips the poller for this long since
+    # the last read that went through it. A turn by the clock, not by the
+    # number of reads: on the box a 4 KB read and its card write take a few
+    # ms, so other tasks wait at most about this; on a PC it is dozens of
+    # reads, each trip through the poller costing about as much as the
+    # parsing of the read it brings.
+    _TURN_MS = const(20)
+    _turn_ends = [0]
 
     def read_now(stream, buf):
         # Bytes already in the socket need no trip through the poller (an
         # asyncio Stream's readinto always waits for it first), nor a
-        # coroutine of their own: None when the caller must await
-        # readinto, which every eighth read does, so that other tasks get
-        # their turn.
-        s = getattr(stream, "s", None)
-        if s is not None and _direct[0] < 8:
-            n = s.readinto(buf)
-            if n is not None:
-                _direct[0] += 1
-                return n
+        # coroutine of their own: None when the caller must await readinto.
+        if ticks_diff(_turn_ends[0], ticks_ms()) > 0:
+            try:
+                return stream.s.readinto(buf)
+            except AttributeError:  # not an asyncio Stream
+                pass
         return None
 
     async def readinto(stream, buf):
         n = read_now(stream, buf)
         if n is not None:
             return n
-        _direct[0] = 0
         # Over TLS a read can consume only handshake or other non-data
         # records; the stream then returns None rather than a count.
         while True:
             n = await stream.readinto(buf)
+            _turn_ends[0] = ticks_add(ticks_ms(), _TURN_MS)
             if n is not None:
                 return n
 

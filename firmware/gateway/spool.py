@@ -106,12 +106,15 @@ class Draft:
             raise
 
     def write(self, buf):
-        self._f.write(buf)
-        self.size += len(buf)
+        # A file on the card writes all of buf or raises (ENOSPC when full).
+        self.size += self._f.write(buf)
         if self.size >= self._check_at:
             self._check_at = self.size + self.spool.check_every
             if self.spool.free_bytes() < self.floor + self.copies * self.size + self.spool.owed:
                 raise SpoolFull("card full while receiving")
+
+    def tell(self):
+        return self.hlen + self.size
 
     def commit(self):
         """The trailer, then FatFs f_sync: data, FAT and directory entry are

@@ -432,7 +432,7 @@ class SMTPSession:
             sink = None
         try:
             await self.flush()
-            status, _ = await r.read_data(sink, h.max_size)
+            status, _ = await r.read_data(sink, h.max_size, draft.tell() if sink else 0)
         except asyncio.CancelledError:
             draft.abort()
             if not self._expired:
