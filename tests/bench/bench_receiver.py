@@ -34,7 +34,9 @@ from tests.e2e.test_receiver_peers import compile_firmware, free_port, make_card
 BIG = 50 << 20
 SMALL = 2000
 HEAP = mpy.receiver_heap()
-ROUNDS = 3
+# Five: a 50 MB round takes a second or two a side, and on a shared 2-core
+# machine single rounds swing by half (either side, either way).
+ROUNDS = 5
 # A receiver that runs out of heap mid-session may never answer; the bench
 # must not wait for it forever.
 READ_TIMEOUT = 60

