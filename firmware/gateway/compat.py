@@ -49,6 +49,11 @@ try:
     def mem_free():
         return gc.mem_free()
 
+    def write_view(writer, view):
+        # A Stream copies what the socket does not take at once, so the
+        # caller may reuse the buffer behind view when this returns.
+        writer.write(view)
+
     def drain_can_block(writer):
         # A Stream writes at once what the socket takes; only a rest left
         # in out_buf makes drain() wait.

@@ -59,6 +59,24 @@ def _codes(replies):
     return [c for c, _ in replies]
 
 
+def test_pipelined_replies_go_out_in_one_write():
+    # A write each made a TCP segment each, and Nagle's algorithm held the
+    # second back until the client's delayed ACK: 40 ms a pipelined group
+    # (23 messages a second from a pipelining client instead of 1,200).
+    class Writes(support.ScriptedStream):
+        def write(self, data):
+            writes.append(bytes(data))
+
+    writes = []
+    card = support.Card()
+    stream = Writes([b"EHLO pc\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n",
+                     b"hi\r\n.\r\nQUIT\r\n"])
+    support.run(server.SMTPSession(stream, stream, Accept(Spool(card.root + "/spool", lambda: 1796000000)), "192.0.2.7").run())
+    codes = [[int(line[:3]) for line in w.split(b"\r\n")[:-1] if line[3:4] == b" "] for w in writes]
+    assert codes == [[220], [250, 250, 250, 250, 354], [250, 221]], writes
+    card.unmount()
+
+
 def test_a_pipelined_transaction_lands_in_the_spool_with_a_received_header():
     script = [
         b"EHLO pc.example.test\r\nMAIL FROM:<a@x.test> SIZE=40 BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<out@far.test>\r\nDATA\r\n",

@@ -6,7 +6,7 @@
 import asyncio
 
 from gateway import log, wire
-from gateway.compat import peer_ip, ticks_add, ticks_diff, ticks_ms
+from gateway.compat import peer_ip, ticks_add, ticks_diff, ticks_ms, write_view
 from gateway.smtp import data
 
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
@@ -149,6 +149,7 @@ class SMTPSession:
     data_timeout = 600  # s for the whole DATA phase
     buffer_size = 4096  # the one input buffer; more than a text line
     max_pending_replies = 16  # replies held back while pipelined commands wait
+    reply_buffer = 512  # they go out joined in this much, one buffer for all sessions
 
     def __init__(self, reader, writer, handler, peer=None, buf=None, rcpts=None):
         """rcpts: a Recipients table (take_table); the session gives it
@@ -191,11 +192,27 @@ class SMTPSession:
 
     async def flush(self):
         if self._out:
-            # One write each, no joined copy: 16 pipelined replies took a
-            # 570-byte block that a cut-up heap did not have. The stream
-            # sends each at once while the socket takes it.
+            # One write for them all. A write each sent a TCP segment each,
+            # and Nagle's algorithm held the second until the client's
+            # delayed ACK (40 ms on Linux, 200 ms on Windows): 23 pipelined
+            # messages a second instead of 1,200. They are joined in one
+            # buffer all sessions share, made once: a joined copy took a
+            # block a cut-up heap may not have (570 bytes for 16 replies).
+            out = _joined[0] if _joined else _join_buffer()
+            n = 0
             for reply in self._out:
-                self.writer.write(reply)
+                k = len(reply)
+                if n + k > len(out):
+                    if n:
+                        write_view(self.writer, out[:n])
+                        n = 0
+                    if k > len(out):
+                        self.writer.write(reply)
+                        continue
+                out[n : n + k] = reply
+                n += k
+            if n:
+                write_view(self.writer, out[:n])
             self._out.clear()
             await self.writer.drain()
         # Hand-offs wait until the 250 is out: the client must not wait for
@@ -525,9 +542,15 @@ class SMTPSession:
 
 
 # Input buffers and recipient tables of finished sessions, kept for the
-# next connection.
+# next connection; the one buffer replies are joined in (a memoryview).
 _spare = []
 _tables = []
+_joined = []
+
+
+def _join_buffer():
+    _joined.append(memoryview(bytearray(SMTPSession.reply_buffer)))
+    return _joined[0]
 
 
 def take_table():
@@ -542,6 +565,8 @@ def reserve(count=1, made=(), tables=None):
     is cut up into small pieces, can always take a connection; one that
     made its buffers before even this module loaded lends them as `made`."""
     _spare.extend(made)
+    if not _joined:
+        _join_buffer()
     for _ in range(count - len(made)):
         _spare.append(bytearray(SMTPSession.buffer_size))
     for _ in range(count if tables is None else tables):
