@@ -87,6 +87,11 @@ def mem_free():
     return None
 
 
+def no_delay(writer):
+    # asyncio sets TCP_NODELAY on every TCP transport already.
+    pass
+
+
 def write_view(writer, view):
     # asyncio's transports may keep a reference to what they are given.
     writer.write(bytes(view))

@@ -156,11 +156,12 @@ async def listen(host, port, max_sessions, policy, make, denied, busy, what):
     one more session, `busy` and a sentence. Either way it is closed."""
     import asyncio
 
-    from gateway.compat import peer_ip
+    from gateway.compat import no_delay, peer_ip
 
     slots = Slots(max_sessions)
 
     async def client(reader, writer):
+        no_delay(writer)
         ip = peer_ip(writer.get_extra_info("peername"))
         session = None
         refusal = None if policy.allowed_peer(ip) else denied

@@ -91,7 +91,9 @@ def cut_heap(largest):
     is left in holes of `largest` bytes (and a block), each kept from the
     next by a small block that stays, so small allocations still succeed
     and none much bigger than `largest` does. Returns what keeps the heap
-    cut: drop it to mend the heap."""
+    cut: clear() it to mend the heap. Dropped, it can stay reachable from a
+    stale slot of a frame and come free only later, a big block opening in
+    the middle of the next cut."""
     needs_micropython("gc.mem_free")
     import gc
 

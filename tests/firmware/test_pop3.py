@@ -350,7 +350,7 @@ def test_a_login_on_a_cut_up_heap_is_refused_cleanly_and_works_when_retried():
             bytearray(none)
         assert (await c.cmd("USER alice")).startswith("+OK")
         got = await c.cmd("PASS alice-pw")
-        cut = None
+        cut.clear()
         gc.collect()
         return c, got
 

@@ -7,7 +7,7 @@
 import asyncio
 
 from gateway import log, wire
-from gateway.compat import drain_can_block
+from gateway.compat import drain_can_block, no_delay
 from gateway.sasl import cram_md5_response
 from gateway.wire import SMTPError, reason
 
@@ -46,6 +46,7 @@ class SMTPClient:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cls.connect_timeout)
         except Exception as e:  # noqa: BLE001 - OSError, gaierror or a timeout, by runtime
             raise SMTPError(421, "4.4.1 %s: cannot connect to %s:%d: %s" % (what, host, port, reason(e) or "timeout"))
+        no_delay(writer)
         return cls(reader, writer, what, buf)
 
     @classmethod

@@ -6,7 +6,7 @@
 import asyncio
 
 from gateway import log, wire
-from gateway.compat import peer_ip, ticks_add, ticks_diff, ticks_ms, write_view
+from gateway.compat import no_delay, peer_ip, ticks_add, ticks_diff, ticks_ms, write_view
 from gateway.smtp import data
 
 _STORAGE = (452, "4.3.1 Insufficient system storage, try again later")
@@ -584,6 +584,7 @@ async def serve(handler_factory, host, port, max_sessions=8):
     spare = _spare
 
     async def client(reader, writer):
+        no_delay(writer)
         ip = peer_ip(writer.get_extra_info("peername"))
         buf = table = None
         refusal = slots.take(ip)
