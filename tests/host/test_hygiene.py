@@ -155,8 +155,9 @@ def test_every_module_compiles_with_mpy_cross_for_the_esp32(tmp_path):
 # 32-bit figure to 123,936 at CI's longer checkout path (the source paths
 # are in the bytecode): 122 KB. The DATA path's sector holding and its viper
 # search for a read's last line end added 560 bytes (123,856 at /work/main):
-# 123 KB.
-IMPORT_HEAP_BUDGET = {64: 170 * 1024, 32: 123 * 1024}
+# 123 KB; on 64-bit, with the shared reply buffer and TCP_NODELAY, 174,080
+# bytes: 172 KB.
+IMPORT_HEAP_BUDGET = {64: 172 * 1024, 32: 123 * 1024}
 
 
 # IMAP (gateway.imap) is loaded only when imap.port is set, and is off by
