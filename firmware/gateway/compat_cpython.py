@@ -15,6 +15,8 @@ class micropython:  # noqa: N801 - stands in for the module's decorators
         # A viper function is plain Python here: same code, bytecode speed.
         return f
 
+    native = viper
+
 
 def ptr8(buf):
     return buf

@@ -47,14 +47,17 @@ class DataReader(LineReader):
     # What the sink raised; the session clears it before each DATA, since a
     # write it makes itself (the Received: line) may fail first.
     sink_error = None
+    # Where in its file the sink's next byte goes, set before read_data (an
+    # argument would cost its state, one heap block a message, a word).
+    at = 0
 
     def has_line(self):
         return self.buf.find(b"\n", self.start, self.end) >= 0
 
-    async def read_data(self, sink, max_size, at=0):
+    async def read_data(self, sink, max_size):
         """Feeds the un-stuffed message to sink(memoryview) up to the final
-        dot; returns (outcome, un-stuffed size). at: where in its file the
-        sink's next byte goes; the writes end on its sectors. After the first problem the
+        dot; returns (outcome, un-stuffed size). The writes end on the
+        sectors of the sink's file, counted from .at. After the first problem the
         sink is not called again, but the data is still read to its end.
         sink=None reads and discards (outcome SINK).
 
@@ -72,9 +75,7 @@ class DataReader(LineReader):
         mv = self.mv
         s = self.start
         end = self.end
-        self.at = at
         self.most_held = len(buf) >> 1
-        h = 0  # the checked lines held back from a write, read again with the next read's
         while True:
             e = _after_last_lf(buf, s, end)
             if e > s:
@@ -104,26 +105,20 @@ class DataReader(LineReader):
                     n = e if i < 0 else i + 2
                     if status == OK and n > s:
                         if i < 0:
-                            # Whole lines, read again they check as before, but
-                            # never from between a CR and its LF; held only
-                            # while the buffer keeps room to read.
-                            h = (self.at + self.size + n - s) & (self.sector - 1)
-                            if not 0 < h < n - s - 1 or end - n + h > self.most_held:
-                                h = 0
-                            elif mv[n - h] == _LF:
-                                h += 1
-                            n -= h
+                            # The write ends on a sector of the file; the rest,
+                            # whole lines, is held back and read again with the
+                            # next read's, never from between a CR and its LF,
+                            # and only while the buffer keeps room to read.
+                            n = e - ((self.at + self.size + e - s) & (self.sector - 1))
+                            if not s + 1 < n < e or end - n > self.most_held:
+                                n = e
+                            elif mv[n] == _LF:
+                                n -= 1
                         self.size += n - s
                         if self.size > max_size:
                             status = TOO_BIG
-                        else:
-                            # Inline: a method around this try took its frame
-                            # from the heap at every write.
-                            try:
-                                sink(mv[s:n])
-                            except Exception as x:  # noqa: BLE001 - any card error ends the writing, not the session
-                                self.sink_error = x
-                                status = SINK
+                        elif not self._give(sink, mv[s:n]):
+                            status = SINK
                     if i < 0:
                         break
                     # The dot's line ends inside the region, so i + 4 is in it too.
@@ -132,18 +127,19 @@ class DataReader(LineReader):
                         return status, self.size
                     s = i + 3
                     self.lim = i + 2 + self.max_line
-                s = e
-            if end - s >= self.max_line:
+                if n < e:  # held back (above): all CRLF, so an LF before n ends a line
+                    s = n
+                    self.bol = mv[n - 1] == _LF
+                else:
+                    s = e
+            # e: where the read's whole lines end (s when it has none).
+            if end - e >= self.max_line:
                 # A line this long can only be refused: drop what we have of
                 # it but its last byte, which may be the CR of a terminator.
                 if status == OK:
                     status = LONG
                 s = end - 1
                 self.bol = False
-            elif h:
-                s -= h
-                self.bol = mv[s - 1] == _LF
-            h = 0
             # The unread part line to the front; a memoryview copy, no new
             # buffer.
             end -= s
@@ -159,6 +155,19 @@ class DataReader(LineReader):
                 return EOF, self.size
             end += n
             self.end = end
+
+    @micropython.native
+    def _give(self, sink, view):
+        # Apart from read_data, whose state (one heap block a message, 224
+        # bytes, which a heap cut up by the day's sessions has) would
+        # otherwise hold a handler; native, since as bytecode its frame took
+        # 160 bytes from the heap at every write.
+        try:
+            sink(view)
+            return True
+        except Exception as e:  # noqa: BLE001 - any card error ends the writing, not the session
+            self.sink_error = e
+            return False
 
 
 @micropython.viper

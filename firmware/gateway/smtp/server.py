@@ -449,7 +449,8 @@ class SMTPSession:
             sink = None
         try:
             await self.flush()
-            status, _ = await r.read_data(sink, h.max_size, draft.tell() if sink else 0)
+            r.at = draft.tell() if sink else 0
+            status, _ = await r.read_data(sink, h.max_size)
         except asyncio.CancelledError:
             draft.abort()
             if not self._expired:
