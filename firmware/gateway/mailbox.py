@@ -278,8 +278,11 @@ class Mailboxes:
         counted. A failed duplicate check keeps the mail (at-least-once)."""
         user, id = draft.owner, draft.id
         try:
-            with Body(draft.path, draft.hlen, draft.size) as body:
-                key = self._key(body)
+            if draft.key and draft.key.draft is draft:
+                key = draft.key.digest()
+            else:
+                with Body(draft.path, draft.hlen, draft.size) as body:
+                    key = self._key(body)
             if key and not self._first(user, key, id, int(self.spool.clock())):
                 log.info("mailbox: %s for %s is a re-send, dropped" % (id, user))
                 remove(draft.path)

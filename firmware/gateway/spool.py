@@ -95,6 +95,7 @@ class Draft:
         self.owner = owner  # the mailbox user of a record written straight there
         self.floor = spool.min_free if floor is None else floor
         self._check_at = spool.check_every
+        self.key = None
         self._f = open(path, "wb")
         try:
             for line in header:
@@ -104,10 +105,16 @@ class Draft:
         except BaseException:  # a full card, or no heap for a line: nothing left half-written or open
             self.abort()
             raise
+        # A record written straight into a mailbox has its duplicate key
+        # hashed as it is written (Mailboxes.arrived), when the one such
+        # state is free (dedupe.Seen.lend).
+        self.key = spool.mailboxes.seen.lend(self) if owner else None
 
     def write(self, buf):
         # A file on the card writes all of buf or raises (ENOSPC when full).
         self.size += self._f.write(buf)
+        if self.key:
+            self.key.feed(buf)
         if self.size >= self._check_at:
             self._check_at = self.size + self.spool.check_every
             if self.spool.free_bytes() < self.floor + self.copies * self.size + self.spool.owed:
@@ -137,6 +144,8 @@ class Draft:
         return self.id
 
     def abort(self):
+        if self.key and self.key.draft is self:
+            self.key.draft = None
         if self._f:
             try:
                 self._f.close()
