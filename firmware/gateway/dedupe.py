@@ -156,17 +156,20 @@ class Seen:
             k.feed(self.mv[:n])
 
     def lend(self, draft):
-        """The streaming Key for a message being received, if no other has
-        it: one at a time, since it costs its line buffer for good (a
+        """Lends the streaming Key to a message being received, if no other
+        has it: one at a time, since it costs its line buffer for good (a
         second LAN session's message is read back at its end, as before).
-        Free again at the message's end (Draft), and found free once its
-        draft is no longer being written, however it ended."""
+        Free again once its key is taken (Mailboxes.arrived), and found
+        free once its draft is no longer being written, however it ended."""
         k = self.stream
-        if k.draft is not None and k.draft.id in k.draft.spool.drafts:
-            return None
-        k.draft = draft
-        k.start()
-        return k
+        if k.draft is None or k.draft.id not in k.draft.spool.drafts:
+            k.draft = draft
+            k.start()
+
+    def streaming(self, draft):
+        """The Key draft was lent, or None."""
+        k = self.stream
+        return k if k.draft is draft else None
 
     def first(self, path, key, id, received):
         """False when key is on record for another id within the window (a

@@ -278,8 +278,9 @@ class Mailboxes:
         counted. A failed duplicate check keeps the mail (at-least-once)."""
         user, id = draft.owner, draft.id
         try:
-            if draft.key and draft.key.draft is draft:
-                key = draft.key.digest()
+            k = self.seen.streaming(draft)
+            if k:
+                key = k.digest()
             else:
                 with Body(draft.path, draft.hlen, draft.size) as body:
                     key = self._key(body)
