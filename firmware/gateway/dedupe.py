@@ -17,103 +17,72 @@
 import binascii
 import hashlib
 
-from gateway.compat import const, micropython, ptr8
+from gateway.compat import const
 
 _REC = const(32)
 _KEY = const(16)
 _ID = const(8)  # spool ids are 8 hex digits
-LINE = const(256)  # what a Key keeps of a header line: a longer Message-ID line is not looked at
+LINE = const(256)  # what key() keeps of a header line: a longer Message-ID line is not looked at
 _SPACE = b" \t\r\n\x0b\x0c"  # what bytes.strip() takes off
 
 
-class Key:
-    """The key, taken as a message's bytes go by: fed them in pieces of any
-    size, so the receiver hashes what it writes and never reads the record
-    back (for 10 KB that read was 31 card sectors: 11 to find the file
-    again, 20 of data), and a stored record is hashed through the
-    mailbox's buffer alike. The first len(line) bytes of each header line
-    are copied into `line` for a look, and no byte string is made of what
-    the sender wrote: the old joins and slices of a 2 KB folded To: header
-    took blocks of 513 bytes and more that a heap cut up by the day's
-    sessions did not have. A Message-ID line longer than `line` gives None
-    too: such mail is not suppressed (a duplicate at worst, never a loss).
-    A blank line is an empty one or a lone CR (the receiver takes no other
-    bare CR)."""
-
-    def __init__(self, line):
-        self.lv = memoryview(line)
-        self.draft = None  # the message being received that has it (Seen.lend)
-        self.h = None
-        self.start()  # every attribute made now: the object never grows
-        self.h = None
-
-    def start(self):
-        self.h = hashlib.sha256()
-        self.head = True
-        self.k = 0  # bytes of the header line being read, so far
-        self.first = 0  # its first byte
-        self.found = -1  # the length of the Message-ID line in `line`, once found (-2: longer)
-
-    def feed(self, mv):
-        if not self.head:
-            self.h.update(mv)
-            return
-        lv = self.lv
-        room = len(lv)
-        n = len(mv)
+def key(body, buf, line):
+    """The message's key (16 bytes), or None without a Message-ID. Reads
+    body (a spool Body) through buf; the first len(line) bytes of each
+    header line are copied into `line` for a look, and no byte string is
+    made of what the sender wrote: the old joins and slices of a 2 KB
+    folded To: header took blocks of 513 bytes and more that a heap cut up
+    by the day's sessions did not have. A Message-ID line longer than
+    `line` gives None too: such mail is not suppressed (a duplicate at
+    worst, never a loss). A blank line is an empty one or a lone CR (the
+    receiver takes no other bare CR)."""
+    mv = memoryview(buf)
+    lv = memoryview(line)
+    room = len(line)
+    h = hashlib.sha256()
+    head = True
+    k = 0  # bytes of the header line being read, so far
+    first = 0  # its first byte
+    found = -1  # the length of the Message-ID line in `line`, once found (-2: longer)
+    while True:
+        n = body.readinto(buf)
+        if not n:
+            break
+        if not head:
+            h.update(mv[:n])
+            continue
         pos = 0
         while pos < n:
-            i = _lf(mv, pos, n)
+            i = buf.find(b"\n", pos, n)
             end = n if i < 0 else i
-            k = self.k
             if k == 0 and end > pos:
-                self.first = mv[pos]
-            m = min(end - pos, room - k) if self.found == -1 else 0
+                first = buf[pos]
+            m = min(end - pos, room - k) if found == -1 else 0
             if m > 0:
                 lv[k : k + m] = mv[pos : pos + m]
             k += end - pos
             if i < 0:
-                self.k = k
-                return
+                break
             pos = i + 1
-            self.k = 0
-            if k == 0 or k == 1 and self.first == 13:
-                self.head = False
-                self.h.update(mv[pos:n])
-                return
-            if self.found == -1 and k >= 11 and bytes(lv[:11]).lower() == b"message-id:":
-                self.found = k if k <= room else -2
-
-    def digest(self):
-        """The message's key (16 bytes), or None without a Message-ID; the
-        state is free again."""
-        h = self.h
-        self.draft = self.h = None
-        lv = self.lv
-        a, b = 11, self.found
-        if b < 0:
-            return None
-        while a < b and lv[a] in _SPACE:
-            a += 1
-        while b > a and lv[b - 1] in _SPACE:
-            b -= 1
-        if a == b:
-            return None
-        h.update(b"\0")
-        h.update(lv[a:b])
-        return h.digest()[:_KEY]
-
-
-@micropython.viper
-def _lf(buf, p: int, n: int) -> int:
-    # bytearray.find is no method of a memoryview, which is what the
-    # receiver's writes are; a header line is looked at once.
-    b = ptr8(buf)
-    while p < n:
-        if b[p] == 10:
-            return p
-        p += 1
-    return -1
+            if k == 0 or k == 1 and first == 13:
+                head = False
+                h.update(mv[pos:n])
+                break
+            if found == -1 and k >= 11 and bytes(lv[:11]).lower() == b"message-id:":
+                found = k if k <= room else -2
+            k = 0
+    if found < 0:
+        return None
+    a, b = 11, found
+    while a < b and lv[a] in _SPACE:
+        a += 1
+    while b > a and lv[b - 1] in _SPACE:
+        b -= 1
+    if a == b:
+        return None
+    h.update(b"\0")
+    h.update(lv[a:b])
+    return h.digest()[:_KEY]
 
 
 def _crc(rec):
@@ -141,35 +110,11 @@ class Seen:
         self.waiting = bytearray(self.PENDING * _REC)
         self.wv = memoryview(self.waiting)
         self.paths = []  # the index file of each waiting record
-        self.stored = Key(bytearray(LINE))  # key(): synchronous, so one serves every record
-        self.stream = Key(bytearray(LINE))
+        self.line = bytearray(LINE)  # key()'s look at a header line
 
     def key(self, body):
-        """The key of a stored message (a spool Body), read through the
-        mailbox's buffer."""
-        k = self.stored
-        k.start()
-        while True:
-            n = body.readinto(self.buf)
-            if not n:
-                return k.digest()
-            k.feed(self.mv[:n])
-
-    def lend(self, draft):
-        """Lends the streaming Key to a message being received, if no other
-        has it: one at a time, since it costs its line buffer for good (a
-        second LAN session's message is read back at its end, as before).
-        Free again once its key is taken (Mailboxes.arrived), and found
-        free once its draft is no longer being written, however it ended."""
-        k = self.stream
-        if k.draft is None or k.draft.id not in k.draft.spool.drafts:
-            k.draft = draft
-            k.start()
-
-    def streaming(self, draft):
-        """The Key draft was lent, or None."""
-        k = self.stream
-        return k if k.draft is draft else None
+        """key() of the message, through the mailbox's buffer."""
+        return key(body, self.buf, self.line)
 
     def first(self, path, key, id, received):
         """False when key is on record for another id within the window (a

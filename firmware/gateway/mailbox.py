@@ -278,12 +278,8 @@ class Mailboxes:
         counted. A failed duplicate check keeps the mail (at-least-once)."""
         user, id = draft.owner, draft.id
         try:
-            k = self.seen.streaming(draft)
-            if k:
-                key = k.digest()
-            else:
-                with Body(draft.path, draft.hlen, draft.size) as body:
-                    key = self._key(body)
+            with Body(draft.path, draft.hlen, draft.size) as body:
+                key = self._key(body)
             if key and not self._first(user, key, id, int(self.spool.clock())):
                 log.info("mailbox: %s for %s is a re-send, dropped" % (id, user))
                 remove(draft.path)

@@ -104,21 +104,10 @@ class Draft:
         except BaseException:  # a full card, or no heap for a line: nothing left half-written or open
             self.abort()
             raise
-        # A record written straight into a mailbox has its duplicate key
-        # hashed as it is written (Mailboxes.arrived), when the one such
-        # state is free (dedupe.Seen.lend). The Draft holds no reference to
-        # it: a twelfth attribute grew its table to 280 bytes on a 64-bit
-        # port, a block a cut-up heap does not have.
-        if owner:
-            spool.mailboxes.seen.lend(self)
 
     def write(self, buf):
         # A file on the card writes all of buf or raises (ENOSPC when full).
         self.size += self._f.write(buf)
-        if self.owner:
-            k = self.spool.mailboxes.seen.streaming(self)
-            if k:
-                k.feed(buf)
         if self.size >= self._check_at:
             self._check_at = self.size + self.spool.check_every
             if self.spool.free_bytes() < self.floor + self.copies * self.size + self.spool.owed:

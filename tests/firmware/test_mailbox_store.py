@@ -90,45 +90,6 @@ def test_mail_for_one_user_is_written_straight_into_the_mailbox():
     assert stored(boxes, "bob", both) == b"Return-Path: <sender@outside.test>\r\n" + message(2)
 
 
-def test_the_duplicate_key_is_hashed_as_the_message_is_written():
-    # Issue 16: the key was taken by reading each record back after its
-    # commit (for 10 KB, 31 card sectors: 11 to find the file again, 20 of
-    # data). The receiver now hashes what it writes; a message received
-    # while another has that state is read back as before. Both ways give
-    # the same key, in pieces that cut header lines and the blank line.
-    import gateway.mailbox as mailbox
-
-    reads = []
-
-    class Counted(mailbox.Body):
-        def __init__(self, path, *rest):
-            reads.append(path)
-            super().__init__(path, *rest)
-
-    root = support.tmpdir()
-    spool, boxes = boot(root)
-    boxes.deliver_pending(spool)
-    one, two = message(1, 3000), message(2, 3000)
-    with support.patched(mailbox, Body=Counted):
-        a = spool.begin("sender@outside.test", [("alice@example.test", "local")])  # hashed as written
-        b = spool.begin("sender@outside.test", [("alice@example.test", "local")])  # read back
-        for k in range(0, len(one), 7):
-            a.write(one[k : k + 7])
-            b.write(two[k : k + 7])
-        first = [a.commit(), b.commit()]
-        assert reads == [b.path]
-        # The re-sends, the other way round: each is found by the key the
-        # other way took.
-        c = spool.begin("sender@outside.test", [("alice@example.test", "local")])
-        d = spool.begin("sender@outside.test", [("alice@example.test", "local")])
-        c.write(two)
-        d.write(one)
-        c.commit()
-        d.commit()
-        assert reads == [b.path, d.path]
-    assert listed(boxes, "alice") == first
-
-
 def test_a_session_shows_the_oldest_batch_and_then_the_next():
     root = support.tmpdir()
     spool, boxes = boot(root)
