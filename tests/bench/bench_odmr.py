@@ -13,8 +13,8 @@ one that writes each message to a file and fsyncs it before its 250, as the
 box must (the target, the same rule as the other benches' peers), and one
 that keeps them in memory. Rounds are interleaved (durable peer, memory
 peer, box), ROUNDS times, each box poll on a fresh card (made before the
-clock starts) at the sim's default heap; the report gives the median ratio (peer time / box time) with min and
-max."""
+clock starts) at the sim's default heap; the report gives the median ratio
+(peer time / box time) with min and max."""
 import statistics
 import subprocess
 import sys
